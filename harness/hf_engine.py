@@ -1,0 +1,46 @@
+"""The peer: transformers' own Lfm2MoeForCausalLM on the same weights (issue 10's `hf` engine).
+
+It needs a Hugging Face folder (the synthetic checkpoints are written as one). Logits are
+taken at the last position only (`logits_to_keep=1`), as the job asks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .engine import Engine
+
+
+class HFEngine(Engine):
+    name = "hf"
+    max_batch = 64
+
+    def __init__(self, checkpoint, device=0, dtype: str = "bf16", **options):
+        super().__init__(checkpoint, device, **options)
+        try:
+            import transformers
+        except ImportError:
+            raise RuntimeError("the hf engine needs transformers: pip install '.[dev]'") from None
+        folder = getattr(checkpoint, "path", None)
+        if folder is None or not (folder / "config.json").exists():
+            raise RuntimeError("the hf engine loads a Hugging Face folder; give --model DIR with config.json "
+                               "and safetensors (make one with `python -m harness make-model`)")
+        self.dtype = dtype
+        torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        on_gpu = isinstance(device, int) and torch.cuda.is_available()
+        self.torch_device = f"cuda:{device}" if on_gpu else "cpu"
+        self.model = transformers.Lfm2MoeForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, device_map=self.torch_device).eval()
+
+    @torch.no_grad()
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        ids = torch.as_tensor(np.asarray(tokens, np.int64), device=self.torch_device)
+        out = self.model(ids, logits_to_keep=1, use_cache=False)
+        return out.logits[:, -1].float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.torch_device.startswith("cuda"):
+            torch.cuda.synchronize(self.torch_device)
+
+    def close(self) -> None:
+        del self.model

@@ -1,0 +1,203 @@
+"""The reference forward: plain torch, written from model.md section 2. Ground truth for every engine.
+
+Runs in float64 (default) or float32, on the CPU or a GPU. Weights are fetched from the
+checkpoint layer by layer and upcast when used, so the full 8.3 B model runs from a memory-mapped
+bf16 checkpoint without ever holding an fp32 copy of it (pass `cache=WeightCache(...)` to keep the
+upcast weights when many batches go through, e.g. on a large GPU).
+
+Expert combine: like HF eager, experts in ascending id order; in float64 the order does not matter
+at the 1e-3 contract.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import Checkpoint
+from .config import ModelConfig
+
+
+# ----- the pure ops (engines' CPU paths and tests compare against these) ----------------------
+def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise over the last dim; the weight multiplies directly (no 1 + w offset)."""
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """NeoX rotate_half RoPE over the full head_dim; angles in fp32 as HF computes them."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [..., T, heads, hd]; cos/sin: [T, hd]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+def route(h: torch.Tensor, gate_w: torch.Tensor, expert_bias: torch.Tensor, k: int,
+          norm_topk: bool = True, scale: float = 1.0):
+    """Sigmoid router: the bias only chooses experts, the weights come from the unbiased sigmoid.
+    h: [T, H] -> (indices [T, k] long, weights [T, k])."""
+    s = torch.sigmoid(h @ gate_w.T)
+    idx = torch.topk(s + expert_bias.to(s.dtype), k=k, dim=-1).indices
+    w = torch.gather(s, 1, idx)
+    if norm_topk:
+        w = w / (w.sum(-1, keepdim=True) + 1e-6)
+    return idx, w * scale
+
+
+def swiglu(h: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    return (F.silu(h @ w1.T) * (h @ w3.T)) @ w2.T
+
+
+def short_conv(h: torch.Tensor, in_w: torch.Tensor, conv_w: torch.Tensor, out_w: torch.Tensor) -> torch.Tensor:
+    """ShortConv on one sequence, h: [T, H]. Split order B, C, x; causal depthwise
+    cross-correlation over time with zero history; no activation."""
+    T, H = h.shape
+    L = conv_w.shape[-1]
+    B, C, xv = (h @ in_w.T).split(H, dim=-1)
+    bx = torch.cat([torch.zeros(L - 1, H, dtype=h.dtype, device=h.device), B * xv], dim=0)
+    w = conv_w.reshape(H, L)
+    conv = sum(w[:, j] * bx[j:j + T] for j in range(L))
+    return (C * conv) @ out_w.T
+
+
+def attention(h: torch.Tensor, wq, wk, wv, wo, q_norm, k_norm, cfg: ModelConfig) -> torch.Tensor:
+    """Causal GQA attention on one sequence, h: [T, H], positions 0..T-1."""
+    T = h.shape[0]
+    nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    q = rmsnorm((h @ wq.T).view(T, nh, hd), q_norm, cfg.norm_eps)
+    k = rmsnorm((h @ wk.T).view(T, nkv, hd), k_norm, cfg.norm_eps)
+    v = (h @ wv.T).view(T, nkv, hd)
+    cos, sin = rope_cos_sin(torch.arange(T, device=h.device), hd, cfg.rope_theta, h.dtype)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    g = nh // nkv
+    k = k.repeat_interleave(g, dim=1)  # query head j uses kv head j // g
+    v = v.repeat_interleave(g, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * hd ** -0.5
+    causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    o = torch.einsum("hqk,khd->qhd", p, v).reshape(T, nh * hd)
+    return o @ wo.T
+
+
+# ----- weights ---------------------------------------------------------------------------------
+class WeightCache:
+    """Upcast weights kept between calls (on `device`), for repeated forwards."""
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+
+
+class _Weights:
+    def __init__(self, ckpt: Checkpoint, dtype, device, cache: WeightCache | None):
+        self.ckpt, self.dtype, self.device, self.cache = ckpt, dtype, device, cache
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if self.cache is not None and name in self.cache.tensors:
+            return self.cache.tensors[name]
+        dtype = torch.float64 if self.dtype == torch.float64 else self.dtype
+        t = self.ckpt.get(name, dtype=dtype, device=self.device)
+        if self.cache is not None:
+            self.cache.tensors[name] = t
+        return t
+
+
+# ----- the model ---------------------------------------------------------------------------------
+@dataclass
+class ReferenceOutput:
+    logits: np.ndarray  # float32 [B, V], last position
+    hidden: list = field(default_factory=list)  # per layer output, [B, S, H] (debug)
+    router_indices: dict = field(default_factory=dict)  # layer -> LongTensor [B, S, k] (debug)
+    router_weights: dict = field(default_factory=dict)  # layer -> [B, S, k] (debug)
+
+
+def _moe(h: torch.Tensor, W, prefix: str, cfg: ModelConfig):
+    idx, wts = route(h, W(prefix + "gate.weight"), W(prefix + "expert_bias"), cfg.num_experts_per_tok,
+                     cfg.norm_topk_prob, cfg.routed_scaling_factor)
+    out = torch.zeros_like(h)
+    for e in torch.unique(idx).tolist():  # ascending expert id, as HF eager
+        tok, slot = (idx == e).nonzero(as_tuple=True)
+        p = f"{prefix}experts.{e}."
+        y = swiglu(h[tok], W(p + "w1.weight"), W(p + "w3.weight"), W(p + "w2.weight"))
+        out.index_add_(0, tok, y * wts[tok, slot, None])
+    return out, idx, wts
+
+
+def _forward_one(x: torch.Tensor, W, cfg: ModelConfig, debug: bool):
+    """x: [T, H] embeddings of one sequence -> (last-position logits [V], debug info)."""
+    hidden, r_idx, r_w = [], {}, {}
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        h = rmsnorm(x, W(p + "operator_norm.weight"), cfg.norm_eps)
+        if cfg.is_attention(i):
+            a = p + "self_attn."
+            x = x + attention(h, W(a + "q_proj.weight"), W(a + "k_proj.weight"), W(a + "v_proj.weight"),
+                              W(a + "out_proj.weight"), W(a + "q_layernorm.weight"),
+                              W(a + "k_layernorm.weight"), cfg)
+        else:
+            c = p + "conv."
+            x = x + short_conv(h, W(c + "in_proj.weight"), W(c + "conv.weight"), W(c + "out_proj.weight"))
+        h = rmsnorm(x, W(p + "ffn_norm.weight"), cfg.norm_eps)
+        f = p + "feed_forward."
+        if cfg.is_moe(i):
+            y, idx, wts = _moe(h, W, f, cfg)
+            if debug:
+                r_idx[i], r_w[i] = idx, wts
+        else:
+            y = swiglu(h, W(f + "w1.weight"), W(f + "w3.weight"), W(f + "w2.weight"))
+        x = x + y
+        if debug:
+            hidden.append(x)
+    last = rmsnorm(x[-1:], W("embedding_norm.weight"), cfg.norm_eps)
+    logits = (last @ W("embed_tokens.weight").T)[0]
+    return logits, hidden, r_idx, r_w
+
+
+def check_tokens(tokens: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Shape [B, S] int, every id in [0, vocab): raise ValueError saying what is wrong."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] < 1:
+        raise ValueError(f"tokens must be [batch, seq_len>=1], got shape {tokens.shape}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got {tokens.dtype}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
+        raise ValueError(f"token ids must be in the vocabulary [0, {cfg.vocab_size}); got min {tokens.min()}, max {tokens.max()}")
+    return tokens.astype(np.int64)
+
+
+@torch.no_grad()
+def reference_forward(ckpt: Checkpoint, tokens, dtype=torch.float64, device="cpu", debug=False,
+                      cache: WeightCache | None = None) -> ReferenceOutput:
+    """Last-position logits of each prompt in `tokens` [B, S]; with debug, per-layer hidden states
+    and router choices. Prompts run one at a time (the reference favours clarity over speed)."""
+    cfg = ckpt.config
+    tokens = check_tokens(tokens, cfg)
+    W = _Weights(ckpt, dtype, device, cache)
+    out = ReferenceOutput(logits=np.zeros((tokens.shape[0], cfg.vocab_size), np.float32))
+    embed = W("embed_tokens.weight")
+    per_sample = []
+    for b, row in enumerate(tokens):
+        x = embed[torch.as_tensor(row, device=embed.device)]
+        logits, hidden, r_idx, r_w = _forward_one(x, W, cfg, debug)
+        out.logits[b] = logits.float().cpu().numpy()
+        per_sample.append((hidden, r_idx, r_w))
+    if debug:
+        out.hidden = [torch.stack([s[0][i] for s in per_sample]) for i in range(cfg.num_layers)]
+        for layer in cfg.moe_layers:
+            out.router_indices[layer] = torch.stack([s[1][layer] for s in per_sample])
+            out.router_weights[layer] = torch.stack([s[2][layer] for s in per_sample])
+    return out
+
+
+def reference_logits(ckpt: Checkpoint, tokens, dtype=torch.float64, device="cpu",
+                     cache: WeightCache | None = None) -> np.ndarray:
+    return reference_forward(ckpt, tokens, dtype=dtype, device=device, cache=cache).logits
