@@ -1,0 +1,15 @@
+"""GPU runtime shared by every engine: one CUDA context per process (context), kernels compiled
+from `.cu` files and launched with checks (compile), counted copies and allocations (transfers),
+NVTX ranges (nvtx). Importing this package does not import PyCUDA; the first context does."""
+from .compile import (Kernel, KernelCompileError, KernelError, KernelModule, cache_dir, compile_cubin,
+                      launch, load_module)
+from .context import (GPUContext, GPUUnavailable, get_context, gpu_unavailable_reason, local_rank,
+                      release_context)
+from .nvtx import nvtx_range
+from .transfers import Transfers
+
+__all__ = [
+    "GPUContext", "GPUUnavailable", "get_context", "gpu_unavailable_reason", "local_rank", "release_context",
+    "Kernel", "KernelModule", "KernelCompileError", "KernelError", "cache_dir", "compile_cubin", "launch",
+    "load_module", "Transfers", "nvtx_range",
+]
