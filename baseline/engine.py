@@ -65,6 +65,7 @@ class BaselineEngine(Engine):
         """One CUDA context (shared with torch), the kernels, and the counted transfer layer."""
         self.gpu = get_context(device)
         self.transfers = Transfers(self.counters, self.gpu)
+        self.stream = None  # every launch goes on this stream; phase 4 gives the engine its own
         module = load_module(KERNELS, self.gpu)
         self.k_matmul = module.kernel("matmul")
         self.k_silu = module.kernel("silu")
@@ -87,15 +88,22 @@ class BaselineEngine(Engine):
         a new allocation and a synchronous pageable upload, every call."""
         return self.transfers.to_device(self.weights[name], weight=True, tag=tag, what=name), True
 
+    def dalloc(self, nbytes: int, what: str):
+        """A device buffer for an intermediate. Baseline: cudaMalloc every time (phase 4: workspace)."""
+        return self.transfers.alloc(nbytes, what)
+
+    def dfree(self, ptr) -> None:
+        self.transfers.free(ptr)
+
     def gemm(self, d_x, d_w, d_y, M: int, N: int, K: int) -> None:
         """y[M,N] = x[M,K] @ w[N,K]^T on device buffers, with the tiled kernel."""
         grid = ((N + TILE - 1) // TILE, (M + TILE - 1) // TILE)
         launch(self.k_matmul, grid, (TILE, TILE), (d_x, d_w, d_y, np.int32(M), np.int32(N), np.int32(K)),
-               shapes={"x": (M, K), "w": (N, K), "y": (M, N)}, sync=self.sync_launches)
+               shapes={"x": (M, K), "w": (N, K), "y": (M, N)}, stream=self.stream, sync=self.sync_launches)
 
     def elementwise(self, kernel, args, n: int) -> None:
         launch(kernel, ((n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK,), (ELEMENTWISE_BLOCK,),
-               (*args, np.int32(n)), shapes={"n": n}, sync=self.sync_launches)
+               (*args, np.int32(n)), shapes={"n": n}, stream=self.stream, sync=self.sync_launches)
 
     def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
         """x [M, K] @ weights[name].T on the GPU. Nothing stays on the device between calls."""
