@@ -29,8 +29,7 @@ class HFEngine(Engine):
         torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
         on_gpu = isinstance(device, int) and torch.cuda.is_available()
         self.torch_device = f"cuda:{device}" if on_gpu else "cpu"
-        self.model = transformers.Lfm2MoeForCausalLM.from_pretrained(
-            folder, dtype=torch_dtype, device_map=self.torch_device).eval()
+        self.model = transformers.Lfm2MoeForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(self.torch_device).eval()
 
     @torch.no_grad()
     def forward(self, tokens: np.ndarray) -> np.ndarray:
