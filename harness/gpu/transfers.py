@@ -69,6 +69,12 @@ class Transfers:
             base = getattr(base, "base", None)
         return False
 
+    @staticmethod
+    def _ptr(dev):
+        """PyCUDA's copies take a DeviceAllocation or a Python int, not a numpy integer (offset
+        pointers into a buffer or a workspace are numpy integers, as kernel arguments need)."""
+        return int(dev) if isinstance(dev, np.integer) else dev
+
     def _check(self, dst, host: np.ndarray, direction: str) -> np.ndarray:
         if not isinstance(host, np.ndarray):
             raise TypeError(f"{direction}: host side must be a numpy array, got {type(host).__name__}")
@@ -104,14 +110,14 @@ class Transfers:
         """Synchronous host-to-device copy of all of `host` to the start of `dst`."""
         self._check(dst, host, "htod")
         t0 = time.perf_counter()
-        self.cuda.memcpy_htod(dst, host)
+        self.cuda.memcpy_htod(self._ptr(dst), host)
         self._count_h2d(host, pinned, weight, tag, time.perf_counter() - t0)
 
     def dtoh(self, host: np.ndarray, src, *, pinned=None) -> None:
         """Synchronous device-to-host copy filling all of `host` from the start of `src`."""
         self._check(src, host, "dtoh")
         t0 = time.perf_counter()
-        self.cuda.memcpy_dtoh(host, src)
+        self.cuda.memcpy_dtoh(host, self._ptr(src))
         self._count_d2h(host, pinned, time.perf_counter() - t0)
 
     def htod_async(self, dst, host: np.ndarray, stream, *, weight: bool = False, tag: str | None = None,
@@ -119,12 +125,12 @@ class Transfers:
         """Asynchronous copy on `stream` (truly asynchronous only from pinned memory). Keep `host`
         alive and unchanged until the stream has passed this point."""
         self._check(dst, host, "htod_async")
-        self.cuda.memcpy_htod_async(dst, host, stream)
+        self.cuda.memcpy_htod_async(self._ptr(dst), host, stream)
         self._count_h2d(host, pinned, weight, tag, 0.0)
 
     def dtoh_async(self, host: np.ndarray, src, stream, *, pinned=None) -> None:
         self._check(src, host, "dtoh_async")
-        self.cuda.memcpy_dtoh_async(host, src, stream)
+        self.cuda.memcpy_dtoh_async(host, self._ptr(src), stream)
         self._count_d2h(host, pinned, 0.0)
 
     # ----- conveniences --------------------------------------------------------------------------
