@@ -86,7 +86,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def route(router_logits: np.ndarray, expert_bias: np.ndarray | None, k: int, norm_topk: bool = True,
           scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid routing from router logits [T, E] -> (expert ids [T, k] int64, weights [T, k] float32).
-    top-k on sigmoid + expert_bias (descending, ties to the lower id as torch.topk on CPU); the
+    top-k on sigmoid + expert_bias (descending, exact ties to the lower id; torch.topk on the CPU prefers the higher one, but continuous scores never tie); the
     weights come from the UNBIASED sigmoid, renormalised by sum + 1e-6, times `scale`."""
     s = sigmoid(router_logits)
     choice = s if expert_bias is None else s + expert_bias.astype(s.dtype)

@@ -102,6 +102,8 @@ def build_record(spec, engine, ranks_info: list[dict], lat_all: list[list[float]
         h2d_gbps=h2d / elapsed / 1e9 if elapsed > 0 else None,
         d2h_gbps=d2h / elapsed / 1e9 if elapsed > 0 else None,
         device_allocs_per_sample=allocs / ran if ran else None,
+        weight_h2d_bytes_per_sample=total("weight_h2d_bytes") / ran if ran else None,
+        expert_h2d_bytes_per_sample=total("expert_h2d_bytes") / ran if ran else None,
         tflops=tflops, pct_of_peak=(100.0 * tflops / peak) if (peak and tflops is not None) else None,
         run_id=spec.run_id, variant=spec.variant, model=spec.model_label or spec.model,
         batch_used=batch_used, samples_requested=n_requested, budget_s=spec.budget_s,

@@ -29,7 +29,7 @@ SUMMARY_COLUMNS = [
 EXTRA_COLUMNS = [
     "run_id", "variant", "model", "batch_used", "samples_requested", "budget_s", "budget_hit",
     "elapsed_s", "load_s", "warmup_s", "gpus", "peak_tflops", "math_mode", "h2d_copy_gbps",
-    "nvml_note", "hosts", "error",
+    "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample", "error",
 ]
 
 # Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
@@ -92,6 +92,8 @@ class VariantRecord:
     h2d_copy_gbps: float | None = None  # bytes / time spent inside the copies (engine's clock)
     nvml_note: str | None = None
     hosts: str | None = None
+    weight_h2d_bytes_per_sample: float | None = None  # model weights over PCIe (phase 4+: zero)
+    expert_h2d_bytes_per_sample: float | None = None  # the expert part of it (phase 2's evidence)
     error: str | None = None
     # ---- nested detail (JSON only) ---------------------------------------------------------
     per_rank: list[dict] = field(default_factory=list)  # timings + counters per rank
