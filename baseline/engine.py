@@ -50,6 +50,7 @@ class BaselineEngine(Engine):
     # Launch checks synchronise after every kernel: the original's next step was a synchronous
     # copy anyway, and an error is then reported against the kernel that caused it.
     sync_launches = True
+    output_collective = "reduce"  # the harness combines outputs as the original: MPI Reduce(SUM) of the full array
 
     def __init__(self, checkpoint, device=0, **options):
         super().__init__(checkpoint, device, **options)
@@ -95,15 +96,20 @@ class BaselineEngine(Engine):
     def dfree(self, ptr) -> None:
         self.transfers.free(ptr)
 
+    def _launch(self, kernel, grid, block, args, shapes) -> None:
+        """Every kernel of every phase goes through here: on the engine's stream, checked, and
+        synchronised after the launch when sync_launches says so."""
+        launch(kernel, grid, block, args, shapes=shapes, stream=self.stream, sync=self.sync_launches)
+
     def gemm(self, d_x, d_w, d_y, M: int, N: int, K: int) -> None:
         """y[M,N] = x[M,K] @ w[N,K]^T on device buffers, with the tiled kernel."""
         grid = ((N + TILE - 1) // TILE, (M + TILE - 1) // TILE)
-        launch(self.k_matmul, grid, (TILE, TILE), (d_x, d_w, d_y, np.int32(M), np.int32(N), np.int32(K)),
-               shapes={"x": (M, K), "w": (N, K), "y": (M, N)}, stream=self.stream, sync=self.sync_launches)
+        self._launch(self.k_matmul, grid, (TILE, TILE), (d_x, d_w, d_y, np.int32(M), np.int32(N), np.int32(K)),
+                     {"x": (M, K), "w": (N, K), "y": (M, N)})
 
     def elementwise(self, kernel, args, n: int) -> None:
-        launch(kernel, ((n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK,), (ELEMENTWISE_BLOCK,),
-               (*args, np.int32(n)), shapes={"n": n}, stream=self.stream, sync=self.sync_launches)
+        self._launch(kernel, ((n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK,), (ELEMENTWISE_BLOCK,),
+                     (*args, np.int32(n)), {"n": n})
 
     def matmul(self, x: np.ndarray, name: str) -> np.ndarray:
         """x [M, K] @ weights[name].T on the GPU. Nothing stays on the device between calls."""

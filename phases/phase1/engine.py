@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from baseline.engine import F32, BaselineEngine
-from harness.gpu import launch, load_module
+from harness.gpu import load_module
 from harness.gpu import nvtx
 
 KERNELS = Path(__file__).with_name("kernels.cu")
@@ -51,9 +51,6 @@ class Phase1Engine(BaselineEngine):
         self.k_attn_out = module.kernel("attention_output")
 
     # ----- kernel launches on device buffers (the tests drive these one by one) ------------------
-    def _launch(self, kernel, grid, block, args, shapes) -> None:
-        launch(kernel, grid, block, args, shapes=shapes, stream=self.stream, sync=self.sync_launches)
-
     def rmsnorm_rows(self, d_x, d_w, d_y, rows: int, dim: int) -> None:
         """y[r] = rmsnorm(x[r]) * w for `rows` rows of `dim` values; d_y may be d_x."""
         self._launch(self.k_rmsnorm, (rows,), (row_block(dim),),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.gpu import launch, load_module
+from harness.gpu import load_module
 from harness.gpu import nvtx
 
 KERNELS = Path(__file__).with_name("kernels.cu")
@@ -71,9 +71,6 @@ class ExpertBatching:
         self.k_gather_rows = module.kernel("gather_rows")
         self.k_silu_mul = module.kernel("silu_mul")
         self.k_combine_slots = module.kernel("combine_slots")
-
-    def _launch(self, kernel, grid, block, args, shapes) -> None:
-        launch(kernel, grid, block, args, shapes=shapes, stream=self.stream, sync=self.sync_launches)
 
     # ----- device functions (device in, device out) ----------------------------------------------
     def route_dev(self, layer: int, d_h, rows: int):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.gpu import launch, load_module, nvtx
+from harness.gpu import load_module, nvtx
 
 from .token_ids import checked_ids
 
@@ -43,17 +43,15 @@ class FusedConvAndEmbedding:
         """y [rows, H] = C * causal_depthwise_conv(B * x) from the in_proj output bcx [rows, 3H]
         (chunks B | C | x) and conv weight [H, L]; each of the `batch` sequences starts from zero."""
         rows = batch * seq_len
-        launch(self.k_shortconv_gate, (blocks_for(rows * H),), (BLOCK,),
-               (d_bcx, d_conv_w, d_y, np.int32(rows), np.int32(seq_len), np.int32(H), np.int32(L)),
-               shapes={"bcx": (rows, 3 * H), "conv_w": (H, L), "y": (rows, H), "seq_len": seq_len},
-               stream=self.stream, sync=self.sync_launches)
+        self._launch(self.k_shortconv_gate, (blocks_for(rows * H),), (BLOCK,),
+                     (d_bcx, d_conv_w, d_y, np.int32(rows), np.int32(seq_len), np.int32(H), np.int32(L)),
+                     {"bcx": (rows, 3 * H), "conv_w": (H, L), "y": (rows, H), "seq_len": seq_len})
 
     def embedding_gather(self, d_ids, d_table, d_x, rows: int, H: int, vocab: int) -> None:
         """x [rows, H] = table [vocab, H] at ids [rows] (int32, already checked on the host)."""
-        launch(self.k_embedding_gather, (blocks_for(rows * H),), (BLOCK,),
-               (d_ids, d_table, d_x, np.int32(rows), np.int32(H), np.int32(vocab)),
-               shapes={"ids": (rows,), "table": (vocab, H), "x": (rows, H)},
-               stream=self.stream, sync=self.sync_launches)
+        self._launch(self.k_embedding_gather, (blocks_for(rows * H),), (BLOCK,),
+                     (d_ids, d_table, d_x, np.int32(rows), np.int32(H), np.int32(vocab)),
+                     {"ids": (rows,), "table": (vocab, H), "x": (rows, H)})
 
     # ----- device functions --------------------------------------------------------------------
     def conv_dev(self, layer: int, d_h, batch: int, seq_len: int):

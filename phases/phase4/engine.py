@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.gpu import launch, load_module, nvtx
+from harness.gpu import load_module, nvtx
 from harness.reference import check_tokens
 from phases.phase2.expert_batching import offset_ptr
 from phases.phase3.engine import Phase3Engine
@@ -90,8 +90,7 @@ class Phase4Engine(Phase3Engine):
 
     # ----- the forward on the device ------------------------------------------------------------------
     def add_inplace(self, d_x, d_y, n: int) -> None:
-        launch(self.k_add_inplace, ((n + BLOCK - 1) // BLOCK,), (BLOCK,), (d_x, d_y, np.int32(n)),
-               shapes={"n": n}, stream=self.stream, sync=self.sync_launches)
+        self._launch(self.k_add_inplace, ((n + BLOCK - 1) // BLOCK,), (BLOCK,), (d_x, d_y, np.int32(n)), {"n": n})
 
     def dense_dev(self, layer: int, d_h, rows: int):
         """SwiGLU of a dense layer on the device (the baseline's mlp without its uploads)."""
