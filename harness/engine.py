@@ -67,6 +67,16 @@ class Engine:
         """tokens: int32 [batch, seq_len] -> float32 [batch, vocab] last-position logits."""
         raise NotImplementedError
 
+    # ----- generation (engines with supports_generation = True) ----------------------------------
+    def prefill(self, prompts: np.ndarray) -> np.ndarray:
+        """Start generating: prompts int32 [batch, prompt_len] -> last-position logits [batch, vocab],
+        keeping each sequence's KV cache and conv state for `decode`."""
+        raise NotImplementedError(f"engine {self.name!r} does not generate (only prefill)")
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """One step: the next token of every sequence, int32 [batch] -> logits [batch, vocab]."""
+        raise NotImplementedError(f"engine {self.name!r} does not generate (only prefill)")
+
     def synchronize(self) -> None:
         """Block until all device work this engine queued has finished (no-op on the CPU)."""
 

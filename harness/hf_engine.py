@@ -14,6 +14,7 @@ from .engine import Engine
 class HFEngine(Engine):
     name = "hf"
     max_batch = 64
+    supports_generation = True
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", **options):
         super().__init__(checkpoint, device, **options)
@@ -35,6 +36,21 @@ class HFEngine(Engine):
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         ids = torch.as_tensor(np.asarray(tokens, np.int64), device=self.torch_device)
         out = self.model(ids, logits_to_keep=1, use_cache=False)
+        return out.logits[:, -1].float().cpu().numpy()
+
+    @torch.no_grad()
+    def prefill(self, prompts: np.ndarray) -> np.ndarray:
+        """Equal-length prompts (the harness's synthetic sets), so no padding or mask is needed."""
+        ids = torch.as_tensor(np.asarray(prompts, np.int64), device=self.torch_device)
+        out = self.model(ids, use_cache=True, logits_to_keep=1)
+        self._past = out.past_key_values
+        return out.logits[:, -1].float().cpu().numpy()
+
+    @torch.no_grad()
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        ids = torch.as_tensor(np.asarray(tokens, np.int64).reshape(-1, 1), device=self.torch_device)
+        out = self.model(ids, past_key_values=self._past, use_cache=True, logits_to_keep=1)
+        self._past = out.past_key_values
         return out.logits[:, -1].float().cpu().numpy()
 
     def synchronize(self) -> None:

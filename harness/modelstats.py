@@ -59,3 +59,25 @@ def model_stats(cfg: ModelConfig) -> ModelStats:
         lm_head_params=embed,
         attn_flops_per_key=n_attn * 4 * nh * hd,
     )
+
+
+def expected_distinct_experts(cfg: ModelConfig, tokens: int) -> float:
+    """Experts one MoE layer touches for `tokens` tokens under uniform routing: E(1 - (1-k/E)^T)."""
+    E, k = cfg.num_experts, cfg.num_experts_per_tok
+    return E * (1.0 - (1.0 - k / E) ** tokens)
+
+
+def decode_bytes_per_step(cfg: ModelConfig, batch: int, context: int, weight_bytes: int = 2,
+                          cache_bytes: int = 2) -> float:
+    """HBM bytes one decode step must read: every non-expert weight, the experts the batch's
+    tokens touch (uniform-routing estimate), each sequence's KV cache over `context` positions and
+    its conv state. The decode floor is this over the GPU's bandwidth (performance.md)."""
+    st = model_stats(cfg)
+    H, Im = cfg.hidden_size, cfg.moe_intermediate_size
+    expert = 3 * H * Im
+    all_experts = len(cfg.moe_layers) * cfg.num_experts * expert
+    non_expert = st.total_params - all_experts
+    touched = len(cfg.moe_layers) * expected_distinct_experts(cfg, batch) * expert
+    kv = len(cfg.attention_layers) * 2 * cfg.num_key_value_heads * cfg.head_dim * context
+    conv = len(cfg.conv_layers) * (cfg.conv_L_cache - 1) * H
+    return (non_expert + touched) * weight_bytes + batch * (kv + conv) * cache_bytes

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from .engine import Engine
-from .reference import WeightCache, reference_logits
+from .reference import WeightCache, _Weights, check_tokens, reference_logits
+from .reference_generate import SequenceCache, _chunk
 
 
 class ReferenceEngine(Engine):
@@ -13,6 +14,7 @@ class ReferenceEngine(Engine):
 
     name = "reference"
     max_batch = 8
+    supports_generation = True
 
     def __init__(self, checkpoint, device=0, dtype: str | None = None, **options):
         super().__init__(checkpoint, device, **options)
@@ -26,6 +28,27 @@ class ReferenceEngine(Engine):
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         return reference_logits(self.checkpoint, tokens, dtype=self._torch_dtype, device=self.torch_device,
                                 cache=self._cache)
+
+    @torch.no_grad()
+    def prefill(self, prompts: np.ndarray) -> np.ndarray:
+        prompts = check_tokens(prompts, self.config)
+        self._W = _Weights(self.checkpoint, self._torch_dtype, self.torch_device, self._cache)
+        self._seqs = [SequenceCache() for _ in prompts]
+        return self._step([row for row in prompts])
+
+    @torch.no_grad()
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = check_tokens(np.asarray(tokens).reshape(-1, 1), self.config)
+        if len(tokens) != len(getattr(self, "_seqs", [])):
+            raise ValueError("decode needs one token per sequence of the last prefill")
+        return self._step([row for row in tokens])
+
+    def _step(self, chunks) -> np.ndarray:
+        embed = self._W("embed_tokens.weight")
+        out = np.empty((len(chunks), self.config.vocab_size), np.float32)
+        for b, (ids, seq) in enumerate(zip(chunks, self._seqs)):
+            out[b] = _chunk(embed[torch.as_tensor(ids, device=embed.device)], self._W, self.config, seq).float().cpu()
+        return out
 
     def synchronize(self) -> None:
         if self.torch_device.startswith("cuda"):

@@ -1,0 +1,65 @@
+"""The generation workload (issue 12): greedy prefill + decode, timed per step.
+
+Time to first token is the prefill (its logits choose the first new token); each later token is
+one decode step, timed after a device synchronize. Metrics follow what serving users read:
+TTFT, inter-token latency percentiles, decode tokens/s, and achieved bandwidth against the
+decode floor (bytes a step must read / HBM bandwidth).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .modelstats import decode_bytes_per_step
+
+HBM_BYTES_PER_S = 3.0e12  # H100 device-to-device copy, performance.md
+
+
+@dataclass
+class GenerationRun:
+    tokens: np.ndarray  # int32 [batch, max_new_tokens]
+    ttft_s: float
+    step_s: list = field(default_factory=list)  # one per decode step
+
+
+def greedy_generate(engine, prompts: np.ndarray, max_new_tokens: int) -> GenerationRun:
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    engine.synchronize()
+    t0 = time.perf_counter()
+    logits = engine.prefill(prompts)
+    engine.synchronize()
+    run = GenerationRun(np.zeros((len(prompts), max_new_tokens), np.int32), time.perf_counter() - t0)
+    run.tokens[:, 0] = logits.argmax(1)
+    for step in range(1, max_new_tokens):
+        t = time.perf_counter()
+        logits = engine.decode(run.tokens[:, step - 1])
+        engine.synchronize()
+        run.step_s.append(time.perf_counter() - t)
+        run.tokens[:, step] = logits.argmax(1)
+    return run
+
+
+def generation_metrics(run: GenerationRun, cfg, prompt_len: int, weight_bytes: int = 2) -> dict:
+    batch, n = run.tokens.shape
+    steps = np.asarray(run.step_s) * 1e3
+    out = {"ttft_ms": run.ttft_s * 1e3, "batch": batch, "prompt_len": prompt_len, "max_new_tokens": n}
+    if len(steps):
+        mid_context = prompt_len + n // 2
+        per_step = decode_bytes_per_step(cfg, batch, mid_context, weight_bytes)
+        p50 = float(np.percentile(steps, 50))
+        out.update(itl_p50_ms=p50, itl_p90_ms=float(np.percentile(steps, 90)),
+                   itl_p99_ms=float(np.percentile(steps, 99)),
+                   decode_tokens_per_s=batch * len(steps) / (steps.sum() / 1e3),
+                   decode_gbps=per_step / (p50 / 1e3) / 1e9,
+                   decode_floor_ms=per_step / HBM_BYTES_PER_S * 1e3)
+        out["pct_of_decode_floor"] = 100.0 * out["decode_floor_ms"] / p50
+    return out
+
+
+def first_divergence(tokens: np.ndarray, expected: np.ndarray) -> int | None:
+    """The first step at which any sequence's token differs, or None when all agree."""
+    bad = np.flatnonzero((tokens != expected).any(axis=0))
+    return int(bad[0]) if len(bad) else None
