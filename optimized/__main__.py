@@ -1,0 +1,140 @@
+"""Time and check the optimized engine on one GPU, without the MPI harness.
+
+  python -m optimized --preset small --dtype bf16 --shapes 1x16,64x16,8x512
+  python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes 1x16,64x16,8x512,16x512 --accuracy 8x16
+  python -m optimized --preset lfm2-8b-a1b --dtype fp32 --shapes 64x16 --accuracy 8x16 --json out.json
+
+For each BxS shape: a warm-up forward (it captures the CUDA graph), then --iters timed forwards
+(host clock around engine.forward, which ends with a stream synchronize and includes the ids
+upload and logits download); prints the median ms, the spread, tokens/s, samples/s and the
+achieved TFLOP/s from harness.modelstats (useful FLOPs: LM head on the last position only).
+--accuracy BxS compares the engine's logits with the float32 reference (GPU, TF32 off; float64
+on the CPU for presets with a vocabulary under 10k): max abs error, top-1 agreement, VALID at 1e-3.
+--weights gpu draws random weights on the GPU (optimized.gpu_synthetic: seconds, no disk);
+cpu uses harness.synthetic in memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in filter(None, text.split(",")):
+        try:
+            b, s = part.lower().split("x")
+            out.append((int(b), int(s)))
+        except ValueError:
+            raise SystemExit(f"--shapes: {part!r} is not BxS (e.g. 64x16)") from None
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m optimized", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small", help="model preset (default: small)")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--weights", default="gpu", choices=["gpu", "cpu"], help="where random weights are drawn")
+    ap.add_argument("--shapes", default="1x16,64x16,8x512", help="comma-separated BxS to time")
+    ap.add_argument("--iters", type=int, default=10, help="timed forwards per shape (default: 10)")
+    ap.add_argument("--no-graphs", action="store_true", help="run eagerly (no CUDA graph)")
+    ap.add_argument("--accuracy", metavar="BxS", help="compare BxS random prompts with the reference")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from harness.config import get_preset
+    from harness.jobfiles import synthetic_prompts, validate
+    from harness.modelstats import model_stats
+    from harness.reference import reference_logits
+
+    from .engine import OptimizedEngine
+    from .gpu_synthetic import GPUSyntheticCheckpoint
+
+    cfg = get_preset(args.preset)
+    if args.weights == "gpu":
+        ckpt = GPUSyntheticCheckpoint(cfg, seed=0)
+    else:
+        from harness.synthetic import synthetic_checkpoint
+        ckpt = synthetic_checkpoint(cfg, seed=0)
+    result = {"preset": args.preset, "dtype": args.dtype, "graphs": not args.no_graphs,
+              "device": torch.cuda.get_device_name(0), "shapes": []}
+
+    ref = None
+    if args.accuracy:
+        (ab, as_), = parse_shapes(args.accuracy)
+        acc_tokens = synthetic_prompts(cfg.vocab_size, ab, as_, seed=1234)
+        t = time.perf_counter()
+        if cfg.vocab_size < 10_000:
+            ref = reference_logits(ckpt, acc_tokens, dtype=torch.float64, device="cpu")
+            ref_kind = "float64 CPU"
+        else:
+            ref = reference_logits(ckpt, acc_tokens, dtype=torch.float32, device="cuda")
+            ref_kind = "float32 GPU (TF32 off)"
+        print(f"reference ({ref_kind}) for {args.accuracy}: {time.perf_counter() - t:.1f} s", flush=True)
+        torch.cuda.empty_cache()
+
+    t = time.perf_counter()
+    eng = OptimizedEngine(ckpt, 0, dtype=args.dtype, graphs=not args.no_graphs, progress=False)
+    load_s = time.perf_counter() - t
+    print(f"engine {args.dtype} loaded in {load_s:.1f} s; weights {eng.W.nbytes() / 1e9:.2f} GB on the GPU", flush=True)
+    result["load_s"] = load_s
+
+    if ref is not None:
+        got = eng.forward(acc_tokens)
+        v = validate(got, ref)
+        err = np.abs(got.astype(np.float64) - ref)
+        result["accuracy"] = {"shape": args.accuracy, "reference": ref_kind, "max_abs_err": v.max_abs_err,
+                              "mean_abs_err": float(err.mean()), "top1": v.top1_agreement, "valid_1e-3": v.valid}
+        print(f"accuracy vs {ref_kind}: {v}; mean abs err {err.mean():.3g}", flush=True)
+        if args.dtype == "bf16":  # what bf16 costs anyway: the reference itself run in plain torch bf16
+            plain = reference_logits(ckpt, acc_tokens, dtype=torch.bfloat16, device="cuda")
+            pv = validate(plain, ref)
+            perr = float(np.abs(plain.astype(np.float64) - ref).mean())
+            agree = float(np.mean(plain.argmax(1) == got.argmax(1)))
+            result["accuracy"]["plain_torch_bf16"] = {"max_abs_err": pv.max_abs_err, "mean_abs_err": perr,
+                                                      "top1": pv.top1_agreement, "top1_vs_engine": agree}
+            print(f"plain torch bf16 reference vs {ref_kind}: {pv}; mean abs err {perr:.3g}; "
+                  f"engine/plain-bf16 top-1 agreement {100 * agree:.1f}%", flush=True)
+
+    stats = model_stats(cfg)
+    rows = []
+    for B, S in parse_shapes(args.shapes):
+        tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=B * 1000 + S)
+        t = time.perf_counter()
+        eng.forward(tokens)  # warm-up: plan buffers, eager run, graph capture
+        first_s = time.perf_counter() - t
+        times = []
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            eng.forward(tokens)
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        row = {"B": B, "S": S, "ms_median": med * 1e3, "ms_min": min(times) * 1e3, "ms_max": max(times) * 1e3,
+               "tokens_per_s": B * S / med, "samples_per_s": B / med,
+               "tflops": B * stats.job_flops(S) / med / 1e12, "first_call_s": first_s}
+        rows.append(row)
+        print(f"{B:>4}x{S:<5} {row['ms_median']:9.3f} ms  [{row['ms_min']:.3f}..{row['ms_max']:.3f}]  "
+              f"{row['tokens_per_s']:>11,.0f} tok/s  {row['samples_per_s']:>9,.1f} samples/s  "
+              f"{row['tflops']:7.1f} TFLOP/s  (first call {first_s:.2f} s)", flush=True)
+    result["shapes"] = rows
+    result["graph_error"] = eng.graph_error
+    if eng.graph_error:
+        print(f"graph capture failed: {eng.graph_error}")
+    eng.close()
+    if args.json:
+        tmp = f"{args.json}.partial-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(result, fh, indent=2)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The optimized engine (issue 10): the whole [B, S] batch in one forward, weights resident in the
+engine dtype, the project's own PyCUDA kernels for everything but the plain dense GEMMs, and the
+forward replayed from a CUDA graph per (B, S).
+
+| step                       | how                                                                   |
+|----------------------------|-----------------------------------------------------------------------|
+| embedding                  | gather kernel into the fp32 residual stream x                         |
+| residual add + RMSNorm     | one kernel per norm (add_norm): x += sum of addends; h = norm(x) * w  |
+| ShortConv                  | in_proj (cuBLAS), fused B*x / causal conv3 / C* kernel, out_proj      |
+| attention                  | fused qkv GEMM (cuBLAS), q/k norm + RoPE kernel, flash-style causal   |
+|                            | GQA kernel, out_proj (cuBLAS)                                         |
+| dense FFN (layers < 2)     | fused w1|w3 GEMM (cuBLAS), silu_mul kernel, w2 (cuBLAS)               |
+| MoE                        | router GEMM (cuBLAS), route kernel (fp32 biased top-k), sort of the   |
+|                            | (token, slot) pairs by expert on the device, grouped gate/up GEMM     |
+|                            | with SiLU*up in its epilogue, grouped down GEMM that applies the      |
+|                            | routing weight; the k slots are summed by the next add_norm           |
+| LM head                    | last position of each sequence only (cuBLAS)                          |
+
+cuBLAS (torch.mm) does the plain dense GEMMs; in fp32 with TF32 off, in bf16 with fp32
+accumulation (reduced-precision reductions off). The residual stream stays fp32 in both dtypes
+(HF keeps it bf16: a deliberate, more accurate difference). The engine's stream is a PyCUDA
+stream wrapped for torch (ExternalStream), so both libraries' work is ordered on it and captured
+into one torch.cuda.CUDAGraph. Options: dtype "bf16" (default) | "fp32", max_batch (default 256),
+max_tokens per internal forward (default 16384; larger calls are split by sequences),
+graphs (default True).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from harness.engine import Engine
+from harness.gpu import get_context, release_context
+from harness.reference import check_tokens
+
+from .kernels import Kernels, max_gemm_tiles
+from .weights import PackedWeights
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MAX_PLANS = 4  # (B, S) shapes whose buffers and graph are kept
+
+
+class Plan:
+    """Every buffer of one forward shape (allocated once), and its CUDA graph once captured."""
+
+    def __init__(self, cfg, B: int, S: int, dtype, dev):
+        T, H, k = B * S, cfg.hidden_size, cfg.num_experts_per_tok
+        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.B, self.S, self.T = B, S, T
+        self.npairs = T * k
+        e = lambda *shape, dt=dtype: torch.empty(shape, dtype=dt, device=dev)  # noqa: E731
+        self.ids = e(T, dt=torch.int32)
+        self.x = e(T, H, dt=torch.float32)
+        self.h = e(T, H)
+        self.y = e(T * max(k, 1), H)  # mixer/dense output (first T rows) or the MoE's per-slot outputs
+        self.bcx = e(T, 3 * H)
+        self.cy = e(T, H)
+        self.qkv = e(T, (nh + 2 * nkv) * hd)
+        self.q, self.k, self.v = e(B, nh, S, hd), e(B, nkv, S, hd), e(B, nkv, S, hd)
+        self.o = e(T, nh * hd)
+        self.gu = e(T, 2 * cfg.intermediate_size)
+        self.act_dense = e(T, cfg.intermediate_size)
+        self.h32 = e(T, H, dt=torch.float32)  # fp32 router input
+        self.router = e(T, cfg.num_experts, dt=torch.float32)
+        self.idx = e(T, k, dt=torch.int32)
+        self.wts = e(T, k, dt=torch.float32)
+        self.sorted_pair = e(self.npairs, dt=torch.int32)
+        self.offsets = e(cfg.num_experts + 1, dt=torch.int32)
+        self.tiles = e(3 * max_gemm_tiles(self.npairs, cfg.num_experts, dtype), dt=torch.int32)
+        self.num_tiles = e(1, dt=torch.int32)
+        self.act = e(self.npairs, cfg.moe_intermediate_size)
+        self.logits = e(B, cfg.vocab_size)
+        self.logits_f32 = self.logits if dtype == torch.float32 else e(B, cfg.vocab_size, dt=torch.float32)
+        self.ids_host = torch.empty((B, S), dtype=torch.int32, pin_memory=True)
+        self.logits_host = torch.empty((B, cfg.vocab_size), dtype=torch.float32, pin_memory=True)
+        self.graph = None
+
+
+class OptimizedEngine(Engine):
+    name = "optimized"
+    phase = None
+
+    def __init__(self, checkpoint, device=0, dtype: str = "bf16", max_batch: int = 256, max_tokens: int = 16384,
+                 graphs: bool = True, progress: bool = True, **options):
+        super().__init__(checkpoint, device, **options)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} not supported by the optimized engine; choose bf16 or fp32")
+        if int(max_batch) < 1 or int(max_tokens) < 1:
+            raise ValueError("max_batch and max_tokens must be >= 1")
+        self.dtype, self.tdtype = dtype, DTYPES[dtype]
+        self.max_batch, self.max_tokens, self.use_graphs = int(max_batch), int(max_tokens), bool(graphs)
+        self._closed = False
+        self.gpu = get_context(device)
+        self.tdev = torch.device("cuda", self.gpu.index)
+        torch.cuda.set_device(self.tdev)
+        # fp32 must stay fp32 (the job's 1e-3); bf16 GEMMs accumulate in fp32 without reduced-precision
+        # split-K reductions. These are process-wide torch settings.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        self.stream = self.gpu.cuda.Stream()
+        self.tstream = torch.cuda.ExternalStream(self.stream.handle, device=self.tdev)
+        self.K = Kernels(self.gpu, self.tdtype, self.stream)
+        self.W = PackedWeights(checkpoint, self.tdtype, self.tdev, self.counters, progress)
+        torch.cuda.synchronize(self.tdev)
+        self.counters.extra["resident_weight_bytes"] = self.W.nbytes()
+        self.head_out_fp32 = self._probe_mm_out_dtype()
+        self.counters.extra["lm_head_fp32_output"] = self.head_out_fp32
+        self.plans: OrderedDict[tuple[int, int], Plan] = OrderedDict()
+        self.graph_error: str | None = None
+
+    def _probe_mm_out_dtype(self) -> bool:
+        """bf16 LM head with fp32 output (torch.mm out_dtype, newer torch): logits are not rounded
+        to bf16. Older torch: bf16 logits, as HF returns them."""
+        if self.tdtype == torch.float32:
+            return False
+        try:
+            a = torch.ones((2, 8), dtype=self.tdtype, device=self.tdev)
+            out = torch.empty((2, 4), dtype=torch.float32, device=self.tdev)
+            torch.mm(a, torch.ones((8, 4), dtype=self.tdtype, device=self.tdev), out_dtype=torch.float32, out=out)
+            torch.cuda.synchronize(self.tdev)
+            return bool(torch.all(out == 8))
+        except (TypeError, RuntimeError):
+            return False
+
+    # ----- the forward's device work (captured into a graph) ----------------------------------------
+    def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        torch.mm(a, w.t(), out=out)
+
+    def _body(self, P: Plan) -> None:
+        cfg, K, W = self.config, self.K, self.W
+        T, H, k, eps = P.T, cfg.hidden_size, cfg.num_experts_per_tok, cfg.norm_eps
+        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        K.embedding(P.ids, W.embed, P.x)
+        nadd = 0
+        for i, L in enumerate(W.layers):
+            K.add_norm(P.x, P.y, nadd, L["op_norm"], P.h, eps)
+            if cfg.is_attention(i):
+                self._mm(P.h, L["qkv"], P.qkv)
+                K.qk_norm_rope(P.qkv, L["q_norm"], L["k_norm"], P.q, P.k, P.v, P.S, nh, nkv, hd, eps, cfg.rope_theta)
+                K.attention(P.q, P.k, P.v, P.o, P.B, P.S, nh, nkv, hd)
+                self._mm(P.o, L["out"], P.y[:T])
+            else:
+                self._mm(P.h, L["in"], P.bcx)
+                K.shortconv(P.bcx, L["conv_w"], P.cy, P.S)
+                self._mm(P.cy, L["out"], P.y[:T])
+            moe = cfg.is_moe(i)
+            K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, eps, h32=P.h32 if moe else None)
+            if moe:
+                self._mm(P.h32, L["gate"], P.router)
+                K.route(P.router, L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
+                K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles)
+                K.moe_gateup(P.h, L["w13"], P.act, P.sorted_pair, P.tiles, P.num_tiles, P.npairs, k)
+                K.moe_down(P.act, L["w2"], P.y, P.sorted_pair, P.tiles, P.num_tiles, P.wts, P.npairs)
+                nadd = k
+            else:
+                self._mm(P.h, L["w13"], P.gu)
+                K.silu_mul(P.gu, P.act_dense)
+                self._mm(P.act_dense, L["w2"], P.y[:T])
+                nadd = 1
+        K.add_norm(P.x, P.y, nadd, W.final_norm, P.h, eps)
+        last = P.h.view(P.B, P.S, H)[:, P.S - 1, :]  # the LM head runs on the last position only
+        if self.head_out_fp32 and P.logits_f32 is not P.logits:
+            torch.mm(last, W.embed.t(), out_dtype=torch.float32, out=P.logits_f32)
+        else:
+            self._mm(last, W.embed, P.logits)
+            if P.logits_f32 is not P.logits:
+                P.logits_f32.copy_(P.logits)
+
+    # ----- plans and graphs ----------------------------------------------------------------------------
+    def _plan(self, B: int, S: int) -> Plan:
+        key = (B, S)
+        if key in self.plans:
+            self.plans.move_to_end(key)
+            return self.plans[key]
+        while len(self.plans) >= MAX_PLANS:
+            self.plans.popitem(last=False)
+        P = Plan(self.config, B, S, self.tdtype, self.tdev)
+        self.plans[key] = P
+        return P
+
+    def _capture(self, P: Plan) -> None:
+        """Warm up eagerly once (cuBLAS handles, heuristics), then capture the forward's launches."""
+        with torch.cuda.stream(self.tstream):
+            self._body(P)
+        self.tstream.synchronize()
+        if not self.use_graphs or self.graph_error is not None:
+            return
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g, stream=self.tstream, capture_error_mode="thread_local"):
+                self._body(P)
+            P.graph = g
+        except Exception as e:  # keep a working (eager) engine and say why
+            self.graph_error = f"{type(e).__name__}: {e}"
+            print(f"optimized: CUDA graph capture failed, running eagerly: {self.graph_error}")
+
+    def _forward_chunk(self, tokens: np.ndarray) -> np.ndarray:
+        B, S = tokens.shape
+        P = self._plan(B, S)
+        P.ids_host.numpy()[:] = tokens
+        with torch.cuda.stream(self.tstream):
+            P.ids.view(B, S).copy_(P.ids_host, non_blocking=True)
+            if P.graph is None and self.use_graphs and self.graph_error is None:
+                self._capture(P)  # first call of this shape: warm-up + capture, ids already on the device
+            if P.graph is not None:
+                P.graph.replay()
+            else:
+                self._body(P)
+            P.logits_host.copy_(P.logits_f32, non_blocking=True)
+        self.stream.synchronize()
+        c = self.counters
+        c.h2d_bytes += tokens.nbytes
+        c.h2d_pinned_bytes += tokens.nbytes
+        c.h2d_copies += 1
+        c.d2h_bytes += P.logits_host.numel() * 4
+        c.d2h_pinned_bytes += P.logits_host.numel() * 4
+        c.d2h_copies += 1
+        return P.logits_host.numpy().copy()
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("this engine was closed; build a new one")
+        tokens = check_tokens(tokens, self.config).astype(np.int32)
+        B, S = tokens.shape
+        if B > self.max_batch:
+            raise ValueError(f"batch of {B} prompts exceeds max_batch={self.max_batch}; split it or build the "
+                             "engine with max_batch=N")
+        per = max(1, self.max_tokens // S)  # sequences per internal forward
+        outs = [self._forward_chunk(tokens[b:b + per]) for b in range(0, B, per)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.synchronize()
+            self.plans.clear()
+            self.W = None
+            torch.cuda.empty_cache()
+            release_context(self.gpu)

@@ -1,0 +1,187 @@
+"""Launchers for the optimized engine's PyCUDA kernels, on torch CUDA tensors.
+
+Each method checks what it is given (dtype, shape, contiguity) and launches one kernel on
+`stream` (a pycuda Stream; the engine wraps the same handle for torch, so PyCUDA launches and
+torch ops are ordered on one stream and are captured into one CUDA graph together).
+Kernel sources: elementwise.cu, attention.cu, moe_gemm.cu beside this file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.gpu import launch, load_module
+
+HERE = Path(__file__).parent
+SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+GEMM_TILE_ROWS = {torch.bfloat16: 128, torch.float32: 64}  # = BM / SBM in moe_gemm.cu
+GEMM_TILE_COLS = {torch.bfloat16: 128, torch.float32: 64}  # GEMM columns per block (gate+up together)
+BF16_GEMM_SMEM = 3 * (128 + 128) * (32 + 8) * 2  # = BF16_SMEM_BYTES
+ATTN_QT = 32  # = QT in attention.cu
+ATTN_HEAD_DIMS = (16, 32, 64)
+NORM_MAXV = 16
+SORT_MAX_E = 256
+
+
+def ptr(t: torch.Tensor | None) -> np.uintp:
+    return np.uintp(0 if t is None else t.data_ptr())
+
+
+def i32(v) -> np.int32:
+    return np.int32(int(v))
+
+
+def f32(v) -> np.float32:
+    return np.float32(float(v))
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _dev(t: torch.Tensor, dtype, name: str) -> None:
+    _need(t.is_cuda and t.dtype == dtype and t.is_contiguous(),
+          f"{name} must be a contiguous CUDA {dtype} tensor, got {t.dtype} on {t.device} "
+          f"(contiguous={t.is_contiguous()})")
+
+
+def max_gemm_tiles(npairs: int, num_experts: int, dtype) -> int:
+    """Upper bound of the grouped GEMM's row tiles: sum_e ceil(c_e / BM) <= npairs // BM + E."""
+    return npairs // GEMM_TILE_ROWS[dtype] + num_experts
+
+
+class Kernels:
+    def __init__(self, gpu, dtype: torch.dtype, stream=None):
+        if dtype not in SUFFIX:
+            raise ValueError(f"dtype {dtype} not supported; use torch.float32 or torch.bfloat16")
+        self.dtype, self.stream, sfx = dtype, stream, SUFFIX[dtype]
+        ew = load_module(HERE / "elementwise.cu", gpu)
+        at = load_module(HERE / "attention.cu", gpu)
+        mg = load_module(HERE / "moe_gemm.cu", gpu)
+        self.k_embed = ew.kernel(f"embedding_gather_{sfx}")
+        self.k_add_norm = ew.kernel(f"add_norm_{sfx}")
+        self.k_silu_mul = ew.kernel(f"silu_mul_{sfx}")
+        self.k_conv = ew.kernel(f"shortconv_{sfx}")
+        self.k_rope = ew.kernel(f"qk_norm_rope_{sfx}")
+        self.k_route = {t: ew.kernel(f"route_{SUFFIX[t]}") for t in SUFFIX}  # by the router logits' dtype
+        self.k_sort = ew.kernel("moe_sort_pairs")
+        self.k_attn = {hd: at.kernel(f"attention_{sfx}_hd{hd}") for hd in ATTN_HEAD_DIMS}
+        self.k_gateup = mg.kernel(f"moe_gateup_{sfx}")
+        self.k_down = mg.kernel(f"moe_down_{sfx}")
+        self.gemm_smem = 0
+        if dtype == torch.bfloat16:
+            from harness.gpu.context import import_driver
+            attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
+            for k in (self.k_gateup, self.k_down):
+                k.function.set_attribute(attr, BF16_GEMM_SMEM)
+            self.gemm_smem = BF16_GEMM_SMEM
+
+    def _go(self, kernel, grid, block, args, shared=0, **shapes):
+        launch(kernel, grid, block, args, shapes=shapes or None, shared=shared, stream=self.stream)
+
+    # ----- residual stream -------------------------------------------------------------------------
+    def embedding(self, ids: torch.Tensor, table: torch.Tensor, x: torch.Tensor) -> None:
+        _dev(ids, torch.int32, "ids"); _dev(table, self.dtype, "table"); _dev(x, torch.float32, "x")
+        n, H = ids.numel(), table.shape[1]
+        _need(x.numel() >= n * H, "x too small for the ids")
+        self._go(self.k_embed, (n,), (256,), (ptr(ids), ptr(table), ptr(x), i32(H)), ids=n, H=H)
+
+    def add_norm(self, x, y, nadd: int, w, h, eps: float, rows: int | None = None, h32=None) -> None:
+        """x[r] += sum_{j<nadd} y[r*nadd+j]; h[r] = rmsnorm(x[r]) * w, for the first `rows` rows;
+        with h32 also the unrounded fp32 h."""
+        _dev(x, torch.float32, "x"); _dev(w, self.dtype, "w"); _dev(h, self.dtype, "h")
+        H = w.numel()
+        rows = x.numel() // H if rows is None else rows
+        _need(H <= NORM_MAXV * 256, f"hidden size {H} exceeds add_norm's {NORM_MAXV * 256}")
+        if nadd:
+            _dev(y, self.dtype, "y")
+            _need(y.numel() >= rows * nadd * H, "y holds fewer than rows * nadd rows")
+        if h32 is not None:
+            _dev(h32, torch.float32, "h32")
+        self._go(self.k_add_norm, (rows,), (256,), (ptr(x), ptr(y if nadd else None), i32(nadd), ptr(w), ptr(h),
+                                                    ptr(h32), i32(H), f32(eps)), rows=rows, H=H, nadd=nadd)
+
+    # ----- mixers ------------------------------------------------------------------------------------
+    def shortconv(self, bcx, conv_w, y, seq_len: int) -> None:
+        _dev(bcx, self.dtype, "bcx"); _dev(conv_w, self.dtype, "conv_w"); _dev(y, self.dtype, "y")
+        H, L = conv_w.shape
+        ntok = bcx.numel() // (3 * H)
+        _need(ntok % seq_len == 0, "token count is not a multiple of seq_len")
+        n = ntok * H
+        self._go(self.k_conv, ((n + 255) // 256,), (256,), (ptr(bcx), ptr(conv_w), ptr(y), i32(ntok), i32(seq_len),
+                                                           i32(H), i32(L)), ntok=ntok, H=H)
+
+    def qk_norm_rope(self, qkv, qw, kw, q, k, v, seq_len, nh, nkv, hd, eps, theta) -> None:
+        for t, n in ((qkv, "qkv"), (qw, "q_norm"), (kw, "k_norm"), (q, "q"), (k, "k"), (v, "v")):
+            _dev(t, self.dtype, n)
+        ntok = qkv.numel() // ((nh + 2 * nkv) * hd)
+        warps = ntok * (nh + 2 * nkv)
+        self._go(self.k_rope, ((warps * 32 + 255) // 256,), (256,),
+                 (ptr(qkv), ptr(qw), ptr(kw), ptr(q), ptr(k), ptr(v), i32(ntok), i32(seq_len), i32(nh), i32(nkv),
+                  i32(hd), f32(eps), f32(theta)), ntok=ntok, heads=(nh, nkv, hd))
+
+    def attention(self, q, k, v, o, batch, seq_len, nh, nkv, hd) -> None:
+        for t, n in ((q, "q"), (k, "k"), (v, "v"), (o, "o")):
+            _dev(t, self.dtype, n)
+        _need(hd in self.k_attn, f"head_dim {hd} not built; attention.cu has {ATTN_HEAD_DIMS}")
+        G = nh // nkv
+        _need(G * ATTN_QT <= 256, f"GQA group {G} too large for one block")
+        grid = ((seq_len + ATTN_QT - 1) // ATTN_QT, nkv, batch)
+        self._go(self.k_attn[hd], grid, (G * ATTN_QT,), (ptr(q), ptr(k), ptr(v), ptr(o), i32(seq_len), i32(nh),
+                                                          i32(nkv), f32(hd ** -0.5)), B=batch, S=seq_len)
+
+    # ----- feed-forward --------------------------------------------------------------------------------
+    def silu_mul(self, gu, act) -> None:
+        _dev(gu, self.dtype, "gu"); _dev(act, self.dtype, "act")
+        rows, I2 = gu.shape
+        n = rows * (I2 // 2)
+        self._go(self.k_silu_mul, ((n + 255) // 256,), (256,), (ptr(gu), ptr(act), i32(rows), i32(I2 // 2)), rows=rows)
+
+    def route(self, logits, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:
+        _need(logits.dtype in SUFFIX, "router logits must be fp32 or bf16")
+        _dev(logits, logits.dtype, "router logits"); _dev(bias, torch.float32, "expert_bias")
+        _dev(idx, torch.int32, "idx"); _dev(wts, torch.float32, "wts")
+        ntok, E = logits.shape
+        _need(E <= 64 and k <= min(E, 32), f"route supports E <= 64 experts, k <= 32 (got E={E}, k={k})")
+        self._go(self.k_route[logits.dtype], ((ntok * 32 + 255) // 256,), (256,),
+                 (ptr(logits), ptr(bias), i32(ntok), i32(E), i32(k), i32(bool(norm_topk)), f32(scale), ptr(idx),
+                  ptr(wts)), ntok=ntok, E=E)
+
+    def moe_sort(self, idx, num_experts, sorted_pair, expert_offsets, tiles, num_tiles, npairs=None) -> None:
+        for t, n in ((idx, "idx"), (sorted_pair, "sorted_pair"), (expert_offsets, "expert_offsets"), (tiles, "tiles"),
+                     (num_tiles, "num_tiles")):
+            _dev(t, torch.int32, n)
+        npairs = idx.numel() if npairs is None else npairs
+        _need(num_experts <= SORT_MAX_E, f"moe_sort supports up to {SORT_MAX_E} experts")
+        _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, num_experts, self.dtype), "tile table too small")
+        self._go(self.k_sort, (1,), (1024,), (ptr(idx), i32(npairs), i32(num_experts), i32(GEMM_TILE_ROWS[self.dtype]),
+                                             ptr(sorted_pair), ptr(expert_offsets), ptr(tiles), ptr(num_tiles)),
+                 npairs=npairs)
+
+    def _gemm_checks(self, A, W, out, K):
+        _dev(A, self.dtype, "A"); _dev(W, self.dtype, "W"); _dev(out, self.dtype, "out")
+        step = 8 if self.dtype == torch.bfloat16 else 16
+        _need(K % step == 0, f"K={K} must be a multiple of {step} for the {SUFFIX[self.dtype]} grouped GEMM")
+
+    def moe_gateup(self, h, w13, act, sorted_pair, tiles, num_tiles, npairs: int, topk: int) -> None:
+        """act[r] = silu(h[t] @ w1_e^T) * (h[t] @ w3_e^T), r = sorted row, t = sorted_pair[r] // topk."""
+        E, N2, K = w13.shape
+        N = N2 // 2
+        self._gemm_checks(h, w13, act, K)
+        _need(self.dtype == torch.float32 or N % 8 == 0, f"expert width {N} must be a multiple of 8")
+        grid = (max_gemm_tiles(npairs, E, self.dtype), (N + GEMM_TILE_COLS[self.dtype] // 2 - 1) //
+                (GEMM_TILE_COLS[self.dtype] // 2))
+        self._go(self.k_gateup, grid, (256,), (ptr(h), ptr(w13), ptr(act), ptr(sorted_pair), ptr(tiles), ptr(num_tiles),
+                                               i32(N), i32(K), i32(topk)), shared=self.gemm_smem, npairs=npairs, N=N, K=K)
+
+    def moe_down(self, act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, npairs: int) -> None:
+        """ys[p] = pair_w[p] * (act[r] @ w2_e^T) for sorted row r holding pair p."""
+        E, N, K = w2.shape
+        self._gemm_checks(act, w2, ys, K)
+        _dev(pair_w, torch.float32, "pair_w")
+        grid = (max_gemm_tiles(npairs, E, self.dtype), (N + GEMM_TILE_COLS[self.dtype] - 1) // GEMM_TILE_COLS[self.dtype])
+        self._go(self.k_down, grid, (256,), (ptr(act), ptr(w2), ptr(ys), ptr(sorted_pair), ptr(tiles), ptr(num_tiles),
+                                             ptr(pair_w), i32(N), i32(K)), shared=self.gemm_smem, npairs=npairs, N=N, K=K)

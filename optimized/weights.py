@@ -1,0 +1,88 @@
+"""The optimized engine's weights: resident on the GPU as torch tensors in the engine dtype, packed
+for its kernels (expert_bias stays fp32, model.md pitfall 3):
+
+| tensor                     | layout                                   | used by                      |
+|----------------------------|------------------------------------------|------------------------------|
+| embed                      | [V, H]                                   | embedding gather, LM head    |
+| L.qkv                      | [(nh + 2 nkv) hd, H] = cat(q, k, v)      | one cuBLAS GEMM              |
+| L.w13 (dense)              | [2 I, H] = cat(w1, w3)                   | one cuBLAS GEMM + silu_mul   |
+| L.w13 (MoE)                | [E, 2 Im, H], per expert cat(w1_e, w3_e) | grouped gate/up GEMM         |
+| L.w2 (MoE)                 | [E, H, Im]                               | grouped down GEMM            |
+| L.conv_w                   | [H, Lc]                                  | shortconv                    |
+"""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from harness.checkpoint import keeps_fp32
+
+
+class PackedWeights:
+    def __init__(self, checkpoint, dtype: torch.dtype, device: torch.device, counters=None, progress=True):
+        self.cfg = cfg = checkpoint.config
+        self.dtype, self.device = dtype, device
+        self.layers: list[dict[str, torch.Tensor]] = []
+        self.uploaded = 0
+        self._ckpt, self._counters = checkpoint, counters
+
+        self.embed = self._get("embed_tokens.weight")
+        self.final_norm = self._get("embedding_norm.weight")
+        bar = tqdm(range(cfg.num_layers), desc=f"optimized: packing {dtype} weights", unit="layer",
+                   disable=not progress, leave=False)
+        for i in bar:
+            p, L = f"layers.{i}.", {}
+            L["op_norm"] = self._get(p + "operator_norm.weight")
+            L["ffn_norm"] = self._get(p + "ffn_norm.weight")
+            if cfg.is_attention(i):
+                a = p + "self_attn."
+                L["qkv"] = self._cat([a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"])
+                L["out"] = self._get(a + "out_proj.weight")
+                L["q_norm"] = self._get(a + "q_layernorm.weight")
+                L["k_norm"] = self._get(a + "k_layernorm.weight")
+            else:
+                c = p + "conv."
+                L["in"] = self._get(c + "in_proj.weight")
+                L["conv_w"] = self._get(c + "conv.weight").reshape(cfg.hidden_size, cfg.conv_L_cache).contiguous()
+                L["out"] = self._get(c + "out_proj.weight")
+            f = p + "feed_forward."
+            if cfg.is_moe(i):
+                E, Im, H = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+                L["gate"] = self._get(f + "gate.weight", torch.float32)  # the router runs in fp32
+                L["bias"] = self._get(f + "expert_bias", torch.float32)
+                w13 = torch.empty((E, 2 * Im, H), dtype=dtype, device=device)
+                w2 = torch.empty((E, H, Im), dtype=dtype, device=device)
+                for e in range(E):
+                    x = f"{f}experts.{e}."
+                    w13[e, :Im].copy_(self._fetch(x + "w1.weight"))
+                    w13[e, Im:].copy_(self._fetch(x + "w3.weight"))
+                    w2[e].copy_(self._fetch(x + "w2.weight"))
+                L["w13"], L["w2"] = w13, w2
+            else:
+                L["w13"] = self._cat([f + "w1.weight", f + "w3.weight"])
+                L["w2"] = self._get(f + "w2.weight")
+            self.layers.append(L)
+        self._ckpt = None
+
+    def _fetch(self, name: str, dtype=None) -> torch.Tensor:
+        raw = self._ckpt.raw(name)
+        if not raw.is_cuda:
+            self.uploaded += raw.numel() * raw.element_size()
+            if self._counters is not None:
+                self._counters.weight_h2d_bytes += raw.numel() * raw.element_size()
+                self._counters.h2d_bytes += raw.numel() * raw.element_size()
+        dtype = torch.float32 if keeps_fp32(name) else (dtype or self.dtype)  # as Checkpoint.get
+        return raw.to(device=self.device, dtype=dtype)
+
+    def _get(self, name: str, dtype=None) -> torch.Tensor:
+        return self._fetch(name, dtype).contiguous()
+
+    def _cat(self, names: list[str]) -> torch.Tensor:
+        parts = [self._fetch(n) for n in names]
+        return torch.cat(parts, dim=0).contiguous()
+
+    def nbytes(self) -> int:
+        n = self.embed.numel() * self.embed.element_size() + self.final_norm.numel() * self.final_norm.element_size()
+        for L in self.layers:
+            n += sum(t.numel() * t.element_size() for t in L.values())
+        return n
