@@ -101,26 +101,13 @@ def file_job(model_path: str, model_label: str, data: str | Path, answers: str |
 
 
 def _write_reference_answers(model_path: str, tokens: np.ndarray, out: Path) -> None:
-    import torch
-    from tqdm import tqdm
-
     from .checkpoint import open_checkpoint
-    from .jobfiles import write_logits
-    from .reference import WeightCache, reference_logits
+    from .jobfiles import reference_answers, write_logits
 
     ckpt = open_checkpoint(model_path)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= ckpt.config.vocab_size):
         raise JobFileError(f"token ids outside the model's vocabulary [0, {ckpt.config.vocab_size})")
-    # make_job's choice: float64 on the CPU, float32 (TF32 off) on a GPU; both far inside 1e-3.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.float64 if device == "cpu" else torch.float32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    cache = WeightCache()
-    answers = np.zeros((len(tokens), ckpt.config.vocab_size), np.float32)
-    for i in tqdm(range(len(tokens)), desc=f"reference answers for {out.name}", unit="sample"):
-        answers[i] = reference_logits(ckpt, tokens[i:i + 1], dtype=dtype, device=device, cache=cache)[0]
-    write_logits(out, answers)  # atomic
-    del cache
+    write_logits(out, reference_answers(ckpt, tokens, desc=f"reference answers for {out.name}"))  # atomic
     _release_gpu_cache()
 
 

@@ -58,34 +58,34 @@ def swiglu(h: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor
 
 
 def short_conv(h: torch.Tensor, in_w: torch.Tensor, conv_w: torch.Tensor, out_w: torch.Tensor) -> torch.Tensor:
-    """ShortConv on one sequence, h: [T, H]. Split order B, C, x; causal depthwise
-    cross-correlation over time with zero history; no activation."""
-    T, H = h.shape
+    """ShortConv over sequences h: [..., T, H] (leading dims are independent sequences). Split
+    order B, C, x; causal depthwise cross-correlation over time with zero history; no activation."""
+    *lead, T, H = h.shape
     L = conv_w.shape[-1]
     B, C, xv = (h @ in_w.T).split(H, dim=-1)
-    bx = torch.cat([torch.zeros(L - 1, H, dtype=h.dtype, device=h.device), B * xv], dim=0)
+    bx = torch.cat([torch.zeros(*lead, L - 1, H, dtype=h.dtype, device=h.device), B * xv], dim=-2)
     w = conv_w.reshape(H, L)
-    conv = sum(w[:, j] * bx[j:j + T] for j in range(L))
+    conv = sum(w[:, j] * bx[..., j:j + T, :] for j in range(L))
     return (C * conv) @ out_w.T
 
 
 def attention(h: torch.Tensor, wq, wk, wv, wo, q_norm, k_norm, cfg: ModelConfig) -> torch.Tensor:
-    """Causal GQA attention on one sequence, h: [T, H], positions 0..T-1."""
-    T = h.shape[0]
+    """Causal GQA attention over sequences h: [..., T, H], positions 0..T-1 in each."""
+    *lead, T, _ = h.shape
     nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = rmsnorm((h @ wq.T).view(T, nh, hd), q_norm, cfg.norm_eps)
-    k = rmsnorm((h @ wk.T).view(T, nkv, hd), k_norm, cfg.norm_eps)
-    v = (h @ wv.T).view(T, nkv, hd)
+    q = rmsnorm((h @ wq.T).view(*lead, T, nh, hd), q_norm, cfg.norm_eps)
+    k = rmsnorm((h @ wk.T).view(*lead, T, nkv, hd), k_norm, cfg.norm_eps)
+    v = (h @ wv.T).view(*lead, T, nkv, hd)
     cos, sin = rope_cos_sin(torch.arange(T, device=h.device), hd, cfg.rope_theta, h.dtype)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     g = nh // nkv
-    k = k.repeat_interleave(g, dim=1)  # query head j uses kv head j // g
-    v = v.repeat_interleave(g, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q, k) * hd ** -0.5
+    k = k.repeat_interleave(g, dim=-2)  # query head j uses kv head j // g
+    v = v.repeat_interleave(g, dim=-2)
+    scores = torch.einsum("...qhd,...khd->...hqk", q, k) * hd ** -0.5
     causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
     scores = scores.masked_fill(~causal, float("-inf"))
     p = torch.softmax(scores, dim=-1)
-    o = torch.einsum("hqk,khd->qhd", p, v).reshape(T, nh * hd)
+    o = torch.einsum("...hqk,...khd->...qhd", p, v).reshape(*lead, T, nh * hd)
     return o @ wo.T
 
 
@@ -132,8 +132,10 @@ def _moe(h: torch.Tensor, W, prefix: str, cfg: ModelConfig):
     return out, idx, wts
 
 
-def _forward_one(x: torch.Tensor, W, cfg: ModelConfig, debug: bool):
-    """x: [T, H] embeddings of one sequence -> (last-position logits [V], debug info)."""
+def _forward_batch(x: torch.Tensor, W, cfg: ModelConfig, debug: bool):
+    """x: [B, T, H] embeddings of B sequences -> (last-position logits [B, V], debug info).
+    Mixers see the sequences apart; norms, MLPs and the MoE see every token alike."""
+    Bsz, T, H = x.shape
     hidden, r_idx, r_w = [], {}, {}
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
@@ -149,17 +151,17 @@ def _forward_one(x: torch.Tensor, W, cfg: ModelConfig, debug: bool):
         h = rmsnorm(x, W(p + "ffn_norm.weight"), cfg.norm_eps)
         f = p + "feed_forward."
         if cfg.is_moe(i):
-            y, idx, wts = _moe(h, W, f, cfg)
+            y, idx, wts = _moe(h.reshape(Bsz * T, H), W, f, cfg)
+            y = y.reshape(Bsz, T, H)
             if debug:
-                r_idx[i], r_w[i] = idx, wts
+                r_idx[i], r_w[i] = idx.reshape(Bsz, T, -1), wts.reshape(Bsz, T, -1)
         else:
             y = swiglu(h, W(f + "w1.weight"), W(f + "w3.weight"), W(f + "w2.weight"))
         x = x + y
         if debug:
             hidden.append(x)
-    last = rmsnorm(x[-1:], W("embedding_norm.weight"), cfg.norm_eps)
-    logits = (last @ W("embed_tokens.weight").T)[0]
-    return logits, hidden, r_idx, r_w
+    last = rmsnorm(x[:, -1], W("embedding_norm.weight"), cfg.norm_eps)
+    return last @ W("embed_tokens.weight").T, hidden, r_idx, r_w
 
 
 def check_tokens(tokens: np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -176,25 +178,27 @@ def check_tokens(tokens: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 
 @torch.no_grad()
 def reference_forward(ckpt: Checkpoint, tokens, dtype=torch.float64, device="cpu", debug=False,
-                      cache: WeightCache | None = None) -> ReferenceOutput:
+                      cache: WeightCache | None = None, tokens_per_chunk: int = 4096) -> ReferenceOutput:
     """Last-position logits of each prompt in `tokens` [B, S]; with debug, per-layer hidden states
-    and router choices. Prompts run one at a time (the reference favours clarity over speed)."""
+    and router choices. Prompts go through in chunks of about `tokens_per_chunk` tokens (the
+    attention scores of a chunk are [chunk, heads, S, S])."""
     cfg = ckpt.config
     tokens = check_tokens(tokens, cfg)
     W = _Weights(ckpt, dtype, device, cache)
     out = ReferenceOutput(logits=np.zeros((tokens.shape[0], cfg.vocab_size), np.float32))
     embed = W("embed_tokens.weight")
-    per_sample = []
-    for b, row in enumerate(tokens):
-        x = embed[torch.as_tensor(row, device=embed.device)]
-        logits, hidden, r_idx, r_w = _forward_one(x, W, cfg, debug)
-        out.logits[b] = logits.float().cpu().numpy()
-        per_sample.append((hidden, r_idx, r_w))
+    step = max(1, tokens_per_chunk // tokens.shape[1])
+    parts = []
+    for lo in range(0, len(tokens), step):
+        x = embed[torch.as_tensor(tokens[lo:lo + step], device=embed.device)]
+        logits, hidden, r_idx, r_w = _forward_batch(x, W, cfg, debug)
+        out.logits[lo:lo + step] = logits.float().cpu().numpy()
+        parts.append((hidden, r_idx, r_w))
     if debug:
-        out.hidden = [torch.stack([s[0][i] for s in per_sample]) for i in range(cfg.num_layers)]
+        out.hidden = [torch.cat([s[0][i] for s in parts]) for i in range(cfg.num_layers)]
         for layer in cfg.moe_layers:
-            out.router_indices[layer] = torch.stack([s[1][layer] for s in per_sample])
-            out.router_weights[layer] = torch.stack([s[2][layer] for s in per_sample])
+            out.router_indices[layer] = torch.cat([s[1][layer] for s in parts])
+            out.router_weights[layer] = torch.cat([s[2][layer] for s in parts])
     return out
 
 
