@@ -10,8 +10,14 @@ What every rank does (baseline.md's job contract, plus what the harness measures
      of `batch_used` (each call timed after a device sync); device sync; barrier; stop clock.
      A budget (`budget_s`) stops ranks from *starting* batches once the next one would not fit
      (all ranks agree each step, so every rank runs the same number of steps; one at least).
-  6. Each rank's own output rows go to rank 0 (Gatherv, not a full-array reduce), which
-     validates them against the answers (only the samples that ran) and writes one JSON record.
+     An engine whose forwards are collective across ranks (`collective_forward`, e.g. phase 5's
+     expert parallelism) is called with zero rows on steps where its rank has no batch left.
+  6. Outputs reach rank 0 by the engine's `output_collective`: "reduce" (phases 0-4, as the
+     original: MPI Reduce(SUM) of a full samples x vocab array with the other ranks' rows zeroed)
+     or "gather" (phase 5 on, and engines that do not say: each rank's own rows, Gatherv);
+     `--option output_collective=...` overrides it. The bytes each rank sent go into its
+     per-rank record (mpi_output_bytes). Rank 0 validates the rows that ran against the answers
+     and writes one JSON record.
 Errors are agreed on collectively at each stage, so a failure on one rank ends every rank
 cleanly with a record that names the rank and the error instead of a hang.
 """
@@ -236,6 +242,7 @@ class Worker:
         MPI, comm, spec = self.MPI, self.comm, self.spec
         my_steps = -(-(hi - lo) // b)
         steps = comm.allreduce(my_steps, op=MPI.MAX)
+        collective = bool(getattr(engine, "collective_forward", False))
         sampler = NvmlSampler(self.gpu, spec.nvml_interval_s)
         outputs: list[np.ndarray] = []
         lat_ms: list[float] = []
@@ -273,6 +280,12 @@ class Worker:
                 except Exception as e:
                     err = _err_text(e)
                     print(f"[rank {self.rank}] forward failed: {err}", file=sys.stderr, flush=True)
+            elif collective and not err:  # the other ranks' forward needs this rank's part
+                try:
+                    engine.forward(tokens[:0])
+                except Exception as e:
+                    err = _err_text(e)
+                    print(f"[rank {self.rank}] idle forward failed: {err}", file=sys.stderr, flush=True)
         engine.synchronize()
         t_rank_end = time.perf_counter() - t0
         comm.Barrier()
@@ -286,9 +299,17 @@ class Worker:
         return {"elapsed": t1 - t0, "outputs": outputs, "lat_ms": lat_ms, "nvml": series,
                 "budget_hit": budget_hit}
 
+    def output_collective(self, engine) -> str:
+        mode = self.spec.options.get("output_collective") or getattr(engine, "output_collective", "gather")
+        if mode not in ("reduce", "gather"):
+            raise ValueError(f"output_collective={mode!r}: choose 'reduce' (full array, MPI Reduce) or 'gather' "
+                             "(each rank's own rows, MPI Gatherv)")
+        return mode
+
     def gather_outputs(self, outputs, vocab: int):
         """Each rank's own rows to rank 0 (Gatherv); rows arrive in sample order because the
-        ranges are contiguous and every rank ran a prefix of its range."""
+        ranges are contiguous and every rank ran a prefix of its range.
+        -> (rows at rank 0 / None elsewhere, bytes this rank sent to another rank)."""
         import numpy as np
         MPI, comm = self.MPI, self.comm
         mine = np.ascontiguousarray(np.concatenate(outputs) if outputs else np.zeros((0, vocab), np.float32))
@@ -297,14 +318,36 @@ class Worker:
             recv = np.empty(sum(counts), dtype=np.float32)
             displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
             comm.Gatherv(mine, [recv, counts, displs, MPI.FLOAT], root=0)
-            return recv.reshape(-1, vocab)
+            return recv.reshape(-1, vocab), 0
         comm.Gatherv(mine, None, root=0)
-        return None
+        return None, mine.nbytes
+
+    def reduce_outputs(self, outputs, vocab: int, n: int):
+        """The original's collective: every rank holds a full [n, vocab] array with only its own
+        rows filled, and MPI Reduce(SUM) adds them at rank 0 (x + 0 = x exactly, so the values
+        equal the gathered ones). -> (full array at rank 0 / None elsewhere, bytes this rank sent)."""
+        import numpy as np
+        MPI, comm = self.MPI, self.comm
+        full = np.zeros((n, vocab), np.float32)
+        lo = self.info["first_sample"]
+        if outputs:
+            mine = np.concatenate(outputs)
+            full[lo:lo + len(mine)] = mine
+        if self.rank == 0:
+            comm.Reduce(MPI.IN_PLACE, full, op=MPI.SUM, root=0)
+            return full, 0
+        comm.Reduce(full, None, op=MPI.SUM, root=0)
+        return None, full.nbytes
 
     def finish(self, engine, timed: dict, b: int, n: int, seq_len: int) -> int:
         import numpy as np
         vocab = engine.config.vocab_size
-        outs = self.gather_outputs(timed["outputs"], vocab)
+        mode = self.output_collective(engine)
+        if mode == "reduce":
+            outs, sent = self.reduce_outputs(timed["outputs"], vocab, n)
+        else:
+            outs, sent = self.gather_outputs(timed["outputs"], vocab)
+        self.info.update(output_collective=mode, mpi_output_bytes=sent)
         ranks_info = self.comm.gather(self.info, root=0)
         lat_all = self.comm.gather(timed["lat_ms"], root=0)
         nvml_all = self.comm.gather(timed["nvml"].as_dict(), root=0)
@@ -315,6 +358,10 @@ class Worker:
         idx = np.concatenate([np.arange(r["first_sample"], r["first_sample"] + r["samples_ran"])
                               for r in ranks_info]).astype(int)
         rec.ran_indices = idx.tolist()
+        if mode == "reduce":
+            outs = outs[idx]
+        rec.notes.append(f"outputs to rank 0 by MPI {mode}: {sum(r['mpi_output_bytes'] for r in ranks_info):,} "
+                         "bytes sent by the other ranks")
         try:
             self.validate(rec, outs, idx)
             if self.spec.outputs:

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.mpi,
 
 def _harness(*argv, timeout=3000) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness", *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)})
 
 
 def _check_gpu_row(row) -> None:
