@@ -77,3 +77,21 @@ def test_residency_keeps_dense_weights_first_then_experts_in_order():
     resident, streamed = plan_residency(shapes, non_expert + 1)
     assert all(".experts." not in n for n in resident)
     assert streamed and all(".experts." in n for n in streamed)
+
+
+def test_one_forward_that_overflows_many_times_sizes_the_workspace():
+    """A batched forward needing far more than the initial size: after one reset, the next
+    identical forward allocates nothing (the overflow blocks count toward the peak)."""
+    t = FakeTransfers()
+    ws = Workspace(t, ALIGN)
+
+    def forward():
+        live = [ws.alloc(8 * ALIGN) for _ in range(5)]  # five large buffers live at once
+        for p in reversed(live):
+            ws.free(p)
+
+    forward()
+    ws.reset()
+    before = t.allocs
+    forward()
+    assert t.allocs == before

@@ -26,6 +26,7 @@ class Workspace:
         self.peak = 0
         self._blocks: list[list] = []  # [offset, size, freed] in allocation order
         self._overflow: dict[int, object] = {}  # pointer -> real allocation (when full)
+        self._overflow_bytes = 0  # live bytes of those: they count toward the peak too
         self.reserve(nbytes)
 
     def reserve(self, nbytes: int) -> None:
@@ -42,10 +43,13 @@ class Workspace:
 
     def alloc(self, nbytes: int, what: str = "a workspace buffer"):
         size = int(-(-int(nbytes) // ALIGN) * ALIGN)
-        self.peak = max(self.peak, self.top + size)
+        # Overflow blocks count toward the peak: otherwise, once `top` stops growing, one forward
+        # would record only part of what it needed and the next would allocate again.
+        self.peak = max(self.peak, self.top + self._overflow_bytes + size)
         if self.top + size > self.capacity:
             ptr = self.transfers.alloc(size, f"{what} (workspace full: {self.capacity} B)")
-            self._overflow[int(ptr)] = ptr
+            self._overflow[int(ptr)] = (ptr, size)
+            self._overflow_bytes += size
             return ptr
         offset = self.top
         self._blocks.append([offset, size, False])
@@ -55,7 +59,8 @@ class Workspace:
     def free(self, ptr) -> None:
         real = self._overflow.pop(int(ptr), None)
         if real is not None:
-            self.transfers.free(real)
+            self.transfers.free(real[0])
+            self._overflow_bytes -= real[1]
             return
         offset = int(ptr) - int(self.base)
         for block in reversed(self._blocks):
@@ -69,9 +74,10 @@ class Workspace:
 
     def reset(self) -> None:
         """Drop every block (between forwards) and grow to the peak the last forward needed."""
-        for real in self._overflow.values():
+        for real, _ in self._overflow.values():
             self.transfers.free(real)
         self._overflow.clear()
+        self._overflow_bytes = 0
         self._blocks.clear()
         self.top = 0
         if self.peak > self.capacity:

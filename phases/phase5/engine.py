@@ -31,6 +31,7 @@ import time
 
 from harness.checkpoint import expected_shapes
 from phases.phase4.engine import HEADROOM, Phase4Engine, ResidentShape
+from phases.phase4.workspace import Workspace
 
 from .batching import SampleBatching
 from .expert_parallel import ExpertParallel
@@ -38,7 +39,6 @@ from .kept_counters import KeptCounters
 from .node_group import NodeGroup
 from .node_loading import NodeTensorSource
 from .rank_weights import RankResidentWeights
-from .workspace_peak import PeakWorkspace
 
 F32 = 4
 
@@ -79,7 +79,7 @@ class Phase5Engine(ExpertParallel, SampleBatching, Phase4Engine):
                                    resident_weight_bytes=self.resident.resident_bytes)
         cfg = self.config
         # Sized for a 512-token forward; the warm-up forward grows it to what a batch needs.
-        self.workspace = PeakWorkspace(self.transfers, 512 * (3 * cfg.hidden_size + 8 * cfg.intermediate_size) * F32)
+        self.workspace = Workspace(self.transfers, 512 * (3 * cfg.hidden_size + 8 * cfg.intermediate_size) * F32)
         self.upload_position_tables()
         weights = {n: ResidentShape(n, self.resident.shapes[n]) for n in self.resident.device}
         weights.update(self.resident.host)
