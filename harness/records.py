@@ -29,7 +29,8 @@ SUMMARY_COLUMNS = [
 EXTRA_COLUMNS = [
     "run_id", "variant", "model", "batch_used", "samples_requested", "budget_s", "budget_hit",
     "elapsed_s", "load_s", "warmup_s", "gpus", "peak_tflops", "math_mode", "h2d_copy_gbps",
-    "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample", "error",
+    "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample",
+    "output_collective", "mpi_output_bytes", "load_mode", "load_bytes_read", "error",
 ]
 
 # Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
@@ -94,6 +95,10 @@ class VariantRecord:
     hosts: str | None = None
     weight_h2d_bytes_per_sample: float | None = None  # model weights over PCIe (phase 4+: zero)
     expert_h2d_bytes_per_sample: float | None = None  # the expert part of it (phase 2's evidence)
+    output_collective: str | None = None  # how outputs reached rank 0: reduce (phases 0-4) or gather
+    mpi_output_bytes: float | None = None  # bytes all ranks sent for it
+    load_mode: str | None = None  # phase 5: each rank reads the checkpoint, or one per node broadcasts
+    load_bytes_read: float | None = None  # checkpoint bytes read, summed over ranks
     error: str | None = None
     # ---- nested detail (JSON only) ---------------------------------------------------------
     per_rank: list[dict] = field(default_factory=list)  # timings + counters per rank

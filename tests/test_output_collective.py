@@ -67,3 +67,6 @@ def test_bytes_moved_are_recorded(runs):
     assert by_rank["gather"] == [0, 2 * VOCAB * 4]
     assert any(f"MPI reduce: {SAMPLES * VOCAB * 4:,} bytes" in n for n in rec_r["notes"])
     assert any(f"MPI gather: {2 * VOCAB * 4:,} bytes" in n for n in rec_g["notes"])
+    # ... and reach the summary columns
+    assert (rec_r["output_collective"], rec_r["mpi_output_bytes"]) == ("reduce", SAMPLES * VOCAB * 4)
+    assert (rec_g["output_collective"], rec_g["mpi_output_bytes"]) == ("gather", 2 * VOCAB * 4)
