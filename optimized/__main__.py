@@ -3,6 +3,7 @@
   python -m optimized --preset small --dtype bf16 --shapes 1x16,64x16,8x512
   python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes 1x16,64x16,8x512,16x512 --accuracy 8x16
   python -m optimized --preset lfm2-8b-a1b --dtype fp32 --shapes 64x16 --accuracy 8x16 --json out.json
+  python -m optimized --preset lfm2-8b-a1b --shapes 64x16 --moe-variants auto,mma64,mma128,wmma128
 
 For each BxS shape: a warm-up forward (it captures the CUDA graph), then --iters timed forwards
 (host clock around engine.forward, which ends with a stream synchronize and includes the ids
@@ -11,7 +12,10 @@ achieved TFLOP/s from harness.modelstats (useful FLOPs: LM head on the last posi
 --accuracy BxS compares the engine's logits with the float32 reference (GPU, TF32 off; float64
 on the CPU for presets with a vocabulary under 10k): max abs error, top-1 agreement, VALID at 1e-3.
 --weights gpu draws random weights on the GPU (optimized.gpu_synthetic: seconds, no disk);
-cpu uses harness.synthetic in memory.
+cpu uses harness.synthetic in memory. --moe-variants times every shape once per grouped MoE GEMM
+variant (optimized.kernels.MOE_VARIANTS; "auto" = the engine's choice by token count), one engine.
+--profile BxS runs one eager forward of that shape under torch.profiler and prints its GPU kernels
+grouped by name (calls, total and share of the kernel time), PyCUDA's and cuBLAS's alike.
 """
 from __future__ import annotations
 
@@ -45,6 +49,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-graphs", action="store_true", help="run eagerly (no CUDA graph)")
     ap.add_argument("--accuracy", metavar="BxS", help="compare BxS random prompts with the reference")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--moe-variants", default="auto", metavar="LIST",
+                    help="comma-separated MoE GEMM variants to time (default: auto = by token count)")
+    ap.add_argument("--profile", metavar="BxS", action="append", default=[],
+                    help="print the GPU kernels of one eager forward of BxS by time (repeatable)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -105,25 +113,22 @@ def main(argv=None) -> int:
 
     stats = model_stats(cfg)
     rows = []
-    for B, S in parse_shapes(args.shapes):
-        tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=B * 1000 + S)
-        t = time.perf_counter()
-        eng.forward(tokens)  # warm-up: plan buffers, eager run, graph capture
-        first_s = time.perf_counter() - t
-        times = []
-        for _ in range(args.iters):
-            t = time.perf_counter()
-            eng.forward(tokens)
-            times.append(time.perf_counter() - t)
-        med = statistics.median(times)
-        row = {"B": B, "S": S, "ms_median": med * 1e3, "ms_min": min(times) * 1e3, "ms_max": max(times) * 1e3,
-               "tokens_per_s": B * S / med, "samples_per_s": B / med,
-               "tflops": B * stats.job_flops(S) / med / 1e12, "first_call_s": first_s}
-        rows.append(row)
-        print(f"{B:>4}x{S:<5} {row['ms_median']:9.3f} ms  [{row['ms_min']:.3f}..{row['ms_max']:.3f}]  "
-              f"{row['tokens_per_s']:>11,.0f} tok/s  {row['samples_per_s']:>9,.1f} samples/s  "
-              f"{row['tflops']:7.1f} TFLOP/s  (first call {first_s:.2f} s)", flush=True)
+    variants = [v.strip() for v in args.moe_variants.split(",") if v.strip()]
+    for name in variants:
+        try:
+            eng.set_moe_variant(None if name == "auto" else name)
+        except ValueError as e:
+            raise SystemExit(f"--moe-variants: {e}") from None
+        for B, S in parse_shapes(args.shapes):
+            rows.append(time_shape(eng, cfg, stats, B, S, args.iters, name))
     result["shapes"] = rows
+    eng.set_moe_variant(None)
+    result["profiles"] = {}
+    for text in args.profile:
+        try:
+            result["profiles"][text] = profile_forward(eng, cfg, *parse_shapes(text)[0])
+        except Exception as e:  # the profiler is a diagnostic: report, keep the timings
+            print(f"--profile {text} failed: {type(e).__name__}: {e}")
     result["graph_error"] = eng.graph_error
     if eng.graph_error:
         print(f"graph capture failed: {eng.graph_error}")
@@ -134,6 +139,57 @@ def main(argv=None) -> int:
             json.dump(result, fh, indent=2)
         os.replace(tmp, args.json)
     return 0
+
+
+def time_shape(eng, cfg, stats, B: int, S: int, iters: int, variant: str) -> dict:
+    from harness.jobfiles import synthetic_prompts
+    tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=B * 1000 + S)
+    t = time.perf_counter()
+    eng.forward(tokens)  # warm-up: plan buffers, eager run, graph capture
+    first_s = time.perf_counter() - t
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        eng.forward(tokens)
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    used = eng.moe_variant_name(B * S)
+    row = {"B": B, "S": S, "moe_variant": used, "asked": variant, "ms_median": med * 1e3, "ms_min": min(times) * 1e3,
+           "ms_max": max(times) * 1e3, "tokens_per_s": B * S / med, "samples_per_s": B / med,
+           "tflops": B * stats.job_flops(S) / med / 1e12, "first_call_s": first_s}
+    print(f"{B:>4}x{S:<5} {used:>8} {row['ms_median']:9.3f} ms  [{row['ms_min']:.3f}..{row['ms_max']:.3f}]  "
+          f"{row['tokens_per_s']:>11,.0f} tok/s  {row['samples_per_s']:>9,.1f} samples/s  "
+          f"{row['tflops']:7.1f} TFLOP/s  (first call {first_s:.2f} s)", flush=True)
+    return row
+
+
+def profile_forward(eng, cfg, B: int, S: int, top: int = 14) -> list[dict]:
+    """The forward's kernels (one eager run, the same launches the graph holds) by GPU time."""
+    import torch
+    from harness.jobfiles import synthetic_prompts
+    from torch.profiler import ProfilerActivity, profile
+    tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=7)
+    eng.forward(tokens)  # plan and buffers for this shape, ids uploaded
+    P = eng.plans[(B, S)]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with torch.cuda.stream(eng.tstream):
+            eng._body(P)
+        eng.synchronize()
+    kernels = {}
+    for ev in prof.events():
+        if getattr(ev, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        us = ev.time_range.elapsed_us()
+        k = kernels.setdefault(ev.name, {"name": ev.name, "calls": 0, "us": 0.0})
+        k["calls"] += 1
+        k["us"] += us
+    table = sorted(kernels.values(), key=lambda k: -k["us"])
+    total = sum(k["us"] for k in table) or 1.0
+    print(f"profile {B}x{S} (eager, moe variant {P.moe_variant.name}): {total / 1e3:.3f} ms of kernels, "
+          f"{sum(k['calls'] for k in table)} launches", flush=True)
+    for k in table[:top]:
+        print(f"  {k['us'] / 1e3:8.3f} ms {100 * k['us'] / total:5.1f}%  x{k['calls']:<4} {k['name'][:90]}")
+    return table
 
 
 if __name__ == "__main__":

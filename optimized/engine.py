@@ -13,7 +13,10 @@ forward replayed from a CUDA graph per (B, S).
 | MoE                        | router GEMM (cuBLAS), route kernel (fp32 biased top-k), sort of the   |
 |                            | (token, slot) pairs by expert on the device, grouped gate/up GEMM     |
 |                            | with SiLU*up in its epilogue, grouped down GEMM that applies the      |
-|                            | routing weight; the k slots are summed by the next add_norm           |
+|                            | routing weight; the k slots are summed by the next add_norm. The      |
+|                            | GEMM variant is picked per forward shape from its token count:        |
+|                            | weight-streaming mma.sync tiles of 16-64 rows for small batches,      |
+|                            | 128-row tiles for large ones (kernels.moe_variant_for)                |
 | LM head                    | last position of each sequence only (cuBLAS)                          |
 
 cuBLAS (torch.mm) does the plain dense GEMMs; in fp32 with TF32 off, in bf16 with fp32
@@ -22,7 +25,8 @@ accumulation (reduced-precision reductions off). The residual stream stays fp32 
 stream wrapped for torch (ExternalStream), so both libraries' work is ordered on it and captured
 into one torch.cuda.CUDAGraph. Options: dtype "bf16" (default) | "fp32", max_batch (default 256),
 max_tokens per internal forward (default 16384; larger calls are split by sequences),
-graphs (default True).
+graphs (default True), moe_variant (default None: chosen by token count; or a name from
+kernels.MOE_VARIANTS, for every shape).
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from harness.engine import Engine
 from harness.gpu import get_context, release_context
 from harness.reference import check_tokens
 
-from .kernels import Kernels, max_gemm_tiles
+from .kernels import Kernels, max_gemm_tiles, moe_variant_for
 from .weights import PackedWeights
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -45,8 +49,9 @@ MAX_PLANS = 4  # (B, S) shapes whose buffers and graph are kept
 class Plan:
     """Every buffer of one forward shape (allocated once), and its CUDA graph once captured."""
 
-    def __init__(self, cfg, B: int, S: int, dtype, dev):
+    def __init__(self, cfg, B: int, S: int, dtype, dev, moe_variant):
         T, H, k = B * S, cfg.hidden_size, cfg.num_experts_per_tok
+        self.moe_variant = moe_variant  # kernels.MoeVariant: its tile rows size the tile table
         nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.B, self.S, self.T = B, S, T
         self.npairs = T * k
@@ -68,7 +73,7 @@ class Plan:
         self.wts = e(T, k, dt=torch.float32)
         self.sorted_pair = e(self.npairs, dt=torch.int32)
         self.offsets = e(cfg.num_experts + 1, dt=torch.int32)
-        self.tiles = e(3 * max_gemm_tiles(self.npairs, cfg.num_experts, dtype), dt=torch.int32)
+        self.tiles = e(3 * max_gemm_tiles(self.npairs, cfg.num_experts, dtype, moe_variant.tile_rows), dt=torch.int32)
         self.num_tiles = e(1, dt=torch.int32)
         self.act = e(self.npairs, cfg.moe_intermediate_size)
         self.logits = e(B, cfg.vocab_size)
@@ -83,7 +88,7 @@ class OptimizedEngine(Engine):
     phase = None
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", max_batch: int = 256, max_tokens: int = 16384,
-                 graphs: bool = True, progress: bool = True, **options):
+                 graphs: bool = True, progress: bool = True, moe_variant: str | None = None, **options):
         super().__init__(checkpoint, device, **options)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported by the optimized engine; choose bf16 or fp32")
@@ -102,6 +107,8 @@ class OptimizedEngine(Engine):
         self.stream = self.gpu.cuda.Stream()
         self.tstream = torch.cuda.ExternalStream(self.stream.handle, device=self.tdev)
         self.K = Kernels(self.gpu, self.tdtype, self.stream)
+        self.forced_moe_variant = None
+        self.set_moe_variant(moe_variant)
         self.W = PackedWeights(checkpoint, self.tdtype, self.tdev, self.counters, progress)
         torch.cuda.synchronize(self.tdev)
         self.counters.extra["resident_weight_bytes"] = self.W.nbytes()
@@ -150,9 +157,10 @@ class OptimizedEngine(Engine):
             if moe:
                 self._mm(P.h32, L["gate"], P.router)
                 K.route(P.router, L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
-                K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles)
-                K.moe_gateup(P.h, L["w13"], P.act, P.sorted_pair, P.tiles, P.num_tiles, P.npairs, k)
-                K.moe_down(P.act, L["w2"], P.y, P.sorted_pair, P.tiles, P.num_tiles, P.wts, P.npairs)
+                v = P.moe_variant.name
+                K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles, variant=v)
+                K.moe_gateup(P.h, L["w13"], P.act, P.sorted_pair, P.tiles, P.num_tiles, P.npairs, k, variant=v)
+                K.moe_down(P.act, L["w2"], P.y, P.sorted_pair, P.tiles, P.num_tiles, P.wts, P.npairs, variant=v)
                 nadd = k
             else:
                 self._mm(P.h, L["w13"], P.gu)
@@ -169,6 +177,19 @@ class OptimizedEngine(Engine):
                 P.logits_f32.copy_(P.logits)
 
     # ----- plans and graphs ----------------------------------------------------------------------------
+    def set_moe_variant(self, name: str | None) -> None:
+        """Use grouped GEMM variant `name` for every shape from now on (None: by token count).
+        Drops the plans (and graphs) built for the previous choice."""
+        if name is not None:
+            self.K.moe_variant(name)  # refuses an unknown name, listing the available ones
+        self.forced_moe_variant = name
+        if getattr(self, "plans", None):
+            self.synchronize()
+            self.plans.clear()
+
+    def moe_variant_name(self, tokens: int) -> str:
+        return self.forced_moe_variant or moe_variant_for(self.tdtype, tokens)
+
     def _plan(self, B: int, S: int) -> Plan:
         key = (B, S)
         if key in self.plans:
@@ -176,7 +197,7 @@ class OptimizedEngine(Engine):
             return self.plans[key]
         while len(self.plans) >= MAX_PLANS:
             self.plans.popitem(last=False)
-        P = Plan(self.config, B, S, self.tdtype, self.tdev)
+        P = Plan(self.config, B, S, self.tdtype, self.tdev, self.K.moe_variant(self.moe_variant_name(B * S)))
         self.plans[key] = P
         return P
 

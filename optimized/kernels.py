@@ -3,10 +3,16 @@
 Each method checks what it is given (dtype, shape, contiguity) and launches one kernel on
 `stream` (a pycuda Stream; the engine wraps the same handle for torch, so PyCUDA launches and
 torch ops are ordered on one stream and are captured into one CUDA graph together).
-Kernel sources: elementwise.cu, attention.cu, moe_gemm.cu beside this file.
+Kernel sources: elementwise.cu, attention.cu, moe_gemm.cu, moe_stream.cu beside this file.
+
+The grouped MoE GEMMs come in variants (MOE_VARIANTS) that differ in the rows of one tile: the
+tile table (moe_sort), the gate/up and the down launch of one layer must use the same variant.
+moe_variant_for(dtype, tokens) is the engine's choice by the forward's token count (an expert
+never gets more rows than there are tokens, so small batches get small tiles).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +22,60 @@ from harness.gpu import launch, load_module
 
 HERE = Path(__file__).parent
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
-GEMM_TILE_ROWS = {torch.bfloat16: 128, torch.float32: 64}  # = BM / SBM in moe_gemm.cu
-GEMM_TILE_COLS = {torch.bfloat16: 128, torch.float32: 64}  # GEMM columns per block (gate+up together)
-BF16_GEMM_SMEM = 3 * (128 + 128) * (32 + 8) * 2  # = BF16_SMEM_BYTES
+GEMM_TILE_ROWS = {torch.bfloat16: 128, torch.float32: 64}  # the large-batch variants' rows (BM / SBM in moe_gemm.cu)
+BF16_GEMM_SMEM = 3 * (128 + 128) * (32 + 8) * 2  # = BF16_SMEM_BYTES in moe_gemm.cu
+
+
+@dataclass(frozen=True)
+class MoeVariant:
+    """One grouped-GEMM kernel pair: moe_gateup_<stem> / moe_down_<stem> in `module`."""
+    name: str
+    module: str               # source file stem
+    stem: str                 # kernel name stem; "{sfx}" is replaced by f32 / bf16
+    dtypes: tuple             # storage dtypes it is built for
+    tile_rows: int            # rows of one tile (the BM moe_sort must build the table with)
+    threads: int
+    smem: int                 # dynamic shared memory per block
+    gateup_cols: int          # act columns per block
+    down_cols: int            # output columns per block
+
+
+def _stream(rows: int, mt: int, wm: int, bkb: int, stages: int, tag: str = "",
+            dtypes=(torch.bfloat16, torch.float32)) -> MoeVariant:
+    """moe_stream.cu's table: STAGES x (64 weight rows + BM tile rows) x (BKB + 16) bytes."""
+    assert rows == 16 * mt and mt % wm == 0
+    name = f"mma{rows}{tag}"
+    return MoeVariant(name, "moe_stream", f"{name}_{{sfx}}", tuple(dtypes), rows, 128,
+                      stages * (64 + rows) * (bkb + 16), 32, 64)
+
+
+MOE_VARIANTS = {v.name: v for v in (
+    MoeVariant("wmma128", "moe_gemm", "bf16", (torch.bfloat16,), 128, 256, BF16_GEMM_SMEM, 64, 128),
+    MoeVariant("simt64", "moe_gemm", "f32", (torch.float32,), 64, 256, 0, 32, 64),
+    _stream(16, 1, 1, 256, 4),
+    _stream(16, 1, 1, 256, 3, "b", (torch.bfloat16,)),  # pipeline-depth alternatives (3 blocks/SM)
+    _stream(16, 1, 1, 128, 6, "c", (torch.bfloat16,)),
+    _stream(32, 2, 1, 256, 4),
+    _stream(64, 4, 1, 256, 3),
+    _stream(128, 8, 2, 128, 4),
+)}
+LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
+# (most tokens per forward, variant), first match wins. From the microbenchmarks of step 2 in
+# /work/helper-notes/optimized-notes.md: 16-row tiles stream best up to 64 tokens; 64-row tiles
+# at 256; mma128 ties WMMA at 1024 tokens in isolation and wins by ~1 ms in the 64x16 forward;
+# WMMA stays ahead at 4096. fp32: 3xTF32 mma beats SIMT everywhere measured.
+MOE_POLICY = {
+    torch.bfloat16: ((64, "mma16"), (512, "mma64"), (2048, "mma128"), (None, "wmma128")),
+    torch.float32: ((64, "mma16"), (256, "mma64"), (None, "mma128")),
+}
+
+
+def moe_variant_for(dtype, tokens: int) -> str:
+    """The grouped GEMM variant for a forward of `tokens` tokens."""
+    for most, name in MOE_POLICY[dtype]:
+        if most is None or tokens <= most:
+            return name
+    raise AssertionError("MOE_POLICY must end with a catch-all")
 ATTN_QT = 32  # = QT in attention.cu
 ATTN_HEAD_DIMS = (16, 32, 64)
 NORM_MAXV = 16
@@ -48,9 +105,10 @@ def _dev(t: torch.Tensor, dtype, name: str) -> None:
           f"(contiguous={t.is_contiguous()})")
 
 
-def max_gemm_tiles(npairs: int, num_experts: int, dtype) -> int:
-    """Upper bound of the grouped GEMM's row tiles: sum_e ceil(c_e / BM) <= npairs // BM + E."""
-    return npairs // GEMM_TILE_ROWS[dtype] + num_experts
+def max_gemm_tiles(npairs: int, num_experts: int, dtype, tile_rows: int | None = None) -> int:
+    """Upper bound of the grouped GEMM's row tiles: sum_e ceil(c_e / BM) <= npairs // BM + E
+    (BM = tile_rows, by default the dtype's large-batch variant's)."""
+    return npairs // (tile_rows or GEMM_TILE_ROWS[dtype]) + num_experts
 
 
 class Kernels:
@@ -60,7 +118,7 @@ class Kernels:
         self.dtype, self.stream, sfx = dtype, stream, SUFFIX[dtype]
         ew = load_module(HERE / "elementwise.cu", gpu)
         at = load_module(HERE / "attention.cu", gpu)
-        mg = load_module(HERE / "moe_gemm.cu", gpu)
+        modules = {m: load_module(HERE / f"{m}.cu", gpu) for m in ("moe_gemm", "moe_stream")}
         self.k_embed = ew.kernel(f"embedding_gather_{sfx}")
         self.k_add_norm = ew.kernel(f"add_norm_{sfx}")
         self.k_silu_mul = ew.kernel(f"silu_mul_{sfx}")
@@ -69,15 +127,18 @@ class Kernels:
         self.k_route = {t: ew.kernel(f"route_{SUFFIX[t]}") for t in SUFFIX}  # by the router logits' dtype
         self.k_sort = ew.kernel("moe_sort_pairs")
         self.k_attn = {hd: at.kernel(f"attention_{sfx}_hd{hd}") for hd in ATTN_HEAD_DIMS}
-        self.k_gateup = mg.kernel(f"moe_gateup_{sfx}")
-        self.k_down = mg.kernel(f"moe_down_{sfx}")
-        self.gemm_smem = 0
-        if dtype == torch.bfloat16:
-            from harness.gpu.context import import_driver
-            attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
-            for k in (self.k_gateup, self.k_down):
-                k.function.set_attribute(attr, BF16_GEMM_SMEM)
-            self.gemm_smem = BF16_GEMM_SMEM
+        from harness.gpu.context import import_driver
+        attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
+        self.moe: dict[str, tuple] = {}  # variant name -> (variant, gate/up kernel, down kernel)
+        for v in MOE_VARIANTS.values():
+            if dtype not in v.dtypes:
+                continue
+            mod, stem = modules[v.module], v.stem.format(sfx=sfx)
+            pair = (mod.kernel(f"moe_gateup_{stem}"), mod.kernel(f"moe_down_{stem}"))
+            if v.smem > 48 * 1024:  # above the default limit a block must ask for its shared memory
+                for k in pair:
+                    k.function.set_attribute(attr, v.smem)
+            self.moe[v.name] = (v, *pair)
 
     def _go(self, kernel, grid, block, args, shared=0, **shapes):
         launch(kernel, grid, block, args, shapes=shapes or None, shared=shared, stream=self.stream)
@@ -150,38 +211,55 @@ class Kernels:
                  (ptr(logits), ptr(bias), i32(ntok), i32(E), i32(k), i32(bool(norm_topk)), f32(scale), ptr(idx),
                   ptr(wts)), ntok=ntok, E=E)
 
-    def moe_sort(self, idx, num_experts, sorted_pair, expert_offsets, tiles, num_tiles, npairs=None) -> None:
+    def moe_variant(self, name: str | None) -> MoeVariant:
+        """The grouped GEMM variant called `name` (None: this dtype's large-batch one)."""
+        name = name or LARGE_VARIANT[self.dtype]
+        if name not in self.moe:
+            raise ValueError(f"MoE variant {name!r} is not available for {SUFFIX[self.dtype]}; choose one of "
+                             f"{sorted(self.moe)}")
+        return self.moe[name][0]
+
+    def moe_sort(self, idx, num_experts, sorted_pair, expert_offsets, tiles, num_tiles, npairs=None,
+                 variant: str | None = None) -> None:
+        """Sort the (token, slot) pairs by expert and build the tile table for `variant`."""
         for t, n in ((idx, "idx"), (sorted_pair, "sorted_pair"), (expert_offsets, "expert_offsets"), (tiles, "tiles"),
                      (num_tiles, "num_tiles")):
             _dev(t, torch.int32, n)
         npairs = idx.numel() if npairs is None else npairs
+        rows = self.moe_variant(variant).tile_rows
         _need(num_experts <= SORT_MAX_E, f"moe_sort supports up to {SORT_MAX_E} experts")
-        _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, num_experts, self.dtype), "tile table too small")
-        self._go(self.k_sort, (1,), (1024,), (ptr(idx), i32(npairs), i32(num_experts), i32(GEMM_TILE_ROWS[self.dtype]),
+        _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, num_experts, self.dtype, rows), "tile table too small")
+        self._go(self.k_sort, (1,), (1024,), (ptr(idx), i32(npairs), i32(num_experts), i32(rows),
                                              ptr(sorted_pair), ptr(expert_offsets), ptr(tiles), ptr(num_tiles)),
                  npairs=npairs)
 
-    def _gemm_checks(self, A, W, out, K):
+    def _gemm_checks(self, A, W, out, K, v: MoeVariant):
         _dev(A, self.dtype, "A"); _dev(W, self.dtype, "W"); _dev(out, self.dtype, "out")
-        step = 8 if self.dtype == torch.bfloat16 else 16
-        _need(K % step == 0, f"K={K} must be a multiple of {step} for the {SUFFIX[self.dtype]} grouped GEMM")
+        step = 8 if v.name == "wmma128" else 16 if v.name == "simt64" else 16 // W.element_size()
+        _need(K % step == 0, f"K={K} must be a multiple of {step} for the {v.name} {SUFFIX[self.dtype]} grouped GEMM")
 
-    def moe_gateup(self, h, w13, act, sorted_pair, tiles, num_tiles, npairs: int, topk: int) -> None:
-        """act[r] = silu(h[t] @ w1_e^T) * (h[t] @ w3_e^T), r = sorted row, t = sorted_pair[r] // topk."""
+    def moe_gateup(self, h, w13, act, sorted_pair, tiles, num_tiles, npairs: int, topk: int,
+                   variant: str | None = None) -> None:
+        """act[r] = silu(h[t] @ w1_e^T) * (h[t] @ w3_e^T), r = sorted row, t = sorted_pair[r] // topk.
+        `tiles` must come from moe_sort with the same variant."""
+        v = self.moe_variant(variant)
         E, N2, K = w13.shape
         N = N2 // 2
-        self._gemm_checks(h, w13, act, K)
-        _need(self.dtype == torch.float32 or N % 8 == 0, f"expert width {N} must be a multiple of 8")
-        grid = (max_gemm_tiles(npairs, E, self.dtype), (N + GEMM_TILE_COLS[self.dtype] // 2 - 1) //
-                (GEMM_TILE_COLS[self.dtype] // 2))
-        self._go(self.k_gateup, grid, (256,), (ptr(h), ptr(w13), ptr(act), ptr(sorted_pair), ptr(tiles), ptr(num_tiles),
-                                               i32(N), i32(K), i32(topk)), shared=self.gemm_smem, npairs=npairs, N=N, K=K)
+        self._gemm_checks(h, w13, act, K, v)
+        _need(v.name != "wmma128" or N % 8 == 0, f"expert width {N} must be a multiple of 8")
+        grid = (max_gemm_tiles(npairs, E, self.dtype, v.tile_rows), (N + v.gateup_cols - 1) // v.gateup_cols)
+        self._go(self.moe[v.name][1], grid, (v.threads,), (ptr(h), ptr(w13), ptr(act), ptr(sorted_pair), ptr(tiles),
+                                                          ptr(num_tiles), i32(N), i32(K), i32(topk)),
+                 shared=v.smem, npairs=npairs, N=N, K=K, variant=v.name)
 
-    def moe_down(self, act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, npairs: int) -> None:
+    def moe_down(self, act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, npairs: int,
+                 variant: str | None = None) -> None:
         """ys[p] = pair_w[p] * (act[r] @ w2_e^T) for sorted row r holding pair p."""
+        v = self.moe_variant(variant)
         E, N, K = w2.shape
-        self._gemm_checks(act, w2, ys, K)
+        self._gemm_checks(act, w2, ys, K, v)
         _dev(pair_w, torch.float32, "pair_w")
-        grid = (max_gemm_tiles(npairs, E, self.dtype), (N + GEMM_TILE_COLS[self.dtype] - 1) // GEMM_TILE_COLS[self.dtype])
-        self._go(self.k_down, grid, (256,), (ptr(act), ptr(w2), ptr(ys), ptr(sorted_pair), ptr(tiles), ptr(num_tiles),
-                                             ptr(pair_w), i32(N), i32(K)), shared=self.gemm_smem, npairs=npairs, N=N, K=K)
+        grid = (max_gemm_tiles(npairs, E, self.dtype, v.tile_rows), (N + v.down_cols - 1) // v.down_cols)
+        self._go(self.moe[v.name][2], grid, (v.threads,), (ptr(act), ptr(w2), ptr(ys), ptr(sorted_pair), ptr(tiles),
+                                                          ptr(num_tiles), ptr(pair_w), i32(N), i32(K)),
+                 shared=v.smem, npairs=npairs, N=N, K=K, variant=v.name)

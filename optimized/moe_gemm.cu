@@ -15,6 +15,8 @@
 //
 // bf16: tensor cores through WMMA 16x16x16 (fp32 accumulate), 128x128x32 block tiles, 8 warps,
 // a 3-stage cp.async pipeline. fp32: a register-tiled SIMT kernel (64x64x16, 4x4 per thread).
+// These are the large-batch variants "wmma128" and "simt64"; moe_stream.cu holds the mma.sync
+// variants (tiles of 16..128 rows) that stream the expert weights at small batches.
 #include "common.cuh"
 #include <mma.h>
 using namespace nvcuda;
@@ -30,15 +32,6 @@ using namespace nvcuda;
 #define LDS (BK + 8)  // smem row pitch in elements: 80 B rows spread WMMA loads over the banks
 #define STAGE_ELEMS ((BM + BN) * LDS)
 #define BF16_SMEM_BYTES (STAGES * STAGE_ELEMS * 2)
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
-{
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 template <int MODE>
 __device__ void moe_gemm_bf16(const bf16* A, const bf16* W, bf16* out, const int* sorted_pair, const int* tiles,

@@ -1,9 +1,13 @@
-"""pytest-benchmark microbenchmarks of the optimized engine's grouped MoE GEMMs and attention at
-the real model's shapes (bf16 and fp32). GPU only: skipped cleanly without one.
+"""pytest-benchmark microbenchmarks of the optimized engine's grouped MoE GEMMs (every variant,
+small to large batches) and attention at the real model's shapes (bf16 and fp32). GPU only:
+skipped cleanly without one.
 
   pytest tests/bench -m gpu --benchmark-only
 
-Each round launches the kernel(s) and synchronizes; extra_info carries the achieved TFLOP/s."""
+Each round launches the kernel(s) and synchronizes; extra_info carries the achieved TFLOP/s and,
+for the MoE GEMMs, the rate at which the touched experts' weights were read (weight_GBps: each
+touched expert's w1|w3 and w2 once, the least any kernel must read) and whether the engine picks
+that variant for that token count (engine_choice)."""
 from __future__ import annotations
 
 import pytest
@@ -14,48 +18,84 @@ pytestmark = pytest.mark.gpu
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+def _variant_names():
+    from optimized.kernels import MOE_VARIANTS
+    return list(MOE_VARIANTS)
+
+
 @pytest.fixture(scope="module", params=list(DTYPES))
 def K(gpu, request):
     from optimized.kernels import Kernels
     return Kernels(gpu, DTYPES[request.param], stream=None)
 
 
+@pytest.fixture(scope="module")
+def moe_weights(K):
+    E, H, Im = 32, 2048, 1792
+    return _rand(E, 2 * Im, H, dtype=K.dtype, scale=0.02), _rand(E, H, Im, dtype=K.dtype, scale=0.02)
+
+
 def _rand(*shape, dtype, scale=1.0):
     return (torch.randn(shape, device="cuda") * scale).to(dtype)
 
 
-@pytest.mark.parametrize("tokens", [16, 1024, 4096])
-def test_bench_moe_grouped_gemms(benchmark, K, tokens):
-    from optimized.kernels import max_gemm_tiles
+@pytest.mark.parametrize("variant", _variant_names())
+@pytest.mark.parametrize("tokens", [16, 64, 256, 1024, 4096])
+def test_bench_moe_grouped_gemms(benchmark, K, moe_weights, tokens, variant):
+    from optimized.kernels import max_gemm_tiles, moe_variant_for
+    if variant not in K.moe:
+        pytest.skip(f"{variant} is not built for {K.dtype}")
     E, k, H, Im = 32, 4, 2048, 1792
+    w13, w2 = moe_weights
     npairs = tokens * k
     h = _rand(tokens, H, dtype=K.dtype)
     logits = _rand(tokens, E, dtype=K.dtype)
     bias = _rand(E, dtype=torch.float32, scale=0.05)
-    w13 = _rand(E, 2 * Im, H, dtype=K.dtype, scale=0.02)
-    w2 = _rand(E, H, Im, dtype=K.dtype, scale=0.02)
     idx = torch.empty(tokens, k, dtype=torch.int32, device="cuda")
     wts = torch.empty(tokens, k, dtype=torch.float32, device="cuda")
     sp = torch.empty(npairs, dtype=torch.int32, device="cuda")
     offs = torch.empty(E + 1, dtype=torch.int32, device="cuda")
-    tiles = torch.empty(3 * max_gemm_tiles(npairs, E, K.dtype), dtype=torch.int32, device="cuda")
+    rows = K.moe_variant(variant).tile_rows
+    tiles = torch.empty(3 * max_gemm_tiles(npairs, E, K.dtype, rows), dtype=torch.int32, device="cuda")
     nt = torch.empty(1, dtype=torch.int32, device="cuda")
     act = torch.empty(npairs, Im, dtype=K.dtype, device="cuda")
     ys = torch.empty(npairs, H, dtype=K.dtype, device="cuda")
     K.route(logits, bias, k, True, 1.0, idx, wts)
-    K.moe_sort(idx, E, sp, offs, tiles, nt)
+    K.moe_sort(idx, E, sp, offs, tiles, nt, variant=variant)
 
     def both():
-        K.moe_gateup(h, w13, act, sp, tiles, nt, npairs, k)
-        K.moe_down(act, w2, ys, sp, tiles, nt, wts, npairs)
+        K.moe_gateup(h, w13, act, sp, tiles, nt, npairs, k, variant=variant)
+        K.moe_down(act, w2, ys, sp, tiles, nt, wts, npairs, variant=variant)
         torch.cuda.synchronize()
 
     both()
     benchmark(both)
+    med = benchmark.stats.stats.median
     flops = 2 * npairs * 3 * H * Im
-    benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
     touched = int((torch.bincount(idx.view(-1).long(), minlength=E) > 0).sum())
-    benchmark.extra_info["weight_GBps"] = touched * 3 * H * Im * w2.element_size() / benchmark.stats.stats.median / 1e9
+    weight_bytes = touched * 3 * H * Im * w2.element_size()
+    info = benchmark.extra_info
+    info["tflops"], info["weight_GBps"] = flops / med / 1e12, weight_bytes / med / 1e9
+    # the kernels alone: back-to-back launches between CUDA events (no per-round launch + sync gap)
+    ms = _event_ms(lambda: (K.moe_gateup(h, w13, act, sp, tiles, nt, npairs, k, variant=variant),
+                            K.moe_down(act, w2, ys, sp, tiles, nt, wts, npairs, variant=variant)))
+    info["event_ms"], info["event_tflops"], info["event_weight_GBps"] = ms, flops / ms / 1e9, weight_bytes / ms / 1e6
+    info["engine_choice"] = moe_variant_for(K.dtype, tokens) == variant
+
+
+def _event_ms(fn, reps: int = 20) -> float:
+    """Median over 5 trials of (time of `reps` back-to-back calls between CUDA events) / reps."""
+    fn()
+    trials = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        trials.append(start.elapsed_time(end) / reps)
+    return sorted(trials)[len(trials) // 2]
 
 
 @pytest.mark.parametrize("B,S", [(64, 16), (8, 512)])

@@ -130,24 +130,28 @@ def test_attention(K, B, S, nh, nkv, hd):
     close(o.view(B, S, -1), naive_attention(q, k, v), K.dtype, "attention")
 
 
-def routed(K, T, E, k, H=64, seed=None):
-    """Router logits from a real GEMM (as the engine), then route + sort on the device."""
+def routed(K, T, E, k, H=64, seed=None, variant=None):
+    """Router logits from a real GEMM (as the engine), then route + sort on the device, with the
+    tile table of grouped GEMM `variant` (None: the dtype's large-batch one)."""
     from optimized.kernels import max_gemm_tiles
+    rows = K.moe_variant(variant).tile_rows
     h, gw = rand(T, H, dtype=K.dtype, seed=seed), rand(E, H, dtype=K.dtype, scale=0.3, seed=seed)
     logits = (h.float() @ gw.float().T).to(K.dtype)
     bias = rand(E, dtype=torch.float32, scale=0.05)
     idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
     npairs = T * k
     sp, offs = poisoned(npairs, dtype=torch.int32), poisoned(E + 1, dtype=torch.int32)
-    tiles, nt = poisoned(3 * max_gemm_tiles(npairs, E, K.dtype), dtype=torch.int32), poisoned(1, dtype=torch.int32)
+    tiles = poisoned(3 * max_gemm_tiles(npairs, E, K.dtype, rows), dtype=torch.int32)
+    nt = poisoned(1, dtype=torch.int32)
     run(lambda: K.route(logits, bias, k, True, 1.0, idx, wts))
-    run(lambda: K.moe_sort(idx, E, sp, offs, tiles, nt))
+    run(lambda: K.moe_sort(idx, E, sp, offs, tiles, nt, variant=variant))
     return logits, bias, idx, wts, sp, offs, tiles, nt
 
 
+@pytest.mark.parametrize("tile_variant", [None, "mma16", "mma64"])
 @pytest.mark.parametrize("T,E,k", [(1, 8, 2), (37, 8, 3), (200, 32, 4), (5, 64, 8)])
-def test_route_and_sort(K, T, E, k):
-    logits, bias, idx, wts, sp, offs, tiles, nt = routed(K, T, E, k)
+def test_route_and_sort(K, T, E, k, tile_variant):
+    logits, bias, idx, wts, sp, offs, tiles, nt = routed(K, T, E, k, variant=tile_variant)
     s = torch.sigmoid(logits.float()).to(K.dtype).double()  # bf16: HF takes the sigmoid in bf16
     want_idx = torch.topk(s + bias.double(), k, dim=-1).indices
     assert torch.equal(idx.long().sort(1).values, want_idx.sort(1).values)
@@ -159,9 +163,11 @@ def test_route_and_sort(K, T, E, k):
     assert torch.all(experts[1:] >= experts[:-1])
     counts = torch.bincount(idx.view(-1).long(), minlength=E)
     assert torch.equal(offs.long(), torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
-    from optimized.kernels import GEMM_TILE_ROWS
-    BM = GEMM_TILE_ROWS[K.dtype]
+    BM = K.moe_variant(tile_variant).tile_rows
     assert nt.item() == int(((counts + BM - 1) // BM).sum())
+    # the table: per expert, consecutive tiles of BM rows from its offset, each ending at the expert's end
+    want = [(e, int(offs[e]) + r, int(offs[e + 1])) for e in range(E) for r in range(0, int(counts[e]), BM)]
+    assert tiles[:3 * nt.item()].view(-1, 3).tolist() == [list(t) for t in want]
 
 
 def expert_reference(h, w13, w2, idx, wts):
@@ -175,17 +181,37 @@ def expert_reference(h, w13, w2, idx, wts):
     return out
 
 
+def _variant_names():
+    from optimized.kernels import MOE_VARIANTS
+    return list(MOE_VARIANTS)
+
+
+# odd shapes (widths not multiples of the 32/64-column slabs or the K stages), experts with many
+# tiles (E=1: all rows in one expert), and the real model's 1x16 and 20-token shapes
+@pytest.mark.parametrize("variant", _variant_names())
 @pytest.mark.parametrize("T,E,k,H,Im", [(1, 8, 2, 64, 32), (37, 8, 3, 96, 48), (150, 32, 4, 256, 192),
-                                        (20, 32, 4, 2048, 1792)])
-def test_moe_grouped_gemms(K, T, E, k, H, Im):
-    _, _, idx, wts, sp, _, tiles, nt = routed(K, T, E, k, H=H)
+                                        (9, 4, 2, 72, 40), (50, 1, 1, 96, 48), (300, 8, 2, 64, 24),
+                                        (16, 32, 4, 2048, 1792), (20, 32, 4, 2048, 1792)])
+def test_moe_grouped_gemms(K, T, E, k, H, Im, variant):
+    if variant not in K.moe:
+        pytest.skip(f"{variant} is not built for {K.dtype}")
+    _, _, idx, wts, sp, _, tiles, nt = routed(K, T, E, k, H=H, variant=variant)
+    if variant == "simt64" and (H % 16 or Im % 16):  # its float4 K slices: refused with a clear message
+        act, ys = poisoned(T * k, Im, dtype=K.dtype), poisoned(T * k, H, dtype=K.dtype)
+        with pytest.raises(ValueError, match="multiple of 16"):
+            if H % 16:
+                K.moe_gateup(rand(T, H, dtype=K.dtype), rand(E, 2 * Im, H, dtype=K.dtype), act, sp, tiles, nt, T * k, k,
+                             variant=variant)
+            else:
+                K.moe_down(act, rand(E, H, Im, dtype=K.dtype), ys, sp, tiles, nt, wts, T * k, variant=variant)
+        return
     h = rand(T, H, dtype=K.dtype)
     w13 = rand(E, 2 * Im, H, dtype=K.dtype, scale=H ** -0.5)
     w2 = rand(E, H, Im, dtype=K.dtype, scale=Im ** -0.5)
     npairs = T * k
     act = poisoned(npairs, Im, dtype=K.dtype)
     ys = poisoned(npairs, H, dtype=K.dtype)
-    run(lambda: K.moe_gateup(h, w13, act, sp, tiles, nt, npairs, k))
+    run(lambda: K.moe_gateup(h, w13, act, sp, tiles, nt, npairs, k, variant=variant))
     # act rows are in sorted order: row r holds pair sp[r]
     pairs = sp.long()
     tok, ex = pairs // k, idx.view(-1).long()[pairs]
@@ -193,9 +219,19 @@ def test_moe_grouped_gemms(K, T, E, k, H, Im):
     g = torch.einsum("rh,rih->ri", hd[tok], w13[ex, :Im].double())
     u = torch.einsum("rh,rih->ri", hd[tok], w13[ex, Im:].double())
     close(act, torch.nn.functional.silu(g) * u, K.dtype, "gate/up")
-    run(lambda: K.moe_down(act, w2, ys, sp, tiles, nt, wts, npairs))
+    run(lambda: K.moe_down(act, w2, ys, sp, tiles, nt, wts, npairs, variant=variant))
     want = torch.empty(npairs, H, dtype=torch.float64, device="cuda")
     want[pairs] = torch.einsum("ri,rhi->rh", act.double(), w2[ex].double()) * wts.view(-1).double()[pairs, None]
     close(ys, want, K.dtype, "down")
     if T <= 40:  # the whole expert MLP against the reference swiglu, pair by pair
         close(ys, expert_reference(h, w13, w2, idx, wts), K.dtype, "expert MLP")
+
+
+def test_moe_variant_table_matches_the_kernels(K):
+    """Every variant built for the dtype launches; an unknown one is refused with the choices."""
+    from optimized.kernels import MOE_VARIANTS, moe_variant_for
+    assert set(K.moe) == {n for n, v in MOE_VARIANTS.items() if K.dtype in v.dtypes}
+    for tokens in (1, 16, 17, 64, 1024, 8192):
+        assert moe_variant_for(K.dtype, tokens) in K.moe
+    with pytest.raises(ValueError, match="choose one of"):
+        K.moe_variant("nope")

@@ -1,0 +1,313 @@
+// Grouped MoE GEMMs for small batches: weight streaming with mma.sync tensor cores.
+//
+// Same contract as moe_gemm.cu (the tile table of moe_sort_pairs, MODE_GATEUP with SiLU*up in the
+// epilogue, MODE_DOWN writing ys[pair] scaled by the routing weight), but built for experts with
+// few rows, where the cost is reading the expert weights once:
+// - a block owns one row tile (16 * MT rows of one expert) and a slab of 64 GEMM columns (GATEUP:
+//   32 gate + the matching 32 up rows of w13, i.e. 32 act columns; DOWN: 64 output columns);
+//   with few rows per expert the grid is (touched experts) x (N / 64 slabs), over a thousand
+//   blocks, two per SM, each streaming its slab once;
+// - the slab and the tile's rows go through shared memory in a STAGES-deep cp.async pipeline of
+//   16-byte coalesced copies (BKB bytes of K per stage: a 256 B run of each weight row);
+// - 4 warps read fragments with ldmatrix and multiply with mma.sync m16n8k16 (bf16) or, for fp32
+//   weights, m16n8k8 TF32 three times (3xTF32: a = hi + lo, a*b ~ hi*hi + hi*lo + lo*hi, close to
+//   fp32 accuracy). Row tiles of a 16-row group that holds no rows skip their MMAs (the tile's
+//   row count is read on the device), so a tile that is mostly padding costs little.
+// Both element types share the code because the fragments have the same byte geometry: an MMA
+// step covers 32 bytes of K (16 bf16 or 8 fp32) and ldmatrix moves 8 rows x 16 bytes.
+// Variants (extern "C" names moe_{gateup,down}_<variant>_{bf16,f32}; kernels.py mirrors the table):
+//   variant  BM  MT WM BKB STAGES   dynamic smem = STAGES * (64 + BM) * (BKB + 16)   blocks/SM
+//   mma16    16   1  1 256   4      87,040                                          2
+//   mma16b   16   1  1 256   3      65,280                                          3
+//   mma16c   16   1  1 128   6      69,120                                          3
+//   mma32    32   2  1 256   4      104,448                                         2
+//   mma64    64   4  1 256   3      104,448                                         2
+//   mma128  128   8  2 128   4      110,592                                         2
+// WM: warps along M (the 4 warps are WM x 4/WM); each warp holds MT/WM m16 tiles x 2*WM n8 tiles.
+#include "common.cuh"
+
+#define MODE_GATEUP 0
+#define MODE_DOWN 1
+#define ST_THREADS 128
+#define ST_BN 64  // GEMM columns per block
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned (&r)[4])
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+__device__ __forceinline__ unsigned tf32_rna(float x)
+{
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+
+// An MMA operand as loaded by ldmatrix (4 registers), ready for the element type's MMA: bf16
+// uses the registers as they are; fp32 splits each value into its TF32 head and TF32 remainder.
+template <typename T> struct Operand {
+    unsigned hi[4], lo[4];
+    __device__ __forceinline__ void set(const unsigned (&raw)[4])
+    {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            if constexpr (sizeof(T) == 4) {
+                float x = __uint_as_float(raw[i]);
+                hi[i] = tf32_rna(x);
+                lo[i] = tf32_rna(x - __uint_as_float(hi[i]));
+            } else {
+                hi[i] = raw[i];
+            }
+        }
+    }
+};
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// c += a * b[half], where b holds two n8 tiles (registers 0,1 and 2,3).
+// fp32: the tensor core's accumulation truncates, and over K = 2048 (768 TF32 MMAs into one
+// accumulator) that bias reached 3e-5 of the output scale. So the three MMAs of one K step go into
+// a fresh partial sum, which is added to c by an ordinary (round-to-nearest) FADD.
+template <typename T>
+__device__ __forceinline__ void mma_step(float (&c)[4], const Operand<T>& a, const Operand<T>& b, int half)
+{
+    if constexpr (sizeof(T) == 4) {
+        float t[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_tf32(t, a.lo, b.hi[2 * half], b.hi[2 * half + 1]);  // small terms first
+        mma_tf32(t, a.hi, b.lo[2 * half], b.lo[2 * half + 1]);
+        mma_tf32(t, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] += t[i];
+    } else {
+        mma_bf16(c, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
+    }
+}
+
+// Two adjacent outputs (col, col + 1) of one row; vector store when both exist and are aligned.
+template <typename T> __device__ __forceinline__ void store_pair(T* row, int col, int N, float v0, float v1)
+{
+    if (col + 1 < N && (N & 1) == 0) {
+        if constexpr (sizeof(T) == 4)
+            *reinterpret_cast<float2*>(row + col) = make_float2(v0, v1);
+        else
+            *reinterpret_cast<__nv_bfloat162*>(row + col) = __floats2bfloat162_rn(v0, v1);
+    } else {
+        if (col < N) row[col] = from_f<T>(v0);
+        if (col + 1 < N) row[col + 1] = from_f<T>(v1);
+    }
+}
+
+template <typename T, int MODE, int MT, int WM, int BKB, int STAGES>
+__device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pair, const int* tiles,
+                           const int* num_tiles, const float* pair_w, int N, int K, int topk)
+{
+    constexpr int BM = 16 * MT;
+    constexpr int LDB = BKB + 16;                  // smem row pitch (bytes): ldmatrix rows hit distinct banks
+    constexpr int CPR = BKB / 16;                  // 16-byte chunks of one row per stage
+    constexpr int RPP = ST_THREADS / CPR;          // rows covered by one pass of the block
+    constexpr int WCH = ST_BN / RPP, ACH = BM / RPP;  // chunks per thread per stage: weights, rows
+    constexpr int STAGE_BYTES = (ST_BN + BM) * LDB;
+    constexpr int WN = 4 / WM, MTW = MT / WM;      // warps along N; m16 tiles per warp
+    static_assert(ST_BN % RPP == 0 && BM % RPP == 0 && MT % WM == 0 && 4 % WM == 0, "bad stream variant");
+
+    extern __shared__ __align__(128) unsigned char smem[];
+    if ((int)blockIdx.x >= *num_tiles) return;
+    {
+        unsigned dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
+        if (dyn < (unsigned)(STAGES * STAGE_BYTES)) __trap();  // the host's smem table disagrees with this file
+    }
+    const int e = tiles[3 * blockIdx.x], row0 = tiles[3 * blockIdx.x + 1];
+    const int rows = min(tiles[3 * blockIdx.x + 2] - row0, BM);
+    const int n0 = blockIdx.y * (MODE == MODE_GATEUP ? ST_BN / 2 : ST_BN);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const size_t kbytes = (size_t)K * sizeof(T);
+    const int ktiles = (int)((kbytes + BKB - 1) / BKB);
+    const int kc = (tid % CPR) * 16, lrow = tid / CPR;  // this thread's chunk: byte kc of rows lrow + i * RPP
+
+    // ---- weights first: they need only the expert id, so their copies start before the row gather
+    const char* We = reinterpret_cast<const char*>(W + (size_t)e * (MODE == MODE_GATEUP ? 2 * N : N) * K);
+    const char* w_src[WCH];
+    bool w_ok[WCH];
+#pragma unroll
+    for (int i = 0; i < WCH; ++i) {
+        const int j = lrow + i * RPP;  // GEMM column of the slab
+        const int col = n0 + (MODE == MODE_GATEUP ? (j & (ST_BN / 2 - 1)) : j);
+        w_ok[i] = col < N;
+        const int wrow = MODE == MODE_GATEUP ? (j < ST_BN / 2 ? col : N + col) : col;
+        w_src[i] = We + (size_t)(w_ok[i] ? wrow : 0) * kbytes + kc;
+    }
+    auto load_w = [&](int stage, int kt) {
+        unsigned char* s = smem + stage * STAGE_BYTES + lrow * LDB + kc;
+        const size_t kb = (size_t)kt * BKB;
+        const bool kok = kb + kc < kbytes;
+#pragma unroll
+        for (int i = 0; i < WCH; ++i) cp_async16(s + i * RPP * LDB, w_src[i] + (kok ? kb : 0), w_ok[i] && kok);
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s)
+        if (s < ktiles) load_w(s, s);
+
+    // ---- the tile's rows (GATEUP gathers h rows of the tokens; DOWN reads act rows in place)
+    const char* a_src[ACH];
+    bool a_ok[ACH];
+#pragma unroll
+    for (int i = 0; i < ACH; ++i) {
+        const int r = lrow + i * RPP;
+        a_ok[i] = r < rows;
+        const int pos = row0 + (a_ok[i] ? r : 0);
+        const T* src = MODE == MODE_GATEUP ? A + (size_t)(sorted_pair[pos] / topk) * K : A + (size_t)pos * K;
+        a_src[i] = reinterpret_cast<const char*>(src) + kc;
+    }
+    auto load_a = [&](int stage, int kt) {
+        unsigned char* s = smem + stage * STAGE_BYTES + (ST_BN + lrow) * LDB + kc;
+        const size_t kb = (size_t)kt * BKB;
+        const bool kok = kb + kc < kbytes;
+#pragma unroll
+        for (int i = 0; i < ACH; ++i) cp_async16(s + i * RPP * LDB, a_src[i] + (kok ? kb : 0), a_ok[i] && kok);
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s)
+        if (s < ktiles) load_a(s, s);
+    // The prologue is one commit group; STAGES - 2 empty groups keep the loop's wait count right
+    // (at step kt the first kt + 1 groups must be complete).
+    cp_async_commit();
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; ++s) cp_async_commit();
+
+    // ---- fragment addresses. B (weights) for call cc: two n8 tiles, lanes 0-15 address the first
+    // (GATEUP: gate rows), lanes 16-31 the second (GATEUP: the matching up rows; DOWN: the next 8).
+    const int wm = warp / WN, wn = warp % WN;
+    const int wb = wn * (MODE == MODE_GATEUP ? 8 * WM : 16 * WM);  // warp's first act / output column
+    const int b_row = MODE == MODE_GATEUP ? (lane >> 4) * (ST_BN / 2) + wb + (lane & 7) : wb + (lane >> 4) * 8 + (lane & 7);
+    constexpr int B_CALL_ROWS = MODE == MODE_GATEUP ? 8 : 16;
+    const unsigned b_off = b_row * LDB + ((lane >> 3) & 1) * 16;
+    const unsigned a_off = (ST_BN + wm * MTW * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB + (lane >> 4) * 16;
+    const unsigned sbase = smem_addr(smem);
+
+    float acc[MTW][WM][2][4];
+#pragma unroll
+    for (int m = 0; m < MTW; ++m)
+#pragma unroll
+        for (int c = 0; c < WM; ++c)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[m][c][h][i] = 0.f;
+
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // stage kt is visible to all; everyone is done with the stage refilled next
+        const int nk = kt + STAGES - 1;
+        if (nk < ktiles) {
+            load_w(nk % STAGES, nk);
+            load_a(nk % STAGES, nk);
+        }
+        cp_async_commit();
+        const unsigned st = sbase + (kt % STAGES) * STAGE_BYTES;
+#pragma unroll
+        for (int ks = 0; ks < BKB; ks += 32) {
+            Operand<T> b[WM];
+#pragma unroll
+            for (int c = 0; c < WM; ++c) {
+                unsigned raw[4];
+                ldsm_x4(st + b_off + c * B_CALL_ROWS * LDB + ks, raw);
+                b[c].set(raw);
+            }
+#pragma unroll
+            for (int m = 0; m < MTW; ++m) {
+                if ((wm * MTW + m) * 16 < rows) {  // warp-uniform: skip m16 tiles with no rows
+                    unsigned raw[4];
+                    ldsm_x4(st + a_off + m * 16 * LDB + ks, raw);
+                    Operand<T> a;
+                    a.set(raw);
+#pragma unroll
+                    for (int c = 0; c < WM; ++c) {
+                        mma_step<T>(acc[m][c][0], a, b[c], 0);
+                        mma_step<T>(acc[m][c][1], a, b[c], 1);
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // ---- epilogue: accumulator element i of an n8 tile is (row g + 8 * (i >> 1), column 2 t + (i & 1))
+    const int g = lane >> 2, t2 = (lane & 3) * 2;
+#pragma unroll
+    for (int m = 0; m < MTW; ++m)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int r = (wm * MTW + m) * 16 + g + hr * 8;
+            if (r >= rows) continue;
+            const int pos = row0 + r;
+            if (MODE == MODE_GATEUP) {
+                T* dst = out + (size_t)pos * N;
+#pragma unroll
+                for (int c = 0; c < WM; ++c) {
+                    float v[2];
+#pragma unroll
+                    for (int q = 0; q < 2; ++q) {
+                        const float gt = acc[m][c][0][2 * hr + q], up = acc[m][c][1][2 * hr + q];
+                        v[q] = rnd<T>(rnd<T>(silu_f(rnd<T>(gt))) * rnd<T>(up));
+                    }
+                    store_pair<T>(dst, n0 + wb + c * 8 + t2, N, v[0], v[1]);
+                }
+            } else {
+                const int p = sorted_pair[pos];
+                const float s = rnd<T>(pair_w[p]);
+                T* dst = out + (size_t)p * N;
+#pragma unroll
+                for (int c = 0; c < WM; ++c)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        store_pair<T>(dst, n0 + wb + c * 16 + h * 8 + t2, N, rnd<T>(acc[m][c][h][2 * hr]) * s,
+                                      rnd<T>(acc[m][c][h][2 * hr + 1]) * s);
+            }
+        }
+}
+
+#define STREAM_VARIANT(NAME, T, MT, WM, BKB, STAGES)                                                             \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS) moe_gateup_##NAME(                                   \
+        const T* h, const T* w13, T* act, const int* sorted_pair, const int* tiles, const int* num_tiles, int N,   \
+        int K, int topk)                                                                                           \
+    {                                                                                                              \
+        moe_stream<T, MODE_GATEUP, MT, WM, BKB, STAGES>(h, w13, act, sorted_pair, tiles, num_tiles, nullptr, N, K, \
+                                                        topk);                                                     \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(ST_THREADS) moe_down_##NAME(                                     \
+        const T* act, const T* w2, T* ys, const int* sorted_pair, const int* tiles, const int* num_tiles,          \
+        const float* pair_w, int N, int K)                                                                         \
+    {                                                                                                              \
+        moe_stream<T, MODE_DOWN, MT, WM, BKB, STAGES>(act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, N, K, 1); \
+    }
+
+STREAM_VARIANT(mma16_bf16, bf16, 1, 1, 256, 4)
+STREAM_VARIANT(mma16b_bf16, bf16, 1, 1, 256, 3)
+STREAM_VARIANT(mma16c_bf16, bf16, 1, 1, 128, 6)
+STREAM_VARIANT(mma32_bf16, bf16, 2, 1, 256, 4)
+STREAM_VARIANT(mma64_bf16, bf16, 4, 1, 256, 3)
+STREAM_VARIANT(mma128_bf16, bf16, 8, 2, 128, 4)
+STREAM_VARIANT(mma16_f32, float, 1, 1, 256, 4)
+STREAM_VARIANT(mma32_f32, float, 2, 1, 256, 4)
+STREAM_VARIANT(mma64_f32, float, 4, 1, 256, 3)
+STREAM_VARIANT(mma128_f32, float, 8, 2, 128, 4)
