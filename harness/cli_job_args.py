@@ -104,6 +104,13 @@ def add_job_args(p: argparse.ArgumentParser, batch_default: int | None = None) -
                    help="timed-region budget per variant in seconds: a slow variant runs as many whole batches "
                         "as fit (at least one) and is reported over those (default: %(default)g)")
     m.add_argument("--warmup", type=int, default=3, help="untimed forwards of sample 0 first (default: 3)")
+    m.add_argument("--workload", choices=["prefill", "generate"], default="prefill",
+                   help="prefill: the job's last-position logits (default); generate: greedy prefill + "
+                        "decode with caches, measuring time to first token and inter-token latency "
+                        "(engines that generate: reference, hf, optimized)")
+    m.add_argument("--max-new-tokens", type=int, default=32,
+                   help="generate: new tokens per prompt (default: %(default)s); the first 32 are checked "
+                        "against the reference's greedy tokens")
     m.add_argument("--dtype", help="engine dtype option, e.g. fp32, bf16 (default: the engine's own)")
     m.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where engines run: auto = the reference on the CPU, others on a GPU when there is one")
@@ -123,6 +130,7 @@ def check_job_args(args) -> None:
     at_least("--samples", args.samples, 1)
     at_least("--batch", args.batch, 1)
     at_least("--warmup", args.warmup, 0)
+    at_least("--max-new-tokens", args.max_new_tokens, 1)
     if args.budget_s <= 0:
         raise UsageError(f"--budget-s {args.budget_s:g}: must be positive")
     if args.timeout_s is not None and args.timeout_s <= 0:
@@ -157,9 +165,16 @@ def prepare_jobs(args, seq_lens: list[int] | None):
     validate = not args.no_validate
     if args.data:
         job = file_job(path, label, args.data, args.answers, args.samples, validate)
+        if args.workload == "generate" and validate:
+            from .job_prep import with_greedy_answers
+            job = with_greedy_answers(job, args.max_new_tokens)
         return {job.seq_len: job}
     n = args.samples or DEFAULT_SAMPLES
-    return {s: synthetic_job(path, label, n, s, args.data_seed, validate) for s in seq_lens}
+    jobs = {s: synthetic_job(path, label, n, s, args.data_seed, validate) for s in seq_lens}
+    if args.workload == "generate" and validate:
+        from .job_prep import with_greedy_answers
+        jobs = {s: with_greedy_answers(job, args.max_new_tokens) for s, job in jobs.items()}
+    return jobs
 
 
 def settings_from(args):
@@ -167,4 +182,5 @@ def settings_from(args):
     return RunSettings(run_id=args.run_id, budget_s=args.budget_s, warmup=args.warmup, device=args.device,
                        options=parse_options(args.option), hostfile=args.hostfile, timeout_s=args.timeout_s,
                        mpiexec_args=shlex.split(args.mpiexec_args or ""),
-                       outputs=getattr(args, "outputs", None))
+                       outputs=getattr(args, "outputs", None), workload=args.workload,
+                       max_new_tokens=args.max_new_tokens)

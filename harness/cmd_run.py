@@ -61,10 +61,19 @@ def describe(rec) -> str:
     if rec.error:
         return f"{rec.variant}: FAILED\n{rec.error}"
     status = {True: "VALID", False: "INVALID", None: "not validated"}[rec.valid]
-    lines = [f"{rec.variant}: {rec.samples}/{rec.samples_requested} samples on {rec.ranks} rank(s), "
-             f"{rec.samples_per_s:.4g} samples/s, {rec.tokens_per_s:.4g} tokens/s, "
-             f"p50 {rec.latency_p50_ms:.4g} ms per call of {rec.batch_used}",
-             f"  {status}" + (f" (max abs err {rec.max_abs_err:.3g}, top-1 {100 * rec.top1_agreement:.1f}%)"
-                              if rec.valid is not None else "")]
+    if rec.workload == "generate":
+        lines = [f"{rec.variant}: {rec.samples}/{rec.samples_requested} prompts on {rec.ranks} rank(s), "
+                 f"{rec.max_new_tokens} new tokens each: TTFT {rec.ttft_ms:.4g} ms, inter-token p50 "
+                 f"{rec.itl_p50_ms:.4g} / p90 {rec.itl_p90_ms:.4g} / p99 {rec.itl_p99_ms:.4g} ms, "
+                 f"decode {rec.decode_tokens_per_s:.4g} tokens/s ({rec.pct_of_decode_floor:.2g}% of the decode floor)"
+                 if rec.itl_p50_ms is not None else
+                 f"{rec.variant}: {rec.samples} prompts, TTFT {rec.ttft_ms:.4g} ms (one new token: no decode steps)",
+                 f"  {status}"]
+    else:
+        lines = [f"{rec.variant}: {rec.samples}/{rec.samples_requested} samples on {rec.ranks} rank(s), "
+                 f"{rec.samples_per_s:.4g} samples/s, {rec.tokens_per_s:.4g} tokens/s, "
+                 f"p50 {rec.latency_p50_ms:.4g} ms per call of {rec.batch_used}",
+                 f"  {status}" + (f" (max abs err {rec.max_abs_err:.3g}, top-1 {100 * rec.top1_agreement:.1f}%)"
+                                  if rec.valid is not None else "")]
     lines += [f"  note: {n}" for n in rec.notes]
     return "\n".join(lines)

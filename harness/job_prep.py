@@ -29,6 +29,7 @@ class PreparedJob:
     answers: Path | None
     samples: int  # samples the variants are asked to run (first N of inputs.bin)
     seq_len: int
+    greedy_answers: Path | None = None  # generate workload: the reference's greedy tokens (.npy)
 
 
 def model_id(model_path: str | Path) -> str:
@@ -118,3 +119,31 @@ def _release_gpu_cache() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+GREEDY_CHECKED_STEPS = 32  # issue 12: generated tokens must equal the reference's for these steps
+
+
+def with_greedy_answers(job: PreparedJob, max_new_tokens: int) -> PreparedJob:
+    """The job plus the reference's greedy tokens for its prompts (cached beside the inputs)."""
+    import dataclasses
+
+    steps = min(max_new_tokens, GREEDY_CHECKED_STEPS)
+    out = job.inputs.with_name(f"{job.inputs.stem}.greedy-{model_id(job.model)}-n{job.samples}-t{steps}.npy")
+    if not out.exists():
+        import torch
+
+        from .checkpoint import open_checkpoint
+        from .reference_generate import reference_generate
+
+        ckpt = open_checkpoint(job.model)
+        prompts = read_inputs(job.inputs, ckpt.config.vocab_size)[:job.samples]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float64 if device == "cpu" else torch.float32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        tokens = np.stack(reference_generate(ckpt, list(prompts), steps, dtype=dtype, device=device).tokens)
+        tmp = out.with_name(out.name + ".tmp.npy")
+        np.save(tmp, tokens)
+        tmp.replace(out)
+        _release_gpu_cache()
+    return dataclasses.replace(job, greedy_answers=out)

@@ -30,7 +30,9 @@ EXTRA_COLUMNS = [
     "run_id", "variant", "model", "batch_used", "samples_requested", "budget_s", "budget_hit",
     "elapsed_s", "load_s", "warmup_s", "gpus", "peak_tflops", "math_mode", "h2d_copy_gbps",
     "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample",
-    "output_collective", "mpi_output_bytes", "load_mode", "load_bytes_read", "error",
+    "output_collective", "mpi_output_bytes", "load_mode", "load_bytes_read",
+    "workload", "max_new_tokens", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s",
+    "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence", "error",
 ]
 
 # Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
@@ -99,6 +101,18 @@ class VariantRecord:
     mpi_output_bytes: float | None = None  # bytes all ranks sent for it
     load_mode: str | None = None  # phase 5: each rank reads the checkpoint, or one per node broadcasts
     load_bytes_read: float | None = None  # checkpoint bytes read, summed over ranks
+    # ---- the generate workload (issue 12) ----
+    workload: str = "prefill"
+    max_new_tokens: int | None = None
+    ttft_ms: float | None = None  # median time to first token (= a prefill call)
+    itl_p50_ms: float | None = None  # inter-token latency: one decode step of a batch
+    itl_p90_ms: float | None = None
+    itl_p99_ms: float | None = None
+    decode_tokens_per_s: float | None = None  # new tokens per second of decode steps, all ranks
+    decode_gbps: float | None = None  # bytes a step must read (weights + caches) / median step
+    pct_of_decode_floor: float | None = None  # decode floor (bytes / 3.0 TB/s) over the median step
+    greedy_steps_checked: int | None = None
+    greedy_first_divergence: int | None = None  # first step whose token differs from the reference
     error: str | None = None
     # ---- nested detail (JSON only) ---------------------------------------------------------
     per_rank: list[dict] = field(default_factory=list)  # timings + counters per rank

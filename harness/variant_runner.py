@@ -48,6 +48,8 @@ class RunSettings:
     mpiexec_args: list[str] = field(default_factory=list)
     timeout_s: float | None = None  # None: budget + a generous allowance for load and warm-up
     outputs: str | None = None  # write outputs.bin (run only)
+    workload: str = "prefill"  # or "generate"
+    max_new_tokens: int = 32
 
     def launch_timeout(self) -> float:
         return self.timeout_s if self.timeout_s else self.budget_s + 1800.0
@@ -66,6 +68,8 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
         budget_s=settings.budget_s, warmup=settings.warmup, device=settings.device, options=options,
         outputs=str(Path(settings.outputs).resolve()) if settings.outputs else None,
         seq_len=job.seq_len, run_id=settings.run_id, variant=variant.name, model_label=job.model_label,
+        workload=settings.workload, max_new_tokens=settings.max_new_tokens,
+        greedy_answers=str(job.greedy_answers) if job.greedy_answers else None,
     )
     spec_path = spec.write(run_dir / "specs" / f"{variant.name}.json")
     try:

@@ -57,6 +57,9 @@ class WorkerSpec:
     run_id: str | None = None
     variant: str | None = None
     model_label: str | None = None
+    workload: str = "prefill"  # "generate": harness.generation_worker runs the timed part
+    max_new_tokens: int = 32
+    greedy_answers: str | None = None  # .npy of the reference's greedy tokens [n, steps]
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -217,6 +220,11 @@ class Worker:
             b = max(1, min(b, engine.max_batch or b, -(-n // self.size)))  # no call larger than a rank's share
             lo, hi = split_range(n, self.size, self.rank)
             self.info.update(samples_assigned=hi - lo, first_sample=lo)
+            if spec.workload == "generate":
+                from harness.generation_worker import run_generation
+                rc = run_generation(self, engine, tokens, lo, hi, b)
+                engine.close()
+                return rc
             self.stage("warm-up", lambda: self.warm_up(engine, tokens, b))
             timed = self.timed_loop(engine, tokens, lo, hi, b)
             rc = self.finish(engine, timed, b, n, seq_len)

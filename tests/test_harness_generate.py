@@ -1,0 +1,57 @@
+"""The generate workload through the harness under a real mpiexec (reference engine, tiny preset):
+tokens checked against the reference's greedy tokens, the latency columns filled in, and engines
+that cannot generate reported as a failed row, not a hang."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from harness.__main__ import main as harness_main
+
+pytestmark = [pytest.mark.mpi,
+              pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
+                                 reason="no mpiexec on PATH (pip install mpich)")]
+pytest.importorskip("mpi4py")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generate")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LFM2_CACHE", str(root / "cache"))
+        mp.setenv("OMP_NUM_THREADS", "1")
+        rc = harness_main(["compare", "--phases", "0", "--engines", "reference", "--preset", "tiny",
+                           "--workload", "generate", "--max-new-tokens", "6", "--samples", "3",
+                           "--seq-len", "2", "--ranks", "1,2", "--device", "cpu", "--out", str(root / "r"),
+                           "--run-id", "g", "--no-progress"])
+    return rc, root / "r" / "g"
+
+
+def test_generated_tokens_match_the_reference_at_1_and_2_ranks(run):
+    _, folder = run
+    d = pd.read_csv(folder / "summary.csv")
+    ref = d[d.engine == "reference"].set_index("ranks")
+    assert list(ref.index.sort_values()) == [1, 2]
+    assert ref["valid"].all() and (ref["workload"] == "generate").all()
+    assert (ref["samples"] == 3).all() and (ref["greedy_steps_checked"] == 6).all()
+    for col in ("ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s", "pct_of_decode_floor"):
+        assert (ref[col] > 0).all(), col
+    rec = json.loads((folder / "records" / "reference-s2-r2-b16.json").read_text())
+    assert any("identical" in n for n in rec["notes"])
+
+
+def test_an_engine_that_cannot_generate_is_a_failed_row(run):
+    rc, folder = run
+    d = pd.read_csv(folder / "summary.csv")
+    base = d[d.engine == "baseline"]
+    assert rc == 1 and len(base) == 2 and not base["valid"].any()
+    assert base["error"].notna().all()
+
+
+def test_max_new_tokens_must_be_positive(capsys):
+    assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--workload", "generate",
+                         "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens" in capsys.readouterr().err
