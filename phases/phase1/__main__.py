@@ -12,7 +12,6 @@ For the real benchmark use `python -m harness compare --phases 0,1`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -63,21 +62,10 @@ def step_breakdown(engine, tokens) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m phases.phase1", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", help="synthetic model preset (tiny, tiny-top3, small; default small)")
-    ap.add_argument("--seq-len", default="16,512", help="comma-separated prompt lengths (default 16,512)")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs of each part (default 5)")
-    ap.add_argument("--forward", action="store_true", help="also time whole forwards (slow on big presets)")
+    from phases.part_timing import parse_part_timing, part_timing_parser
+    ap = part_timing_parser("python -m phases.phase1", __doc__, "16,512", 5)
     ap.add_argument("--breakdown", action="store_true", help="also print seconds per model step of one forward")
-    ap.add_argument("--device", default="auto", help="GPU index, or 'auto' = MPI local rank (default)")
-    args = ap.parse_args(argv)
-    try:
-        seq_lens = [int(s) for s in args.seq_len.split(",")]
-    except ValueError:
-        ap.error(f"--seq-len must be comma-separated integers, got {args.seq_len!r}")
-    if min(seq_lens) < 1 or args.repeat < 1:
-        ap.error("every --seq-len and --repeat must be >= 1")
+    args, seq_lens = parse_part_timing(ap, argv)
 
     from baseline.engine import BaselineEngine
     from harness.config import get_preset

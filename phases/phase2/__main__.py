@@ -10,7 +10,6 @@ after one warm-up. For the real benchmark use `python -m harness compare --phase
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,20 +31,8 @@ def timed(fn, repeat: int, sync) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m phases.phase2", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", help="synthetic model preset (tiny, tiny-top3, small; default small)")
-    ap.add_argument("--seq-len", default="16,128", help="comma-separated prompt lengths (default 16,128)")
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each part (default 3)")
-    ap.add_argument("--forward", action="store_true", help="also time whole forwards (slow on big presets)")
-    ap.add_argument("--device", default="auto", help="GPU index, or 'auto' = MPI local rank (default)")
-    args = ap.parse_args(argv)
-    try:
-        seq_lens = [int(s) for s in args.seq_len.split(",")]
-    except ValueError:
-        ap.error(f"--seq-len must be comma-separated integers, got {args.seq_len!r}")
-    if min(seq_lens) < 1 or args.repeat < 1:
-        ap.error("every --seq-len and --repeat must be >= 1")
+    from phases.part_timing import parse_part_timing, part_timing_parser
+    args, seq_lens = parse_part_timing(part_timing_parser("python -m phases.phase2", __doc__, "16,128", 3), argv)
 
     from harness.config import get_preset
     from harness.gpu import GPUUnavailable
