@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-KEY = ["engine", "dtype", "seq_len", "ranks", "batch"]
+KEY = ["engine", "dtype", "workload", "seq_len", "ranks", "batch"]  # prefill and generate never mix
 
 
 class RegressError(ValueError):
@@ -65,10 +65,13 @@ def _as_bool(v):
 
 
 def _normalise(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    df = df.copy()
+    if "workload" not in df.columns:  # summaries written before the generate workload existed
+        df["workload"] = "prefill"
     missing = [c for c in KEY + ["tokens_per_s", "valid"] if c not in df.columns]
     if missing:
         raise RegressError(f"{where}: not a harness summary (no column(s) {', '.join(missing)})")
-    df = df.copy()
+    df["workload"] = df["workload"].fillna("prefill").astype(str)
     df["dtype"] = df["dtype"].fillna("").astype(str)
     df["engine"] = df["engine"].astype(str)
     for c in ("seq_len", "ranks", "batch"):
@@ -94,7 +97,8 @@ def _pool(df: pd.DataFrame) -> pd.DataFrame:
 
 def _label(row) -> str:
     dtype = f" {row['dtype']}" if row["dtype"] else ""
-    return f"{row['engine']}{dtype} seq_len={row['seq_len']} ranks={row['ranks']} batch={row['batch']}"
+    workload = " generate" if row.get("workload") == "generate" else ""
+    return f"{row['engine']}{dtype}{workload} seq_len={row['seq_len']} ranks={row['ranks']} batch={row['batch']}"
 
 
 @dataclass

@@ -272,3 +272,11 @@ def test_record_math_for_two_ranks_on_two_gpus():
     assert rec.nvml_pcie_rx_gbps == pytest.approx(17.0) and rec.nvml_pcie_tx_gbps == pytest.approx(0.2)
     flops = model_stats(cfg).job_flops(16) * 6 / 2.0
     assert rec.tflops == pytest.approx(flops / 1e12) and rec.pct_of_peak == pytest.approx(100 * flops / 1e12 / 134.0)
+
+
+def test_regress_never_compares_generate_rows_with_prefill_rows(tmp_path, reference_csv, capsys):
+    """A generate run's tokens/s (new tokens) is not a drop against a prefill baseline."""
+    cur = _summary({("baseline", 16): 5.0, ("phase5", 16): 20000.0, ("phase5", 128): 90000.0})
+    gen = _summary({("phase5", 16): 50.0}).assign(workload="generate")
+    assert _gate(tmp_path, pd.concat([cur.assign(workload="prefill"), gen]), reference_csv) == 0
+    assert "phase5 fp32 generate seq_len=16" in capsys.readouterr().out
