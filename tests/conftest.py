@@ -4,11 +4,14 @@
 Tests that use it should also carry `@pytest.mark.gpu`; everything under tests/gpu/ gets that
 mark automatically.
 `tiny_ckpt`: the in-memory synthetic checkpoint of the "tiny" preset, seed 0.
+`rng`: a numpy Generator seeded from the test's name: fresh random data per test, reproducible.
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 GPU_DIR = Path(__file__).parent / "gpu"
@@ -34,3 +37,8 @@ def tiny_ckpt():
     from harness.config import get_preset
     from harness.synthetic import synthetic_checkpoint
     return synthetic_checkpoint(get_preset("tiny"), seed=0)
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))

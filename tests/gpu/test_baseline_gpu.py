@@ -21,12 +21,6 @@ def engine(gpu, tiny_ckpt):
     eng.close()
 
 
-@pytest.fixture
-def rng(request):
-    import zlib
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
 def rel_err(got, want) -> float:
     return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
 

@@ -4,7 +4,6 @@ phase promises (no CPU attention or norm, one activation round trip per attentio
 everything else exactly phase 0's traffic). Skipped without a GPU."""
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -33,11 +32,6 @@ def engines(gpu, checkpoints):
     yield built
     for eng in built.values():
         eng.close()
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def weight64(engine, name) -> torch.Tensor:

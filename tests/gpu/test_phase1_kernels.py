@@ -6,7 +6,6 @@ kernel never writes fails the test. Skipped without a GPU."""
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import numpy as np
 import pytest
@@ -45,11 +44,6 @@ def engine_for(gpu):
     for eng in _engines.values():
         eng.close()
     _engines.clear()
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def upload(engine, a: np.ndarray):

@@ -4,7 +4,6 @@ of plan 1.1 in the counters: expert weights cross PCIe once per distinct expert 
 instead of once per (token, expert) pair."""
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -42,11 +41,6 @@ def engines(gpu, ckpts):
 def small_ckpt():
     """The small preset's synthetic checkpoint (about 2 GB in bf16)."""
     return synthetic_checkpoint(get_preset("small"), seed=0)
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def expert_bytes(cfg) -> int:

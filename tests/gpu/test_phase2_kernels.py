@@ -8,7 +8,6 @@ The kernels use nothing of phase 1, so they are exercised on the baseline's devi
 (ExpertBatching over BaselineEngine); test_phase2_engine.py tests Phase2Engine itself."""
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -46,11 +45,6 @@ def wide(gpu):
     eng = KernelHost(synthetic_checkpoint(WIDE, seed=5), device=gpu.index, progress=False)
     yield eng
     eng.close()
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 @pytest.fixture(autouse=True)

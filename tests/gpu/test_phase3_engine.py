@@ -3,7 +3,6 @@ counters showing exactly what phase 3 changes against phase 2 (per conv layer BC
 comes down and y no longer goes up; the embedding is gathered on the device). Skipped without a GPU."""
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -32,11 +31,6 @@ def engines(gpu, ckpt):
     yield built
     for eng in built.values():
         eng.close()
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def test_registered_as_phase3():

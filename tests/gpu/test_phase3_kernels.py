@@ -4,7 +4,6 @@ Every output (and every intermediate the engine allocates) starts as NaN, so an 
 never writes fails the test. Skipped without a GPU."""
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 import pytest
@@ -26,11 +25,6 @@ def engine(gpu, tiny_ckpt):
     eng = Phase3Engine(tiny_ckpt, device=gpu.index, progress=False, max_batch=3)
     yield eng
     eng.close()
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 @pytest.fixture
