@@ -132,36 +132,46 @@ def _moe(h: torch.Tensor, W, prefix: str, cfg: ModelConfig):
     return out, idx, wts
 
 
-def _forward_batch(x: torch.Tensor, W, cfg: ModelConfig, debug: bool):
-    """x: [B, T, H] embeddings of B sequences -> (last-position logits [B, V], debug info).
-    Mixers see the sequences apart; norms, MLPs and the MoE see every token alike."""
-    Bsz, T, H = x.shape
-    hidden, r_idx, r_w = [], {}, {}
+def decoder_layers(x: torch.Tensor, W, cfg: ModelConfig, mixer, debug: ReferenceOutput | None = None):
+    """The residual stream x [..., T, H] through every layer (model.md 2.3). `mixer(i, h)` is
+    layer i's attention or ShortConv on the normed h (whole prompts, or chunks against caches);
+    norms, MLPs and the MoE see every token alike. With `debug`, per-layer outputs and router
+    choices are appended to its lists (hidden) and dicts (router_indices/weights)."""
+    H = x.shape[-1]
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
-        h = rmsnorm(x, W(p + "operator_norm.weight"), cfg.norm_eps)
-        if cfg.is_attention(i):
-            a = p + "self_attn."
-            x = x + attention(h, W(a + "q_proj.weight"), W(a + "k_proj.weight"), W(a + "v_proj.weight"),
-                              W(a + "out_proj.weight"), W(a + "q_layernorm.weight"),
-                              W(a + "k_layernorm.weight"), cfg)
-        else:
-            c = p + "conv."
-            x = x + short_conv(h, W(c + "in_proj.weight"), W(c + "conv.weight"), W(c + "out_proj.weight"))
+        x = x + mixer(i, rmsnorm(x, W(p + "operator_norm.weight"), cfg.norm_eps))
         h = rmsnorm(x, W(p + "ffn_norm.weight"), cfg.norm_eps)
         f = p + "feed_forward."
         if cfg.is_moe(i):
-            y, idx, wts = _moe(h.reshape(Bsz * T, H), W, f, cfg)
-            y = y.reshape(Bsz, T, H)
-            if debug:
-                r_idx[i], r_w[i] = idx.reshape(Bsz, T, -1), wts.reshape(Bsz, T, -1)
+            y, idx, wts = _moe(h.reshape(-1, H), W, f, cfg)
+            y = y.reshape(h.shape)
+            if debug is not None:
+                debug.router_indices[i] = idx.reshape(*h.shape[:-1], -1)
+                debug.router_weights[i] = wts.reshape(*h.shape[:-1], -1)
         else:
             y = swiglu(h, W(f + "w1.weight"), W(f + "w3.weight"), W(f + "w2.weight"))
         x = x + y
-        if debug:
-            hidden.append(x)
-    last = rmsnorm(x[:, -1], W("embedding_norm.weight"), cfg.norm_eps)
-    return last @ W("embed_tokens.weight").T, hidden, r_idx, r_w
+        if debug is not None:
+            debug.hidden.append(x)
+    return x
+
+
+def lm_head(x_last: torch.Tensor, W, cfg: ModelConfig) -> torch.Tensor:
+    """Final norm (named embedding_norm) and the tied LM head: [..., H] -> [..., V]."""
+    return rmsnorm(x_last, W("embedding_norm.weight"), cfg.norm_eps) @ W("embed_tokens.weight").T
+
+
+def _whole_prompt_mixer(W, cfg: ModelConfig):
+    def mix(i: int, h: torch.Tensor) -> torch.Tensor:
+        p = f"layers.{i}."
+        if cfg.is_attention(i):
+            a = p + "self_attn."
+            return attention(h, W(a + "q_proj.weight"), W(a + "k_proj.weight"), W(a + "v_proj.weight"),
+                             W(a + "out_proj.weight"), W(a + "q_layernorm.weight"), W(a + "k_layernorm.weight"), cfg)
+        c = p + "conv."
+        return short_conv(h, W(c + "in_proj.weight"), W(c + "conv.weight"), W(c + "out_proj.weight"))
+    return mix
 
 
 def check_tokens(tokens: np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -191,14 +201,15 @@ def reference_forward(ckpt: Checkpoint, tokens, dtype=torch.float64, device="cpu
     parts = []
     for lo in range(0, len(tokens), step):
         x = embed[torch.as_tensor(tokens[lo:lo + step], device=embed.device)]
-        logits, hidden, r_idx, r_w = _forward_batch(x, W, cfg, debug)
-        out.logits[lo:lo + step] = logits.float().cpu().numpy()
-        parts.append((hidden, r_idx, r_w))
+        part = ReferenceOutput(logits=out.logits[lo:lo + step]) if debug else None
+        x = decoder_layers(x, W, cfg, _whole_prompt_mixer(W, cfg), part)
+        out.logits[lo:lo + step] = lm_head(x[:, -1], W, cfg).float().cpu().numpy()
+        parts.append(part)
     if debug:
-        out.hidden = [torch.cat([s[0][i] for s in parts]) for i in range(cfg.num_layers)]
+        out.hidden = [torch.cat([s.hidden[i] for s in parts]) for i in range(cfg.num_layers)]
         for layer in cfg.moe_layers:
-            out.router_indices[layer] = torch.cat([s[1][layer] for s in parts])
-            out.router_weights[layer] = torch.cat([s[2][layer] for s in parts])
+            out.router_indices[layer] = torch.cat([s.router_indices[layer] for s in parts])
+            out.router_weights[layer] = torch.cat([s.router_weights[layer] for s in parts])
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .config import ModelConfig
-from .reference import _Weights, _moe, apply_rope, check_tokens, rmsnorm, rope_cos_sin, swiglu
+from .reference import _Weights, apply_rope, check_tokens, decoder_layers, lm_head, rmsnorm, rope_cos_sin
 
 
 @dataclass
@@ -65,26 +65,21 @@ def _attention_chunk(h, wq, wk, wv, wo, q_norm, k_norm, cfg: ModelConfig, cache:
 
 def _chunk(x: torch.Tensor, W, cfg: ModelConfig, cache: SequenceCache) -> torch.Tensor:
     """Run T new tokens' embeddings through the model, updating `cache` -> last-position logits."""
-    for i in range(cfg.num_layers):
+    def mix(i: int, h: torch.Tensor) -> torch.Tensor:
         p = f"layers.{i}."
-        h = rmsnorm(x, W(p + "operator_norm.weight"), cfg.norm_eps)
         if cfg.is_attention(i):
             a = p + "self_attn."
-            x = x + _attention_chunk(h, W(a + "q_proj.weight"), W(a + "k_proj.weight"), W(a + "v_proj.weight"),
-                                     W(a + "out_proj.weight"), W(a + "q_layernorm.weight"),
-                                     W(a + "k_layernorm.weight"), cfg, cache, i)
-        else:
-            c = p + "conv."
-            y, cache.conv[i] = _conv_chunk(h, W(c + "in_proj.weight"), W(c + "conv.weight"),
-                                           W(c + "out_proj.weight"), cache.conv.get(i), cfg.conv_L_cache)
-            x = x + y
-        h = rmsnorm(x, W(p + "ffn_norm.weight"), cfg.norm_eps)
-        f = p + "feed_forward."
-        x = x + (_moe(h, W, f, cfg)[0] if cfg.is_moe(i) else
-                 swiglu(h, W(f + "w1.weight"), W(f + "w3.weight"), W(f + "w2.weight")))
+            return _attention_chunk(h, W(a + "q_proj.weight"), W(a + "k_proj.weight"), W(a + "v_proj.weight"),
+                                    W(a + "out_proj.weight"), W(a + "q_layernorm.weight"),
+                                    W(a + "k_layernorm.weight"), cfg, cache, i)
+        c = p + "conv."
+        y, cache.conv[i] = _conv_chunk(h, W(c + "in_proj.weight"), W(c + "conv.weight"), W(c + "out_proj.weight"),
+                                       cache.conv.get(i), cfg.conv_L_cache)
+        return y
+
+    x = decoder_layers(x, W, cfg, mix)
     cache.length += x.shape[0]
-    last = rmsnorm(x[-1:], W("embedding_norm.weight"), cfg.norm_eps)
-    return (last @ W("embed_tokens.weight").T)[0]
+    return lm_head(x[-1], W, cfg)
 
 
 @dataclass
