@@ -357,6 +357,16 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
                  "against the H100 ceiling of the engine's math mode (fp32 67, tf32 495, bf16 788 TFLOP/s) "
                  "times the GPUs used.</p>")
     parts.append("<div class='scroll'>" + _table_html(df, columns) + "</div>")
+    gen = df[df["workload"] == "generate"]
+    if not gen.empty:
+        parts.append("<h2>Generation</h2><p class='note'>Greedy prefill + decode. tokens_per_s above counts new "
+                     "tokens. TTFT is one prefill call; inter-token latency is one decode step of a batch; "
+                     "pct_of_decode_floor compares the median step with the bytes it must read (weights the "
+                     "batch touches + caches) at 3.0 TB/s.</p><div class='scroll'>"
+                     + _table_html(gen, ["variant", "batch", "seq_len", "max_new_tokens", "ttft_ms", "itl_p50_ms",
+                                         "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s", "decode_gbps",
+                                         "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
+                                         "valid"]) + "</div>")
     if len(runs) > 1:
         parts.append("<h2>Runs side by side (tokens/s)</h2><div class='scroll'>" + _side_by_side(df) + "</div>")
 

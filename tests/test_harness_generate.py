@@ -55,3 +55,9 @@ def test_max_new_tokens_must_be_positive(capsys):
     assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--workload", "generate",
                          "--max-new-tokens", "0"]) == 2
     assert "--max-new-tokens" in capsys.readouterr().err
+
+
+def test_the_report_has_a_generation_table(run):
+    _, folder = run
+    html = (folder / "report.html").read_text()
+    assert "<h2>Generation</h2>" in html and "itl_p50_ms" in html and "ttft_ms" in html
