@@ -9,7 +9,7 @@ from .cli_job_args import (DEFAULT_SEQ_LEN, add_job_args, check_engine, check_jo
 from .engine import ENGINES, PHASE_ENGINES
 from .errors import UsageError
 
-DEFAULT_BATCH = 16  # one group key for all variants, so phase 5's batching compares with phase 0
+DEFAULT_BATCH = 1024  # one group key for all variants; a cap high enough that phase 5 and optimized batch fully
 
 EPILOG = f"""\
 examples:

@@ -80,8 +80,8 @@ def test_compare_reports_every_variant_and_isolates_a_crash(compare_run):
     assert rc == 1  # one variant failed
     df = pd.read_csv(run / "summary.csv")
     assert list(df.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
-    assert sorted(df["variant"]) == sorted(["baseline-s16-r1-b16", "baseline-s16-r2-b16",
-                                            "reference-s16-r1-b16", "reference-s16-r2-b16"])
+    assert sorted(df["variant"]) == sorted(["baseline-s16-r1-b1024", "baseline-s16-r2-b1024",
+                                            "reference-s16-r1-b1024", "reference-s16-r2-b1024"])
     ref = df[df["engine"] == "reference"]
     assert list(ref["valid"]) == [True, True] and ref["error"].isna().all()
     assert (ref["samples"] == 6).all() and (ref["tokens_per_s"] > 0).all()

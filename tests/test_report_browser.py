@@ -132,5 +132,5 @@ def test_end_to_end_compare_report_renders(tmp_path, monkeypatch):
     assert harness_main(["compare", "--phases", "none", "--engines", "reference", "--preset", "tiny",
                          "--samples", "4", "--out", str(tmp_path), "--run-id", "e2e", "--no-progress"]) == 0
     dom, images, decoded = rendered_dom(tmp_path / "e2e" / "report.html", tmp_path)
-    assert "reference-s16-r1-b16" in dom and "VALID" in dom
+    assert "reference-s16-r1-b1024" in dom and "VALID" in dom
     assert images >= 1 and decoded == images  # throughput plot; CPU runs have no NVML plot
