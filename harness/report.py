@@ -235,6 +235,32 @@ def plot_timeseries(records: list[VariantRecord], max_panels: int = 60) -> str |
     return _png(fig)
 
 
+def plot_copy_compute_timeline(records: list[VariantRecord]) -> str | None:
+    """Engines that record CUDA-event spans (phase 4's `--option timeline=true`): rank 0's last
+    forward call as lanes (ids up, compute, logits down), so overlapping copies are visible."""
+    plt = _pyplot()
+    found = [(r.variant, (r.per_rank[0].get("counters") or {}).get("timeline"))
+             for r in records if r.per_rank]
+    found = [(label, spans) for label, spans in found if spans]
+    if not found:
+        return None
+    lanes = ["h2d", "compute", "d2h"]
+    colors = {"h2d": "tab:orange", "compute": "tab:blue", "d2h": "tab:green"}
+    fig, axes = plt.subplots(len(found), 1, figsize=(10, 1.3 + 0.9 * len(found)), squeeze=False)
+    for ax, (label, spans) in zip(axes[:, 0], found):
+        for sp in spans:
+            y = lanes.index(sp["lane"]) if sp["lane"] in lanes else len(lanes)
+            ax.barh(y, sp["end_ms"] - sp["start_ms"], left=sp["start_ms"], height=0.6,
+                    color=colors.get(sp["lane"], "tab:gray"), edgecolor="black", linewidth=0.3)
+        ax.set_yticks(range(len(lanes)), lanes, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("ms from the start of the forward call (CUDA events)", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (run, engine, dtype, seq_len, batch) with a 1-rank row and others: throughput and
     efficiency = samples/s at R ranks / (R x samples/s at 1 rank)."""
@@ -377,6 +403,11 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
     parts.append("<h2>GPU utilization and PCIe over time</h2>" + _img(
         plot_timeseries(records), "GPU utilization and PCIe over time",
         "No NVML samples in these runs (CPU engines or no NVML): " + "; ".join(nvml_notes or ["n/a"])))
+    timeline = plot_copy_compute_timeline(records)
+    if timeline:
+        parts.append("<h2>Copies and compute (CUDA events)</h2><p class='note'>Rank 0's last forward call of "
+                     "each engine that records a timeline: a copy drawn beside a compute span ran while "
+                     "kernels did.</p>" + _img(timeline, "copy/compute timeline", ""))
     sc = scaling_table(df)
     parts.append("<h2>Scaling with ranks</h2>" + _img(plot_scaling(sc), "scaling efficiency vs ranks",
                                                       "No scaling plot: no variant ran at 1 rank and at more."))

@@ -15,6 +15,7 @@ max_batch only sets how many samples one call pipelines.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from harness.gpu import load_module, nvtx
 from harness.reference import check_tokens
 from phases.phase2.expert_batching import offset_ptr
 from phases.phase3.engine import Phase3Engine
+
+from harness.gpu.timeline import StreamTimeline, overlap_fraction
 
 from .resident import ResidentWeights
 from .workspace import Workspace
@@ -62,6 +65,9 @@ class Phase4Engine(Phase3Engine):
         self.copy_stream = cuda.Stream()  # ids up, logits down
         self.k_add_inplace = load_module(KERNELS, self.gpu).kernel("add_inplace")
         self._io = None  # pinned host + device buffers for ids and logits, sized on first use
+        # timeline=True: CUDA events around each upload, sample and download of the last forward
+        # call (counters.extra["timeline"]), the evidence that copies overlap kernels.
+        self.timeline = StreamTimeline(cuda) if self.options.get("timeline") else None
 
     def load_weights(self, progress: bool = True):
         free, _ = self.gpu.mem_info()
@@ -178,8 +184,14 @@ class Phase4Engine(Phase3Engine):
         ids_row = lambda b: offset_ptr(io["d_ids"], b * S * I32)  # noqa: E731
         logits_row = lambda b: offset_ptr(io["d_logits"], b * V * F32)  # noqa: E731
 
+        tl = self.timeline
+        span = tl.span if tl else (lambda *a: contextlib.nullcontext())
+        if tl:
+            tl.reset(self.copy_stream)
+
         def upload(b):
-            self.transfers.htod_async(ids_row(b), io["h_ids"][b], self.copy_stream)
+            with span(f"ids {b}", "h2d", self.copy_stream):
+                self.transfers.htod_async(ids_row(b), io["h_ids"][b], self.copy_stream)
             uploaded[b].record(self.copy_stream)
 
         upload(0)
@@ -187,11 +199,17 @@ class Phase4Engine(Phase3Engine):
             if b + 1 < B:
                 upload(b + 1)  # the next sample's ids travel while this one computes
             self.stream.wait_for_event(uploaded[b])
-            self.forward_sample_dev(ids_row(b), S, logits_row(b))
+            with span(f"sample {b}", "compute", self.stream):
+                self.forward_sample_dev(ids_row(b), S, logits_row(b))
             computed[b].record(self.stream)
             self.copy_stream.wait_for_event(computed[b])
-            self.transfers.dtoh_async(io["h_logits"][b], logits_row(b), self.copy_stream)
+            with span(f"logits {b}", "d2h", self.copy_stream):
+                self.transfers.dtoh_async(io["h_logits"][b], logits_row(b), self.copy_stream)
         self.copy_stream.synchronize()
+        if tl:
+            spans = tl.intervals()
+            self.counters.extra["timeline"] = spans
+            self.counters.extra["d2h_overlap_with_compute"] = overlap_fraction(spans, "d2h", "compute")
         self.workspace.reset()  # grows here, after the warm-up, if that forward overflowed it
         return io["h_logits"][:B].copy()
 

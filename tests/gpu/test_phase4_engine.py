@@ -72,3 +72,19 @@ def test_weights_that_do_not_fit_are_streamed_and_still_correct(gpu, ckpt, monke
         np.testing.assert_allclose(eng.forward(tokens), reference_logits(ckpt, tokens), atol=1e-4, rtol=0)
     finally:
         eng.close()
+
+
+def test_timeline_records_copies_beside_compute(gpu, ckpt):
+    eng = Phase4Engine(ckpt, device=gpu.index, progress=False, max_batch=4, timeline=True)
+    try:
+        tokens = synthetic_prompts(ckpt.config.vocab_size, 4, 16, seed=6)
+        eng.forward(tokens)
+        spans = eng.counters.extra["timeline"]
+        by = {s["name"]: s for s in spans}
+        assert sorted(s["lane"] for s in spans) == ["compute"] * 4 + ["d2h"] * 4 + ["h2d"] * 4
+        for b in range(4):
+            assert by[f"logits {b}"]["start_ms"] >= by[f"sample {b}"]["end_ms"] - 1e-3  # after its compute
+            assert by[f"sample {b}"]["start_ms"] >= by[f"ids {b}"]["end_ms"] - 1e-3  # after its ids
+        assert 0.0 <= eng.counters.extra["d2h_overlap_with_compute"] <= 1.0
+    finally:
+        eng.close()
