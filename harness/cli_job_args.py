@@ -160,11 +160,13 @@ def run_dir(args) -> Path:
 def prepare_jobs(args, seq_lens: list[int] | None):
     """seq_len -> PreparedJob: the given --data, or one cached synthetic set per seq_len."""
     from .job_prep import file_job, synthetic_job
-    path = model_path(args)
+    # Absolute paths: the ranks may start in another working directory (mpiexec, other nodes).
+    path = str(Path(model_path(args)).resolve())
     label = args.model or f"synthetic {args.preset} (seed {args.seed}{f', skew {args.skew:g}' if args.skew else ''})"
     validate = not args.no_validate
     if args.data:
-        job = file_job(path, label, args.data, args.answers, args.samples, validate)
+        answers = Path(args.answers).resolve() if args.answers else None
+        job = file_job(path, label, Path(args.data).resolve(), answers, args.samples, validate)
         if args.workload == "generate" and validate:
             from .job_prep import with_greedy_answers
             job = with_greedy_answers(job, args.max_new_tokens)

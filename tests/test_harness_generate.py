@@ -61,3 +61,4 @@ def test_the_report_has_a_generation_table(run):
     _, folder = run
     html = (folder / "report.html").read_text()
     assert "<h2>Generation</h2>" in html and "itl_p50_ms" in html and "ttft_ms" in html
+

@@ -133,3 +133,17 @@ def test_given_data_gets_reference_answers_cached_beside_it(env):
     assert len(cached) == 1
     rec = json.loads((env / "results" / "given" / "records" / "reference-s12-r2-bmax.json").read_text())
     assert rec["valid"] is True and rec["seq_len"] == 12 and rec["samples"] == 5
+
+
+def test_relative_model_and_data_paths_work_from_any_directory(tmp_path, monkeypatch):
+    """The README's first session: a model and a job made in the current folder, then `run` with
+    relative paths (the ranks start elsewhere, so the harness must hand them absolute ones)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LFM2_CACHE", str(tmp_path / "cache"))
+    assert harness_main(["make-model", "--preset", "tiny", "--out", "models/tiny", "--quiet"]) == 0
+    assert harness_main(["make-data", "--model", "models/tiny", "--samples", "2", "--seq-len", "4",
+                         "--out", "jobs/tiny"]) == 0
+    assert harness_main(["run", "--engine", "reference", "--model", "models/tiny", "--data", "jobs/tiny/inputs.bin",
+                         "--answers", "jobs/tiny/answers.bin", "--ranks", "2", "--out", "res", "--run-id", "r"]) == 0
+    rec = json.loads(next((tmp_path / "res" / "r" / "records").glob("*.json")).read_text())
+    assert rec["valid"] is True and rec["samples"] == 2
