@@ -182,7 +182,8 @@ def prepare_jobs(args, seq_lens: list[int] | None):
 def settings_from(args):
     from .variant_runner import RunSettings
     return RunSettings(run_id=args.run_id, budget_s=args.budget_s, warmup=args.warmup, device=args.device,
-                       options=parse_options(args.option), hostfile=args.hostfile, timeout_s=args.timeout_s,
+                       options=parse_options(args.option),
+                       hostfile=str(Path(args.hostfile).resolve()) if args.hostfile else None, timeout_s=args.timeout_s,
                        mpiexec_args=shlex.split(args.mpiexec_args or ""),
                        outputs=getattr(args, "outputs", None), workload=args.workload,
                        max_new_tokens=args.max_new_tokens)
