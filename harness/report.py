@@ -383,6 +383,13 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
                  "against the H100 ceiling of the engine's math mode (fp32 67, tf32 495, bf16 788 TFLOP/s) "
                  "times the GPUs used.</p>")
     parts.append("<div class='scroll'>" + _table_html(df, columns) + "</div>")
+    parts.append("<h2>Data movement per sample</h2><p class='note'>From the engines' own counters over the timed "
+                 "region: what crossed PCIe (weights, and the experts among them), device allocations, and "
+                 "how outputs reached rank 0.</p><div class='scroll'>"
+                 + _table_html(df, ["variant", "h2d_bytes_per_sample", "weight_h2d_bytes_per_sample",
+                                    "expert_h2d_bytes_per_sample", "d2h_bytes_per_sample",
+                                    "device_allocs_per_sample", "output_collective", "mpi_output_bytes"])
+                 + "</div>")
     gen = df[df["workload"] == "generate"]
     if not gen.empty:
         parts.append("<h2>Generation</h2><p class='note'>Greedy prefill + decode. tokens_per_s above counts new "
