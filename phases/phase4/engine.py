@@ -137,19 +137,25 @@ class Phase4Engine(Phase3Engine):
                 self.transfers.free(d_table)
             self.dfree(d_h)
 
-    def forward_sample_dev(self, d_ids, seq_len: int, d_logits) -> None:
-        """One prompt whose ids are on the device -> its last-position logits into d_logits."""
+    def residual_stream_dev(self, d_ids, batch: int, seq_len: int):
+        """`batch` prompts of `seq_len` ids on the device -> a new buffer [batch*seq_len, H]: the
+        residual stream after every layer (embedding gather, then each layer in place)."""
         cfg = self.config
-        H = cfg.hidden_size
-        d_x = self.dalloc(seq_len * H * F32, "residual stream")
+        H, rows = cfg.hidden_size, batch * seq_len
+        d_x = self.dalloc(rows * H * F32, "residual stream")
         d_table, own = self.device_weight("embed_tokens.weight")
         with nvtx.range("embedding"):
-            self.embedding_gather(d_ids, d_table, d_x, seq_len, H, cfg.vocab_size)
+            self.embedding_gather(d_ids, d_table, d_x, rows, H, cfg.vocab_size)
         if own:
             self.transfers.free(d_table)
         for i in range(cfg.num_layers):
-            self.layer_dev(i, d_x, 1, seq_len)
-        self.head_dev(offset_ptr(d_x, (seq_len - 1) * H * F32), 1, d_logits)
+            self.layer_dev(i, d_x, batch, seq_len)
+        return d_x
+
+    def forward_sample_dev(self, d_ids, seq_len: int, d_logits) -> None:
+        """One prompt whose ids are on the device -> its last-position logits into d_logits."""
+        d_x = self.residual_stream_dev(d_ids, 1, seq_len)
+        self.head_dev(offset_ptr(d_x, (seq_len - 1) * self.config.hidden_size * F32), 1, d_logits)
         self.dfree(d_x)
 
     # ----- pinned I/O and the copy/compute pipeline -----------------------------------------------------

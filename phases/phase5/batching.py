@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.gpu import load_module, nvtx
+from harness.gpu import load_module
 from harness.reference import check_tokens
 from phases.phase2.expert_batching import NULL, ROW_BLOCK, offset_ptr
 
@@ -182,16 +182,8 @@ class SampleBatching:
     def forward_chunk_dev(self, d_ids, batch: int, seq_len: int, d_logits, d_last=NULL) -> None:
         """`batch` prompts of `seq_len` ids on the device -> their logits [batch, V] into d_logits,
         read at row d_last[b] of each prompt (NULL: the last row)."""
-        cfg = self.config
-        H, rows = cfg.hidden_size, batch * seq_len
-        d_x = self.dalloc(rows * H * F32, "residual stream")
-        d_table, own = self.device_weight("embed_tokens.weight")
-        with nvtx.range("embedding"):
-            self.embedding_gather(d_ids, d_table, d_x, rows, H, cfg.vocab_size)
-        if own:
-            self.transfers.free(d_table)
-        for i in range(cfg.num_layers):
-            self.layer_dev(i, d_x, batch, seq_len)
+        H = self.config.hidden_size
+        d_x = self.residual_stream_dev(d_ids, batch, seq_len)
         d_last_x = self.dalloc(batch * H * F32, "last row of each prompt")
         self.last_rows(d_x, d_last, d_last_x, batch, seq_len)
         self.head_dev(d_last_x, batch, d_logits)
