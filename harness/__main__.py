@@ -14,7 +14,8 @@ import importlib
 import sys
 
 # One module per subcommand; each has add_parser(subparsers) which sets func=main.
-COMMANDS = ["cmd_make_model", "cmd_make_data", "cmd_info", "cmd_run", "cmd_compare", "cmd_report", "cmd_regress"]
+COMMANDS = ["cmd_make_model", "cmd_make_data", "cmd_info", "cmd_run", "cmd_compare", "cmd_report", "cmd_regress",
+            "cmd_explain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,14 +105,18 @@ class Validation:
     max_abs_err: float
     top1_agreement: float  # fraction of samples whose argmax matches
     samples: int
+    invalid_rows: tuple = ()  # rows (of the arrays given) with any logit beyond tol or not finite
 
     def __str__(self) -> str:
+        beyond = f", {len(self.invalid_rows)} of {self.samples} samples beyond tolerance" if self.invalid_rows else ""
         return (f"{'VALID' if self.valid else 'INVALID'} (max abs err {self.max_abs_err:.3g}, "
-                f"top-1 {100 * self.top1_agreement:.1f}% over {self.samples} samples)")
+                f"top-1 {100 * self.top1_agreement:.1f}% over {self.samples} samples{beyond})")
 
 
 def validate(outputs: np.ndarray, answers: np.ndarray, tol: float = TOLERANCE) -> Validation:
-    """VALID when every logit is within `tol` (absolute) of the answer; NaN is never valid."""
+    """VALID when every logit is within `tol` (absolute) of the answer; NaN is never valid. The
+    samples beyond tolerance are named, so a rare failure (e.g. a routing near-tie, model.md 5.2)
+    can be told from a broken engine."""
     outputs, answers = np.asarray(outputs, np.float32), np.asarray(answers, np.float32)
     if outputs.shape != answers.shape:
         raise JobFileError(f"outputs {outputs.shape} and answers {answers.shape} differ in shape")
@@ -121,8 +125,10 @@ def validate(outputs: np.ndarray, answers: np.ndarray, tol: float = TOLERANCE) -
     err = np.abs(outputs.astype(np.float64) - answers)
     max_err = float(np.nanmax(err)) if not np.isnan(err).all() else float("nan")
     finite = bool(np.isfinite(err).all())
+    bad_rows = ~(np.isfinite(err).all(axis=1) & (np.nan_to_num(err, nan=np.inf).max(axis=1) <= tol))
     top1 = float(np.mean(outputs.argmax(1) == answers.argmax(1)))
-    return Validation(finite and max_err <= tol, max_err if finite else float("inf"), top1, len(outputs))
+    return Validation(finite and max_err <= tol, max_err if finite else float("inf"), top1, len(outputs),
+                      tuple(int(i) for i in np.flatnonzero(bad_rows)))
 
 
 def reference_answers(ckpt, tokens: np.ndarray, device: str | None = None, progress: bool = True,

@@ -32,7 +32,7 @@ EXTRA_COLUMNS = [
     "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample",
     "output_collective", "mpi_output_bytes", "load_mode", "load_bytes_read",
     "workload", "max_new_tokens", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s",
-    "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence", "error",
+    "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence", "invalid_samples", "error",
 ]
 
 # Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
@@ -113,12 +113,14 @@ class VariantRecord:
     pct_of_decode_floor: float | None = None  # decode floor (bytes / 3.0 TB/s) over the median step
     greedy_steps_checked: int | None = None
     greedy_first_divergence: int | None = None  # first step whose token differs from the reference
+    invalid_samples: int | None = None  # samples with a logit beyond the tolerance (0 when VALID)
     error: str | None = None
     # ---- nested detail (JSON only) ---------------------------------------------------------
     per_rank: list[dict] = field(default_factory=list)  # timings + counters per rank
     latencies_ms: list[list[float]] = field(default_factory=list)  # per rank, per forward call
     nvml: list[dict] = field(default_factory=list)  # per rank: NvmlSeries.as_dict()
     ran_indices: list[int] = field(default_factory=list)
+    invalid_sample_indices: list[int] = field(default_factory=list)  # job sample indices, first 100
     options: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

@@ -53,6 +53,15 @@ def route(h: torch.Tensor, gate_w: torch.Tensor, expert_bias: torch.Tensor, k: i
     return idx, w * scale
 
 
+def routing_margin(h: torch.Tensor, gate_w: torch.Tensor, expert_bias: torch.Tensor, k: int) -> torch.Tensor:
+    """How far each token is from choosing another expert set: the k-th minus the (k+1)-th biased
+    score, [T]. Near zero, the rounding of any other implementation may flip the choice
+    (model.md 5.2), and that token's MoE output changes by a whole expert."""
+    s = torch.sigmoid(h @ gate_w.T) + expert_bias.to(h.dtype)
+    top = torch.topk(s, k=min(k + 1, s.shape[-1]), dim=-1).values
+    return top[..., k - 1] - top[..., -1] if top.shape[-1] > k else torch.full_like(top[..., 0], float("inf"))
+
+
 def swiglu(h: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     return (F.silu(h @ w1.T) * (h @ w3.T)) @ w2.T
 
@@ -118,6 +127,7 @@ class ReferenceOutput:
     hidden: list = field(default_factory=list)  # per layer output, [B, S, H] (debug)
     router_indices: dict = field(default_factory=dict)  # layer -> LongTensor [B, S, k] (debug)
     router_weights: dict = field(default_factory=dict)  # layer -> [B, S, k] (debug)
+    router_margins: dict = field(default_factory=dict)  # layer -> [B, S] (debug), see routing_margin()
 
 
 def _moe(h: torch.Tensor, W, prefix: str, cfg: ModelConfig):
@@ -149,6 +159,8 @@ def decoder_layers(x: torch.Tensor, W, cfg: ModelConfig, mixer, debug: Reference
             if debug is not None:
                 debug.router_indices[i] = idx.reshape(*h.shape[:-1], -1)
                 debug.router_weights[i] = wts.reshape(*h.shape[:-1], -1)
+                debug.router_margins[i] = routing_margin(h, W(f + "gate.weight"), W(f + "expert_bias"),
+                                                         cfg.num_experts_per_tok)
         else:
             y = swiglu(h, W(f + "w1.weight"), W(f + "w3.weight"), W(f + "w2.weight"))
         x = x + y
@@ -210,6 +222,7 @@ def reference_forward(ckpt: Checkpoint, tokens, dtype=torch.float64, device="cpu
         for layer in cfg.moe_layers:
             out.router_indices[layer] = torch.cat([s.router_indices[layer] for s in parts])
             out.router_weights[layer] = torch.cat([s.router_weights[layer] for s in parts])
+            out.router_margins[layer] = torch.cat([s.router_margins[layer] for s in parts])
     return out
 
 

@@ -368,8 +368,11 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
             notes.append(f"{label}: time budget ({r.budget_s:g} s) reached, reported over "
                          f"{r.samples} of {r.samples_requested} samples")
         if r.valid is False and not r.error:
-            notes.append(f"{label}: outputs INVALID (max abs err {r.max_abs_err:.3g}, "
-                         f"top-1 agreement {100 * (r.top1_agreement or 0):.1f}%)")
+            beyond = (f"{r.invalid_samples} of {r.samples} samples beyond tolerance, "
+                      if r.invalid_samples is not None else "")
+            notes.append(f"{label}: outputs INVALID ({beyond}max abs err {r.max_abs_err:.3g}, "
+                         f"top-1 agreement {100 * (r.top1_agreement or 0):.1f}%; "
+                         f"`python -m harness explain` says whether routing near-ties explain them)")
     nvml_notes = sorted({str(n) for n in df["nvml_note"].dropna()})
     if notes or nvml_notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes)

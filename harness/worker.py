@@ -390,6 +390,8 @@ class Worker:
             raise ValueError(f"answers have {answers.shape[1]} logits per sample, the model {outs.shape[1]}")
         v = validate(outs, answers[idx], tol=self.spec.tol)
         rec.valid, rec.max_abs_err, rec.top1_agreement = bool(v.valid), float(v.max_abs_err), float(v.top1_agreement)
+        rec.invalid_samples = len(v.invalid_rows)
+        rec.invalid_sample_indices = [int(idx[r]) for r in v.invalid_rows[:100]]
 
     def write_outputs(self, rec, outs, n: int) -> None:
         """outputs.bin holds the rows that ran, in sample order (all n when the budget allowed)."""

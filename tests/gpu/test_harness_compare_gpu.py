@@ -44,12 +44,12 @@ def test_tiny_compare_on_gpu(gpu, tmp_path):
 
 @pytest.mark.slow
 def test_compare_phase0_full_model_report(gpu, tmp_path):
-    out = _harness("compare", "--phases", "0", "--samples", "4", "--budget-s", "60", "--out", str(tmp_path),
+    out = _harness("compare", "--phases", "0", "--samples", "4", "--batch", "1", "--budget-s", "60", "--out", str(tmp_path),
                    "--run-id", "full", "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "full"
     df = pd.read_csv(run / "summary.csv")
-    assert list(df["variant"]) == ["baseline-s16-r1-b16"]
+    assert list(df["variant"]) == ["baseline-s16-r1-b1"]
     _check_gpu_row(df.iloc[0])
     html = (run / "report.html").read_text()
-    assert "baseline-s16-r1-b16" in html and html.count("data:image/png;base64,") >= 2  # + NVML over time
+    assert "baseline-s16-r1-b1" in html and html.count("data:image/png;base64,") >= 2  # + NVML over time
