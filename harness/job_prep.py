@@ -134,6 +134,7 @@ def with_greedy_answers(job: PreparedJob, max_new_tokens: int) -> PreparedJob:
         import torch
 
         from .checkpoint import open_checkpoint
+        from .reference import WeightCache
         from .reference_generate import reference_generate
 
         ckpt = open_checkpoint(job.model)
@@ -141,7 +142,9 @@ def with_greedy_answers(job: PreparedJob, max_new_tokens: int) -> PreparedJob:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float64 if device == "cpu" else torch.float32
         torch.backends.cuda.matmul.allow_tf32 = False
-        tokens = np.stack(reference_generate(ckpt, list(prompts), steps, dtype=dtype, device=device).tokens)
+        # the upcast weights stay cached: fp32 on a GPU (33 GB at full size) fits; the CPU runs small presets
+        tokens = np.stack(reference_generate(ckpt, list(prompts), steps, dtype=dtype, device=device,
+                                             cache=WeightCache()).tokens)
         tmp = out.with_name(out.name + ".tmp.npy")
         np.save(tmp, tokens)
         tmp.replace(out)

@@ -9,6 +9,23 @@ from .reference import WeightCache, _Weights, check_tokens, reference_logits
 from .reference_generate import SequenceCache, _chunk
 
 
+def check_prompts(prompts, cfg) -> list[np.ndarray]:
+    """Prompts to generate from: an int [batch, prompt_len] array, or a list of 1-D int arrays of
+    any lengths >= 1 (a ragged batch). Checked like check_tokens; -> one int64 row per prompt."""
+    if isinstance(prompts, np.ndarray):
+        return list(check_tokens(prompts, cfg))
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be an int [batch, prompt_len] array or a non-empty list of 1-D int arrays, "
+                         f"got {type(prompts).__name__}")
+    rows = []
+    for i, p in enumerate(prompts):
+        p = np.asarray(p)
+        if p.ndim != 1 or p.size < 1:
+            raise ValueError(f"prompt {i} must be a 1-D array of at least one token id, got shape {p.shape}")
+        rows.append(check_tokens(p[None], cfg)[0])
+    return rows
+
+
 class ReferenceEngine(Engine):
     """float64 on the CPU (exact), float32 on a GPU with TF32 off. One prompt at a time."""
 
@@ -30,8 +47,10 @@ class ReferenceEngine(Engine):
                                 cache=self._cache)
 
     @torch.no_grad()
-    def prefill(self, prompts: np.ndarray) -> np.ndarray:
-        prompts = check_tokens(prompts, self.config)
+    def prefill(self, prompts) -> np.ndarray:
+        """prompts: int [batch, prompt_len], or a list of 1-D arrays of different lengths (each
+        sequence keeps its own cache, so nothing is padded)."""
+        prompts = check_prompts(prompts, self.config)
         self._W = _Weights(self.checkpoint, self._torch_dtype, self.torch_device, self._cache)
         self._seqs = [SequenceCache() for _ in prompts]
         return self._step([row for row in prompts])

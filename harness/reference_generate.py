@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .config import ModelConfig
-from .reference import _Weights, apply_rope, check_tokens, decoder_layers, lm_head, rmsnorm, rope_cos_sin
+from .reference import WeightCache, _Weights, apply_rope, check_tokens, decoder_layers, lm_head, rmsnorm, rope_cos_sin
 
 
 @dataclass
@@ -90,13 +90,14 @@ class Generation:
 
 @torch.no_grad()
 def reference_generate(ckpt: Checkpoint, prompts, max_new_tokens: int, dtype=torch.float64, device="cpu",
-                       chunks: list[int] | None = None) -> Generation:
+                       chunks: list[int] | None = None, cache: WeightCache | None = None) -> Generation:
     """Greedy generation for each prompt (a list of int arrays, any lengths >= 1).
 
     `chunks`, for tests, splits each prompt's prefill into pieces of these sizes (multi-token
-    continuation chunks must give the same state as one prefill)."""
+    continuation chunks must give the same state as one prefill). `cache` keeps the upcast weights
+    between steps (without one, every step converts every weight it touches again)."""
     cfg = ckpt.config
-    W = _Weights(ckpt, dtype, device, None)
+    W = _Weights(ckpt, dtype, device, cache)
     embed = W("embed_tokens.weight")
     out_tokens, out_logits = [], []
     for prompt in prompts:

@@ -342,6 +342,17 @@ def _img(b64: str | None, alt: str, missing: str) -> str:
     return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
+def _invalid_detail(r) -> str:
+    """What made a record INVALID: greedy tokens that left the reference's, or logits beyond tolerance."""
+    if r.greedy_first_divergence is not None:
+        return (f"greedy tokens first differ from the reference's at step {r.greedy_first_divergence} of "
+                f"{r.greedy_steps_checked}")
+    beyond = f"{r.invalid_samples} of {r.samples} samples beyond tolerance, " if r.invalid_samples is not None else ""
+    err = f"max abs err {r.max_abs_err:.3g}, " if r.max_abs_err is not None else ""
+    return (f"{beyond}{err}top-1 agreement {100 * (r.top1_agreement or 0):.1f}%; "
+            "`python -m harness explain` says whether routing near-ties explain them")
+
+
 def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
     runs = list(dict.fromkeys(df["run_id"]))
     order = {(r, v): i for i, (r, v) in enumerate(zip(df["run_id"], df["variant"]))}
@@ -368,11 +379,7 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
             notes.append(f"{label}: time budget ({r.budget_s:g} s) reached, reported over "
                          f"{r.samples} of {r.samples_requested} samples")
         if r.valid is False and not r.error:
-            beyond = (f"{r.invalid_samples} of {r.samples} samples beyond tolerance, "
-                      if r.invalid_samples is not None else "")
-            notes.append(f"{label}: outputs INVALID ({beyond}max abs err {r.max_abs_err:.3g}, "
-                         f"top-1 agreement {100 * (r.top1_agreement or 0):.1f}%; "
-                         f"`python -m harness explain` says whether routing near-ties explain them)")
+            notes.append(f"{label}: outputs INVALID ({_invalid_detail(r)})")
     nvml_notes = sorted({str(n) for n in df["nvml_note"].dropna()})
     if notes or nvml_notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes)

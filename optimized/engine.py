@@ -26,7 +26,15 @@ stream wrapped for torch (ExternalStream), so both libraries' work is ordered on
 into one torch.cuda.CUDAGraph. Options: dtype "bf16" (default) | "fp32", max_batch (default 256),
 max_tokens per internal forward (default 16384; larger calls are split by sequences),
 graphs (default True), moe_variant (default None: chosen by token count; or a name from
-kernels.MOE_VARIANTS, for every shape).
+kernels.MOE_VARIANTS, for every shape), max_len (default 4096: cache positions per sequence
+for generation).
+
+Generation (issue 12, optimized/decode.py): `prefill(prompts)` runs this forward body over the
+prompts (an int [B, S] array, or a list of 1-D prompts of different lengths, right-padded) and
+keeps K/V and conv state in caches sized from (B, max_len); `decode(tokens)` runs one step for
+T = B tokens (conv_step; qkv GEMM + qk_norm_rope_step + flash-decoding attention + out GEMM; the
+same FFN/MoE, norms and LM head helpers as the forward), eager the first time and then replayed
+from a CUDA graph captured per decode plan (one batch size at a time).
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ from harness.engine import Engine
 from harness.gpu import get_context, release_context
 from harness.reference import check_tokens
 
+from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompts
+from .decode_kernels import DecodeKernels, attention_splits
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
 from .weights import PackedWeights
 
@@ -86,17 +96,22 @@ class Plan:
 class OptimizedEngine(Engine):
     name = "optimized"
     phase = None
+    supports_generation = True
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", max_batch: int = 256, max_tokens: int = 16384,
-                 graphs: bool = True, progress: bool = True, moe_variant: str | None = None, **options):
+                 graphs: bool = True, progress: bool = True, moe_variant: str | None = None, max_len: int = 4096,
+                 **options):
         super().__init__(checkpoint, device, **options)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported by the optimized engine; choose bf16 or fp32")
-        if int(max_batch) < 1 or int(max_tokens) < 1:
-            raise ValueError("max_batch and max_tokens must be >= 1")
+        if int(max_batch) < 1 or int(max_tokens) < 1 or int(max_len) < 1:
+            raise ValueError("max_batch, max_tokens and max_len must be >= 1")
         self.dtype, self.tdtype = dtype, DTYPES[dtype]
         self.max_batch, self.max_tokens, self.use_graphs = int(max_batch), int(max_tokens), bool(graphs)
+        self.max_len = int(max_len)
         self._closed = False
+        self.DK: DecodeKernels | None = None  # compiled at the first prefill
+        self._dec: DecodePlan | None = None  # the current generation's caches
         self.gpu = get_context(device)
         self.tdev = torch.device("cuda", self.gpu.index)
         torch.cuda.set_device(self.tdev)
@@ -135,44 +150,75 @@ class OptimizedEngine(Engine):
     def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
         torch.mm(a, w.t(), out=out)
 
-    def _body(self, P: Plan) -> None:
-        cfg, K, W = self.config, self.K, self.W
-        T, H, k, eps = P.T, cfg.hidden_size, cfg.num_experts_per_tok, cfg.norm_eps
-        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        K.embedding(P.ids, W.embed, P.x)
-        nadd = 0
-        for i, L in enumerate(W.layers):
-            K.add_norm(P.x, P.y, nadd, L["op_norm"], P.h, eps)
+    def _body(self, P: Plan, fill=None) -> None:
+        """The forward of P's [B, S] token ids -> last-position logits. With `fill` (a
+        decode.PrefillFill) it is a prefill: K/V and conv state go to the generation caches and
+        the LM head runs on each sequence's own last real row."""
+        cfg, K = self.config, self.K
+        T, H = P.T, cfg.hidden_size
+        nh, nkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.norm_eps
+
+        def mix(i: int, L: dict) -> None:
             if cfg.is_attention(i):
                 self._mm(P.h, L["qkv"], P.qkv)
                 K.qk_norm_rope(P.qkv, L["q_norm"], L["k_norm"], P.q, P.k, P.v, P.S, nh, nkv, hd, eps, cfg.rope_theta)
+                if fill is not None:
+                    fill.keep_kv(i, P.k, P.v)
                 K.attention(P.q, P.k, P.v, P.o, P.B, P.S, nh, nkv, hd)
                 self._mm(P.o, L["out"], P.y[:T])
             else:
                 self._mm(P.h, L["in"], P.bcx)
+                if fill is not None:
+                    fill.keep_conv(i, P.bcx)
                 K.shortconv(P.bcx, L["conv_w"], P.cy, P.S)
                 self._mm(P.cy, L["out"], P.y[:T])
-            moe = cfg.is_moe(i)
-            K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, eps, h32=P.h32 if moe else None)
-            if moe:
-                self._mm(P.h32, L["gate"], P.router)
-                K.route(P.router, L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
-                v = P.moe_variant.name
-                K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles, variant=v)
-                K.moe_gateup(P.h, L["w13"], P.act, P.sorted_pair, P.tiles, P.num_tiles, P.npairs, k, variant=v)
-                K.moe_down(P.act, L["w2"], P.y, P.sorted_pair, P.tiles, P.num_tiles, P.wts, P.npairs, variant=v)
-                nadd = k
-            else:
-                self._mm(P.h, L["w13"], P.gu)
-                K.silu_mul(P.gu, P.act_dense)
-                self._mm(P.act_dense, L["w2"], P.y[:T])
-                nadd = 1
-        K.add_norm(P.x, P.y, nadd, W.final_norm, P.h, eps)
-        last = P.h.view(P.B, P.S, H)[:, P.S - 1, :]  # the LM head runs on the last position only
-        if self.head_out_fp32 and P.logits_f32 is not P.logits:
-            torch.mm(last, W.embed.t(), out_dtype=torch.float32, out=P.logits_f32)
+
+        self._layers(P, mix)
+        if fill is None:
+            last = P.h.view(P.B, P.S, H)[:, P.S - 1, :]  # the LM head runs on the last position only
         else:
-            self._mm(last, W.embed, P.logits)
+            last = fill.last_rows(P.h)
+        self._lm_head(last, P)
+
+    def _layers(self, P: Plan, mix) -> None:
+        """Embedding, every layer (add_norm, the mixer `mix(i, L)` writing P.y[:T], the FFN) and the
+        final norm into P.h: the part the forward and the decode step share."""
+        cfg, K, W = self.config, self.K, self.W
+        K.embedding(P.ids, W.embed, P.x)
+        nadd = 0
+        for i, L in enumerate(W.layers):
+            K.add_norm(P.x, P.y, nadd, L["op_norm"], P.h, cfg.norm_eps)
+            mix(i, L)
+            nadd = self._ffn(P, L, i)
+        K.add_norm(P.x, P.y, nadd, W.final_norm, P.h, cfg.norm_eps)
+
+    def _ffn(self, P: Plan, L: dict, i: int) -> int:
+        """Layer i's residual add + ffn_norm, then its MoE or dense SwiGLU into P.y. Returns how many
+        addends per token P.y holds for the next add_norm (k for the MoE's slots, else 1)."""
+        cfg, K = self.config, self.K
+        k, T = cfg.num_experts_per_tok, P.T
+        moe = cfg.is_moe(i)
+        K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
+        if moe:
+            self._mm(P.h32, L["gate"], P.router)
+            K.route(P.router, L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
+            v = P.moe_variant.name
+            K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles, variant=v)
+            K.moe_gateup(P.h, L["w13"], P.act, P.sorted_pair, P.tiles, P.num_tiles, P.npairs, k, variant=v)
+            K.moe_down(P.act, L["w2"], P.y, P.sorted_pair, P.tiles, P.num_tiles, P.wts, P.npairs, variant=v)
+            return k
+        self._mm(P.h, L["w13"], P.gu)
+        K.silu_mul(P.gu, P.act_dense)
+        self._mm(P.act_dense, L["w2"], P.y[:T])
+        return 1
+
+    def _lm_head(self, rows: torch.Tensor, P: Plan) -> None:
+        """Tied LM head on the final-normed `rows` [B, H] -> P.logits_f32 [B, V]."""
+        W = self.W
+        if self.head_out_fp32 and P.logits_f32 is not P.logits:
+            torch.mm(rows, W.embed.t(), out_dtype=torch.float32, out=P.logits_f32)
+        else:
+            self._mm(rows, W.embed, P.logits)
             if P.logits_f32 is not P.logits:
                 P.logits_f32.copy_(P.logits)
 
@@ -186,6 +232,9 @@ class OptimizedEngine(Engine):
         if getattr(self, "plans", None):
             self.synchronize()
             self.plans.clear()
+        if getattr(self, "_dec", None) is not None:  # its MoE buffers were sized for the old choice
+            self.synchronize()
+            self._dec = None
 
     def moe_variant_name(self, tokens: int) -> str:
         return self.forced_moe_variant or moe_variant_for(self.tdtype, tokens)
@@ -231,13 +280,7 @@ class OptimizedEngine(Engine):
                 self._body(P)
             P.logits_host.copy_(P.logits_f32, non_blocking=True)
         self.stream.synchronize()
-        c = self.counters
-        c.h2d_bytes += tokens.nbytes
-        c.h2d_pinned_bytes += tokens.nbytes
-        c.h2d_copies += 1
-        c.d2h_bytes += P.logits_host.numel() * 4
-        c.d2h_pinned_bytes += P.logits_host.numel() * 4
-        c.d2h_copies += 1
+        self._count_io(tokens.nbytes, P.logits_host.numel() * 4)
         return P.logits_host.numpy().copy()
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
@@ -252,6 +295,119 @@ class OptimizedEngine(Engine):
         outs = [self._forward_chunk(tokens[b:b + per]) for b in range(0, B, per)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
+    # ----- generation (optimized/decode.py) ------------------------------------------------------------
+    def prefill(self, prompts, max_new_tokens: int | None = None) -> np.ndarray:
+        """Start a generation: prompts int [B, S] (or a list of 1-D prompts of any lengths) ->
+        float32 [B, V] logits at each prompt's last token; the caches keep every sequence for
+        `decode`. With max_new_tokens, refuses up front a generation that would outgrow max_len."""
+        if self._closed:
+            raise RuntimeError("this engine was closed; build a new one")
+        padded, lengths = pad_prompts(prompts, self.config)
+        B, S = padded.shape
+        if B > self.max_batch:
+            raise ValueError(f"batch of {B} prompts exceeds max_batch={self.max_batch}; split it or build the "
+                             "engine with max_batch=N")
+        steps = 0 if max_new_tokens is None else max(int(max_new_tokens) - 1, 0)  # the first token is prefill's
+        check_room(lengths, self.max_len, steps, f"a prefill of {S} tokens and {steps} decode steps")
+        D = self._decode_plan(B)
+        D.active = False
+        with torch.cuda.stream(self.tstream):
+            D.lengths.copy_(torch.from_numpy(lengths))
+        per = max(1, self.max_tokens // S)  # sequences per internal forward, as in forward()
+        outs = [self._prefill_chunk(D, padded[b:b + per], lengths[b:b + per], b) for b in range(0, B, per)]
+        D.len_host[:] = lengths
+        D.active = True
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def decode(self, tokens) -> np.ndarray:
+        """One step: the next token of every sequence of the last prefill, int [B] -> float32 [B, V]."""
+        if self._closed:
+            raise RuntimeError("this engine was closed; build a new one")
+        D = self._dec
+        if D is None or not D.active:
+            raise ValueError("decode before prefill: call prefill(prompts) first to start a generation")
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 2 and tokens.shape[1] == 1:
+            tokens = tokens[:, 0]
+        if tokens.ndim != 1 or len(tokens) != D.B:
+            raise ValueError(f"decode takes one token per sequence: int [{D.B}] for the {D.B} sequences of the last "
+                             f"prefill, got shape {tokens.shape}")
+        tokens = check_tokens(tokens[:, None], self.config)[:, 0].astype(np.int32)
+        check_room(D.len_host, self.max_len, 1, "this decode step")
+        P = D.work
+        P.ids_host.numpy()[:, 0] = tokens
+        with torch.cuda.stream(self.tstream):
+            P.ids.copy_(P.ids_host.view(-1), non_blocking=True)
+            if D.graph is not None:
+                D.graph.replay()
+            else:
+                decode_body(self, D)
+                if self.use_graphs and self.graph_error is None and not D.capture_tried:
+                    self._capture_decode(D)  # records the next steps' launches; runs nothing now
+            P.logits_host.copy_(P.logits_f32, non_blocking=True)
+        self.stream.synchronize()
+        D.len_host += 1
+        self._count_io(tokens.nbytes, P.logits_host.numel() * 4)
+        return P.logits_host.numpy().copy()
+
+    def _decode_kernels(self) -> DecodeKernels:
+        if self.DK is None:
+            self.DK = DecodeKernels(self.gpu, self.tdtype, self.stream)
+        return self.DK
+
+    def _decode_plan(self, B: int) -> DecodePlan:
+        """The caches for B sequences: the current plan when its batch matches (its graph stays
+        valid: same buffers), else a new one (the old caches are freed first)."""
+        self._decode_kernels()
+        if self._dec is not None and self._dec.B == B:
+            return self._dec
+        if self._dec is not None:
+            self.synchronize()
+            self._dec = None
+            torch.cuda.empty_cache()
+        work = Plan(self.config, B, 1, self.tdtype, self.tdev, self.K.moe_variant(self.moe_variant_name(B)))
+        sms = torch.cuda.get_device_properties(self.tdev).multi_processor_count
+        nsplit = attention_splits(B, self.config.num_key_value_heads, self.max_len, sms)
+        self._dec = DecodePlan(self.config, work, self.max_len, nsplit)
+        self.counters.extra["decode_cache_bytes"] = self._dec.nbytes()
+        return self._dec
+
+    def _prefill_chunk(self, D: DecodePlan, tokens: np.ndarray, lengths: np.ndarray, b0: int) -> np.ndarray:
+        B, S = tokens.shape
+        P = self._plan(B, S)
+        P.ids_host.numpy()[:] = tokens
+        with torch.cuda.stream(self.tstream):
+            P.ids.view(B, S).copy_(P.ids_host, non_blocking=True)
+            fill = PrefillFill(self.DK, D, b0, lengths, S)
+            self._body(P, fill)  # eager: the fill's cache slices differ per call
+            P.logits_host.copy_(P.logits_f32, non_blocking=True)
+        self.stream.synchronize()
+        self._count_io(tokens.nbytes, P.logits_host.numel() * 4)
+        self.counters.h2d_bytes += (4 + 8) * B  # lengths and the last-row index, small pageable copies
+        self.counters.h2d_copies += 2
+        return P.logits_host.numpy().copy()
+
+    def _capture_decode(self, D: DecodePlan) -> None:
+        D.capture_tried = True
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g, stream=self.tstream, capture_error_mode="thread_local"):
+                decode_body(self, D)
+            D.graph = g
+        except Exception as e:  # keep a working (eager) decode and say why
+            self.graph_error = f"{type(e).__name__}: {e}"
+            print(f"optimized: CUDA graph capture of the decode step failed, decoding eagerly: {self.graph_error}")
+
+    def _count_io(self, h2d: int, d2h: int) -> None:
+        """One pinned upload of ids and one pinned download of logits."""
+        c = self.counters
+        c.h2d_bytes += h2d
+        c.h2d_pinned_bytes += h2d
+        c.h2d_copies += 1
+        c.d2h_bytes += d2h
+        c.d2h_pinned_bytes += d2h
+        c.d2h_copies += 1
+
     def synchronize(self) -> None:
         self.stream.synchronize()
 
@@ -260,6 +416,7 @@ class OptimizedEngine(Engine):
             self._closed = True
             self.synchronize()
             self.plans.clear()
+            self._dec = None
             self.W = None
             torch.cuda.empty_cache()
             release_context(self.gpu)

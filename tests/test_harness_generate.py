@@ -62,3 +62,15 @@ def test_the_report_has_a_generation_table(run):
     html = (folder / "report.html").read_text()
     assert "<h2>Generation</h2>" in html and "itl_p50_ms" in html and "ttft_ms" in html
 
+
+
+def test_a_greedy_divergence_is_reported_as_such(run, tmp_path):
+    _, folder = run
+    rec = json.loads((folder / "records" / "reference-s2-r1-b1024.json").read_text())
+    rec.update(valid=False, greedy_first_divergence=3, max_abs_err=None)
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "reference-s2-r1-b1024.json").write_text(json.dumps(rec))
+    assert harness_main(["report", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "greedy tokens first differ from the reference&#x27;s at step 3 of 6" in html or \
+        "greedy tokens first differ from the reference's at step 3 of 6" in html

@@ -1,0 +1,281 @@
+// The optimized engine's generation kernels (issue 12): one new token per sequence against the
+// caches of model.md 2.4 / 2.5. Storage type T = float or bf16, math in float, rounded to T where
+// HF rounds (rnd<T>, identity in fp32) exactly as the prefill kernels in elementwise.cu do, so a
+// decode step in fp32 computes what the prefill forward computes for the same position.
+//
+// Caches (optimized/decode.py allocates them):
+//   conv state per ShortConv layer [B, L-1, H] in T: the last L-1 columns of B*x, oldest first;
+//   K and V per attention layer [B, nkv, Lmax, hd] in T: post-norm, post-RoPE K and raw V;
+//   lengths [B] int32: positions already in the cache. The new token of sequence b sits at
+//   position lengths[b]; advance_lengths (the step's last launch) moves it on, so a captured
+//   graph of the whole step replays step after step.
+#include "common.cuh"
+
+#define DKT 64        // keys per shared-memory tile of decode_attention; also the smallest split
+#define DMAXG 16      // most query heads per kv head (GQA group) one block serves
+#define DTHREADS 256  // decode_attention's block size (the launcher uses exactly this)
+#define DACC ((DMAXG * 64 + DTHREADS - 1) / DTHREADS)  // (head, dim) outputs per thread, hd <= 64
+
+__device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// ----- ShortConv, one token per sequence ---------------------------------------------------------
+// bcx [B, 3H] (in_proj output: B | C | x), conv_w [H, L], state [B, L-1, H], y [B, H].
+// conv = sum_{j < L-1} w[c, j] * state[j] + w[c, L-1] * Bx (the taps in shortconv's order, so the
+// fp32 sum is the prefill's), y = C * conv; then the state drops its oldest column and takes Bx.
+// One thread per (b, c): it alone reads and writes its state column.
+template <typename T>
+__device__ void conv_step(const T* bcx, const T* conv_w, T* state, T* y, int B, int H, int L)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)B * H) return;
+    const int b = (int)(i / H), c = (int)(i % H);
+    const T* r = bcx + (size_t)b * 3 * H;
+    const float bx = rnd<T>(to_f<T>(r[c]) * to_f<T>(r[2 * H + c]));
+    T* st = state + (size_t)b * (L - 1) * H + c;
+    float acc = 0.f;
+    for (int j = 0; j < L - 1; ++j) acc += to_f<T>(conv_w[c * L + j]) * to_f<T>(st[(size_t)j * H]);
+    acc += to_f<T>(conv_w[c * L + L - 1]) * bx;
+    y[i] = from_f<T>(to_f<T>(r[H + c]) * rnd<T>(acc));
+    for (int j = 0; j + 1 < L - 1; ++j) st[(size_t)j * H] = st[(size_t)(j + 1) * H];
+    if (L > 1) st[(size_t)(L - 2) * H] = from_f<T>(bx);
+}
+
+// ----- conv state after a prefill of right-padded prompts ------------------------------------------
+// bcx [B*S, 3H] (the prefill's in_proj output), lengths [B] (real tokens of each prompt, <= S).
+// state[b, j] = B*x of position lengths[b] - (L-1) + j, zero before the prompt's start (prompts
+// shorter than L-1 tokens). Padding positions are never read.
+template <typename T>
+__device__ void conv_state_fill(const T* bcx, const int* lengths, T* state, int B, int S, int H, int L)
+{
+    const int W = L - 1;
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)B * W * H) return;
+    const int c = (int)(i % H), j = (int)((i / H) % W), b = (int)(i / ((size_t)W * H));
+    const int pos = lengths[b] - W + j;
+    float bx = 0.f;
+    if (pos >= 0) {
+        const T* r = bcx + ((size_t)b * S + pos) * 3 * H;
+        bx = rnd<T>(to_f<T>(r[c]) * to_f<T>(r[2 * H + c]));
+    }
+    state[i] = from_f<T>(bx);
+}
+
+// ----- q/k RMSNorm + RoPE of one head vector at position pos (one warp) -------------------------------
+// The math of elementwise.cu's qk_norm_rope, operation for operation (same roundings, same fp32
+// angle), so prefill and decode agree bit for bit in fp32.
+template <typename T>
+__device__ void norm_rope_head(const T* src, const T* w, T* dst, int hd, float eps, float theta, int pos, int lane)
+{
+    const int half = hd / 2;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) { float x = to_f<T>(src[d]); ss += x * x; }
+    const float rstd = rsqrtf(warp_sum(ss) / hd + eps);
+    for (int p = lane; p < half; p += 32) {  // the pair (p, p + half) rotates together
+        float x1 = to_f<T>(w[p]) * rnd<T>(to_f<T>(src[p]) * rstd);
+        float x2 = to_f<T>(w[p + half]) * rnd<T>(to_f<T>(src[p + half]) * rstd);
+        x1 = rnd<T>(x1);
+        x2 = rnd<T>(x2);
+        float inv_freq = 1.0f / powf(theta, (float)(2 * p) / (float)hd);
+        float ang = (float)pos * inv_freq;
+        float cs = rnd<T>(cosf(ang)), sn = rnd<T>(sinf(ang));
+        dst[p] = from_f<T>(rnd<T>(x1 * cs) + rnd<T>(-x2 * sn));
+        dst[p + half] = from_f<T>(rnd<T>(x2 * cs) + rnd<T>(x1 * sn));
+    }
+}
+
+// qkv [B, (nh + 2 nkv) hd]; one warp per (sequence, head slot). q [B, nh, hd]; k and v are
+// appended to the caches at [b, head, lengths[b], :]. A position past the cache (the host
+// refuses that before launching) writes nothing to the caches.
+template <typename T>
+__device__ void qk_norm_rope_step(const T* qkv, const T* qw, const T* kw, const int* lengths, T* q, T* kc, T* vc,
+                                  int B, int nh, int nkv, int hd, int Lmax, float eps, float theta)
+{
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    const int slots = nh + 2 * nkv;
+    if (warp >= B * slots) return;
+    const int b = warp / slots, slot = warp % slots;
+    const int pos = lengths[b];
+    const T* src = qkv + (size_t)b * slots * hd + (size_t)slot * hd;
+    if (slot >= nh) {  // k or v: into the cache
+        if (pos >= Lmax) return;
+        const bool is_v = slot >= nh + nkv;
+        const int head = is_v ? slot - nh - nkv : slot - nh;
+        T* dst = (is_v ? vc : kc) + (((size_t)b * nkv + head) * Lmax + pos) * hd;
+        if (is_v) {
+            for (int d = lane; d < hd; d += 32) dst[d] = src[d];
+        } else {
+            norm_rope_head<T>(src, kw, dst, hd, eps, theta, pos, lane);
+        }
+        return;
+    }
+    norm_rope_head<T>(src, qw, q + ((size_t)b * nh + slot) * hd, hd, eps, theta, pos, lane);
+}
+
+// ----- attention of one query per (sequence, head) over its cache (flash-decoding) -------------------
+// Keys 0..lengths[b] (the new token's included). Pass 1: grid (nsplit, nkv, B), DTHREADS threads;
+// block (split, kvh, b) serves the G = nh/nkv query heads of kv head kvh over its share of the keys:
+// chunk = max(DKT, ceil(n / nsplit)) keys from split * chunk (blocks past the end do nothing).
+// It walks its chunk in tiles of DKT keys (K, V as float in shared memory), online softmax in
+// fp32 per head, and writes the unnormalised accumulator and (max, sum) of its chunk:
+// part_o [B, nh, nsplit, HD], part_ml [B, nh, nsplit, 2] (scores are in log2 units: q carries
+// scale * log2(e)). Pass 2 (decode_attention_combine) merges the used chunks into o [B, nh * HD].
+template <typename T, int HD>
+__device__ void decode_attention_partial(const T* q, const T* kc, const T* vc, const int* lengths, float* part_o,
+                                         float* part_ml, int nh, int nkv, int Lmax, int nsplit, float scale)
+{
+    __shared__ float Ks[DKT * (HD + 1)];  // padded rows: thread j reads row j, no bank conflicts
+    __shared__ float Vs[DKT * HD];
+    __shared__ float qs[DMAXG * HD];
+    __shared__ float sc[DMAXG * DKT];     // scores, then probabilities, of the tile
+    __shared__ float m_s[DMAXG], l_s[DMAXG], alpha_s[DMAXG];
+    const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const int G = nh / nkv;
+    const int n = min(lengths[b] + 1, Lmax);
+    const int chunk = max(DKT, (n + nsplit - 1) / nsplit);
+    const int start = split * chunk;
+    if (start >= n) return;  // the same for the whole block
+    const int end = min(n, start + chunk);
+    const float LOG2E = 1.4426950408889634f;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = DTHREADS / 32;
+
+    for (int i = tid; i < G * HD; i += DTHREADS) {
+        const int g = i / HD, d = i % HD;
+        qs[i] = to_f<T>(q[((size_t)b * nh + kvh * G + g) * HD + d]) * scale * LOG2E;
+    }
+    if (tid < G) { m_s[tid] = -INFINITY; l_s[tid] = 0.f; }
+    float acc[DACC];
+#pragma unroll
+    for (int r = 0; r < DACC; ++r) acc[r] = 0.f;
+
+    const T* kp = kc + ((size_t)b * nkv + kvh) * Lmax * HD;
+    const T* vp = vc + ((size_t)b * nkv + kvh) * Lmax * HD;
+    for (int k0 = start; k0 < end; k0 += DKT) {
+        const int nk = min(DKT, end - k0);
+        __syncthreads();  // the previous tile's readers are done (first tile: qs, m_s, l_s are set)
+        for (int i = tid; i < DKT * HD; i += DTHREADS) {
+            const int j = i / HD, d = i % HD;
+            const bool ok = j < nk;  // never read past the chunk: those slots may hold anything
+            Ks[j * (HD + 1) + d] = ok ? to_f<T>(kp[(size_t)(k0 + j) * HD + d]) : 0.f;
+            Vs[i] = ok ? to_f<T>(vp[(size_t)(k0 + j) * HD + d]) : 0.f;
+        }
+        __syncthreads();
+        for (int i = tid; i < G * DKT; i += DTHREADS) {
+            const int g = i / DKT, j = i % DKT;
+            float dot = 0.f;
+#pragma unroll
+            for (int d = 0; d < HD; ++d) dot += qs[g * HD + d] * Ks[j * (HD + 1) + d];
+            sc[i] = j < nk ? dot : -INFINITY;
+        }
+        __syncthreads();
+        for (int g = warp; g < G; g += nwarps) {  // one warp per head: running max and sum
+            float mx = -INFINITY;
+            for (int j = lane; j < DKT; j += 32) mx = fmaxf(mx, sc[g * DKT + j]);
+            mx = warp_max(mx);
+            const float m_old = m_s[g];
+            const float m_new = fmaxf(m_old, mx);  // finite: the tile has at least one key
+            float sum = 0.f;
+            for (int j = lane; j < DKT; j += 32) {
+                const float p = exp2f(sc[g * DKT + j] - m_new);  // -inf (no key) -> 0
+                sc[g * DKT + j] = p;
+                sum += p;
+            }
+            sum = warp_sum(sum);
+            if (lane == 0) {
+                const float a = exp2f(m_old - m_new);  // first tile: exp2(-inf) = 0
+                alpha_s[g] = a;
+                l_s[g] = l_s[g] * a + sum;
+                m_s[g] = m_new;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < DACC; ++r) {  // thread owns (head g, dim d) outputs i = tid + r * DTHREADS
+            const int i = tid + r * DTHREADS;
+            if (i < G * HD) {
+                const int g = i / HD, d = i % HD;
+                float a = acc[r] * alpha_s[g];
+                for (int j = 0; j < nk; ++j) a += sc[g * DKT + j] * Vs[j * HD + d];
+                acc[r] = a;
+            }
+        }
+    }
+    const size_t base = ((size_t)b * nh + kvh * G) * nsplit + split;  // row of head g: base + g * nsplit
+#pragma unroll
+    for (int r = 0; r < DACC; ++r) {
+        const int i = tid + r * DTHREADS;
+        if (i < G * HD) {
+            const int g = i / HD, d = i % HD;
+            part_o[(base + (size_t)g * nsplit) * HD + d] = acc[r];
+        }
+    }
+    if (tid < G) {
+        part_ml[(base + (size_t)tid * nsplit) * 2] = m_s[tid];
+        part_ml[(base + (size_t)tid * nsplit) * 2 + 1] = l_s[tid];
+    }
+}
+
+// One warp per (b, head): o = sum_s acc_s * 2^(m_s - M) / sum_s l_s * 2^(m_s - M) over the chunks
+// pass 1 wrote (the same chunk arithmetic decides which).
+template <typename T>
+__device__ void decode_attention_combine(const float* part_o, const float* part_ml, const int* lengths, T* o,
+                                         int B, int nh, int hd, int Lmax, int nsplit)
+{
+    const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (w >= B * nh) return;
+    const int b = w / nh, head = w % nh;  // w = b * nh + head: the partials' row
+    const int n = min(lengths[b] + 1, Lmax);
+    const int chunk = max(DKT, (n + nsplit - 1) / nsplit);
+    const int used = (n + chunk - 1) / chunk;
+    const float* ml = part_ml + (size_t)w * nsplit * 2;
+    float M = -INFINITY;
+    for (int s = 0; s < used; ++s) M = fmaxf(M, ml[2 * s]);
+    float L = 0.f;
+    for (int s = 0; s < used; ++s) L += ml[2 * s + 1] * exp2f(ml[2 * s] - M);
+    const float inv = 1.0f / L;
+    for (int d = lane; d < hd; d += 32) {
+        float a = 0.f;
+        for (int s = 0; s < used; ++s) a += part_o[((size_t)w * nsplit + s) * hd + d] * exp2f(ml[2 * s] - M);
+        o[((size_t)b * nh + head) * hd + d] = from_f<T>(a * inv);
+    }
+}
+
+// ----- unmangled instantiations ---------------------------------------------------------------------
+#define INSTANTIATE(SUF, T)                                                                                    \
+extern "C" __global__ void conv_step_##SUF(const T* bcx, const T* conv_w, T* state, T* y, int B, int H, int L) \
+{ conv_step<T>(bcx, conv_w, state, y, B, H, L); }                                                              \
+extern "C" __global__ void conv_state_fill_##SUF(const T* bcx, const int* lengths, T* state, int B, int S,    \
+    int H, int L)                                                                                              \
+{ conv_state_fill<T>(bcx, lengths, state, B, S, H, L); }                                                       \
+extern "C" __global__ void qk_norm_rope_step_##SUF(const T* qkv, const T* qw, const T* kw, const int* lengths, \
+    T* q, T* kc, T* vc, int B, int nh, int nkv, int hd, int Lmax, float eps, float theta)                      \
+{ qk_norm_rope_step<T>(qkv, qw, kw, lengths, q, kc, vc, B, nh, nkv, hd, Lmax, eps, theta); }                   \
+extern "C" __global__ void decode_attention_combine_##SUF(const float* part_o, const float* part_ml,          \
+    const int* lengths, T* o, int B, int nh, int hd, int Lmax, int nsplit)                                     \
+{ decode_attention_combine<T>(part_o, part_ml, lengths, o, B, nh, hd, Lmax, nsplit); }
+
+#define INSTANTIATE_ATTN(SUF, T, HD)                                                                           \
+extern "C" __global__ void __launch_bounds__(DTHREADS) decode_attention_##SUF##_hd##HD(                       \
+    const T* q, const T* kc, const T* vc, const int* lengths, float* part_o, float* part_ml, int nh, int nkv,  \
+    int Lmax, int nsplit, float scale)                                                                         \
+{ decode_attention_partial<T, HD>(q, kc, vc, lengths, part_o, part_ml, nh, nkv, Lmax, nsplit, scale); }
+
+INSTANTIATE(f32, float)
+INSTANTIATE(bf16, bf16)
+INSTANTIATE_ATTN(f32, float, 16)
+INSTANTIATE_ATTN(f32, float, 32)
+INSTANTIATE_ATTN(f32, float, 64)
+INSTANTIATE_ATTN(bf16, bf16, 16)
+INSTANTIATE_ATTN(bf16, bf16, 32)
+INSTANTIATE_ATTN(bf16, bf16, 64)
+
+// lengths[b] += 1: the step's last launch, so a replayed graph moves every sequence on by itself.
+extern "C" __global__ void advance_lengths(int* lengths, int B)
+{
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < B) lengths[b] += 1;
+}
