@@ -16,6 +16,9 @@ cpu uses harness.synthetic in memory. --moe-variants times every shape once per 
 variant (optimized.kernels.MOE_VARIANTS; "auto" = the engine's choice by token count), one engine.
 --profile BxS runs one eager forward of that shape under torch.profiler and prints its GPU kernels
 grouped by name (calls, total and share of the kernel time), PyCUDA's and cuBLAS's alike.
+--decode LIST times greedy decode steps (CUDA graph replays) at each batch size after a 16-token
+prefill: median ms per step, tokens/s and the share of the decode floor (harness.generation);
+--decode-profile B prints one eager decode step's kernels the way --profile does.
 """
 from __future__ import annotations
 
@@ -53,6 +56,9 @@ def main(argv=None) -> int:
                     help="comma-separated MoE GEMM variants to time (default: auto = by token count)")
     ap.add_argument("--profile", metavar="BxS", action="append", default=[],
                     help="print the GPU kernels of one eager forward of BxS by time (repeatable)")
+    ap.add_argument("--decode", metavar="LIST", default="", help="batch sizes whose decode steps to time, e.g. 1,64")
+    ap.add_argument("--decode-profile", metavar="B", type=int, action="append", default=[],
+                    help="print the GPU kernels of one eager decode step at batch B (repeatable)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -129,6 +135,12 @@ def main(argv=None) -> int:
             result["profiles"][text] = profile_forward(eng, cfg, *parse_shapes(text)[0])
         except Exception as e:  # the profiler is a diagnostic: report, keep the timings
             print(f"--profile {text} failed: {type(e).__name__}: {e}")
+    result["decode"] = [time_decode(eng, cfg, int(b), args.iters * 5) for b in filter(None, args.decode.split(","))]
+    for B in args.decode_profile:
+        try:
+            result["profiles"][f"decode-{B}"] = profile_decode(eng, cfg, B)
+        except Exception as e:
+            print(f"--decode-profile {B} failed: {type(e).__name__}: {e}")
     result["graph_error"] = eng.graph_error
     if eng.graph_error:
         print(f"graph capture failed: {eng.graph_error}")
@@ -163,30 +175,68 @@ def time_shape(eng, cfg, stats, B: int, S: int, iters: int, variant: str) -> dic
     return row
 
 
-def profile_forward(eng, cfg, B: int, S: int, top: int = 14) -> list[dict]:
-    """The forward's kernels (one eager run, the same launches the graph holds) by GPU time."""
-    import torch
+def time_decode(eng, cfg, B: int, steps: int, prompt_len: int = 16) -> dict:
+    """Median decode step (graph replay after the first, eager one) at batch B."""
+    from harness.generation import HBM_BYTES_PER_S
     from harness.jobfiles import synthetic_prompts
-    from torch.profiler import ProfilerActivity, profile
+    from harness.modelstats import decode_bytes_per_step
+    logits = eng.prefill(synthetic_prompts(cfg.vocab_size, B, prompt_len, seed=B + 11), max_new_tokens=steps + 1)
+    nxt = logits.argmax(1)
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        nxt = eng.decode(nxt).argmax(1)
+        if i:  # the first step runs eagerly and records the graph
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    floor_s = decode_bytes_per_step(cfg, B, prompt_len + steps // 2, 4 if eng.dtype == "fp32" else 2) / HBM_BYTES_PER_S
+    row = {"B": B, "ms_median": med * 1e3, "ms_min": min(times) * 1e3, "tokens_per_s": B / med,
+           "pct_of_floor": 100 * floor_s / med}
+    print(f"decode B={B:<4} {row['ms_median']:8.3f} ms/step [{row['ms_min']:.3f} min]  {row['tokens_per_s']:>9,.0f} "
+          f"tok/s  {row['pct_of_floor']:5.1f}% of the decode floor ({floor_s * 1e3:.3f} ms)", flush=True)
+    return row
+
+
+def profile_decode(eng, cfg, B: int) -> list[dict]:
+    """One decode step's kernels, run eagerly (the launches the decode graph holds)."""
+    from harness.jobfiles import synthetic_prompts
+
+    from .decode import decode_body
+    logits = eng.prefill(synthetic_prompts(cfg.vocab_size, B, 16, seed=5), max_new_tokens=4)
+    eng.decode(logits.argmax(1))  # plan, buffers and graph made; the profiled step is eager
+    D = eng._dec
+    table = _kernel_table(lambda: decode_body(eng, D), eng, f"decode step B={B} (eager)")
+    D.len_host += 1  # decode_body advanced the device lengths
+    return table
+
+
+def profile_forward(eng, cfg, B: int, S: int) -> list[dict]:
+    """The forward's kernels (one eager run, the same launches the graph holds) by GPU time."""
+    from harness.jobfiles import synthetic_prompts
     tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=7)
     eng.forward(tokens)  # plan and buffers for this shape, ids uploaded
     P = eng.plans[(B, S)]
+    return _kernel_table(lambda: eng._body(P), eng, f"{B}x{S} (eager, moe variant {P.moe_variant.name})")
+
+
+def _kernel_table(work, eng, title: str, top: int = 14) -> list[dict]:
+    """Run `work` on the engine's stream under torch.profiler; print its GPU kernels by time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         with torch.cuda.stream(eng.tstream):
-            eng._body(P)
+            work()
         eng.synchronize()
     kernels = {}
     for ev in prof.events():
         if getattr(ev, "device_type", None) != torch.autograd.DeviceType.CUDA:
             continue
-        us = ev.time_range.elapsed_us()
         k = kernels.setdefault(ev.name, {"name": ev.name, "calls": 0, "us": 0.0})
         k["calls"] += 1
-        k["us"] += us
+        k["us"] += ev.time_range.elapsed_us()
     table = sorted(kernels.values(), key=lambda k: -k["us"])
     total = sum(k["us"] for k in table) or 1.0
-    print(f"profile {B}x{S} (eager, moe variant {P.moe_variant.name}): {total / 1e3:.3f} ms of kernels, "
-          f"{sum(k['calls'] for k in table)} launches", flush=True)
+    print(f"profile {title}: {total / 1e3:.3f} ms of kernels, {sum(k['calls'] for k in table)} launches", flush=True)
     for k in table[:top]:
         print(f"  {k['us'] / 1e3:8.3f} ms {100 * k['us'] / total:5.1f}%  x{k['calls']:<4} {k['name'][:90]}")
     return table
