@@ -37,3 +37,26 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// ----- q/k RMSNorm + RoPE of one head vector at position pos (one warp) -------------------------------
+// Shared by elementwise.cu's qk_norm_rope (prefill) and decode.cu's qk_norm_rope_step (decode), so
+// the two agree bit for bit in fp32. Needs warp_sum, to_f, from_f and rnd from above.
+template <typename T>
+__device__ void norm_rope_head(const T* src, const T* w, T* dst, int hd, float eps, float theta, int pos, int lane)
+{
+    const int half = hd / 2;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) { float x = to_f<T>(src[d]); ss += x * x; }
+    const float rstd = rsqrtf(warp_sum(ss) / hd + eps);
+    for (int p = lane; p < half; p += 32) {  // the pair (p, p + half) rotates together
+        float x1 = to_f<T>(w[p]) * rnd<T>(to_f<T>(src[p]) * rstd);
+        float x2 = to_f<T>(w[p + half]) * rnd<T>(to_f<T>(src[p + half]) * rstd);
+        x1 = rnd<T>(x1);
+        x2 = rnd<T>(x2);
+        float inv_freq = 1.0f / powf(theta, (float)(2 * p) / (float)hd);
+        float ang = (float)pos * inv_freq;
+        float cs = rnd<T>(cosf(ang)), sn = rnd<T>(sinf(ang));
+        dst[p] = from_f<T>(rnd<T>(x1 * cs) + rnd<T>(-x2 * sn));
+        dst[p + half] = from_f<T>(rnd<T>(x2 * cs) + rnd<T>(x1 * sn));
+    }
+}

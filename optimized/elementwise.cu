@@ -110,7 +110,6 @@ __device__ void qk_norm_rope(const T* qkv, const T* qw, const T* kw, T* q, T* k,
     const int t = warp / slots, slot = warp % slots;
     const int b = t / S, s = t % S;
     const T* src = qkv + (size_t)t * slots * hd + (size_t)slot * hd;
-    const int half = hd / 2;
     if (slot >= nh + nkv) {  // v: copied, not normalised
         int head = slot - nh - nkv;
         T* dst = v + (((size_t)b * nkv + head) * S + s) * hd;
@@ -121,20 +120,7 @@ __device__ void qk_norm_rope(const T* qkv, const T* qw, const T* kw, T* q, T* k,
     const int head = is_q ? slot : slot - nh;
     const T* w = is_q ? qw : kw;
     T* dst = is_q ? q + (((size_t)b * nh + head) * S + s) * hd : k + (((size_t)b * nkv + head) * S + s) * hd;
-    float ss = 0.f;
-    for (int d = lane; d < hd; d += 32) { float x = to_f<T>(src[d]); ss += x * x; }
-    const float rstd = rsqrtf(warp_sum(ss) / hd + eps);
-    for (int p = lane; p < half; p += 32) {  // the pair (p, p + half) rotates together
-        float x1 = to_f<T>(w[p]) * rnd<T>(to_f<T>(src[p]) * rstd);
-        float x2 = to_f<T>(w[p + half]) * rnd<T>(to_f<T>(src[p + half]) * rstd);
-        x1 = rnd<T>(x1);
-        x2 = rnd<T>(x2);
-        float inv_freq = 1.0f / powf(theta, (float)(2 * p) / (float)hd);
-        float ang = (float)s * inv_freq;
-        float cs = rnd<T>(cosf(ang)), sn = rnd<T>(sinf(ang));
-        dst[p] = from_f<T>(rnd<T>(x1 * cs) + rnd<T>(-x2 * sn));
-        dst[p + half] = from_f<T>(rnd<T>(x2 * cs) + rnd<T>(x1 * sn));
-    }
+    norm_rope_head<T>(src, w, dst, hd, eps, theta, s, lane);
 }
 
 // ----- routing: sigmoid, top-k on sigmoid + expert_bias (fp32), renormalised weights ---------------

@@ -34,3 +34,15 @@ class GPUSyntheticCheckpoint(Checkpoint):
         else:
             t.normal_(0.0, 0.02, generator=g)
         return t.to(torch.bfloat16)
+
+
+def checkpoint_for(preset: str, seed: int = 0) -> Checkpoint:
+    """A synthetic checkpoint of a preset, made where it is quick: presets of ~1 B parameters and
+    more (`small`, the full model) drawn on the GPU in seconds, the tiny ones in memory by
+    harness.synthetic (the same bytes as a folder `make-model` writes)."""
+    from harness.config import get_preset
+    from harness.synthetic import synthetic_checkpoint
+    cfg = get_preset(preset)
+    if cfg.hidden_size >= 1024:
+        return GPUSyntheticCheckpoint(cfg, seed=seed)
+    return synthetic_checkpoint(cfg, seed=seed)

@@ -20,10 +20,8 @@ import pytest
 import torch
 
 from harness import reference as R
-from harness.config import get_preset
 from harness.generation import greedy_generate
 from harness.jobfiles import synthetic_prompts
-from harness.synthetic import synthetic_checkpoint
 from test_optimized_kernels import close, poisoned, rand  # tests/gpu is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.gpu
@@ -205,11 +203,8 @@ TIE = 2e-4  # a reference top-2 margin this small may flip under fp32 rounding
 
 @pytest.fixture(scope="module", params=PRESETS)
 def ckpt(request, gpu):
-    cfg = get_preset(request.param)
-    if request.param == "small":  # 1.1 B parameters: drawn on the GPU in seconds
-        from optimized.gpu_synthetic import GPUSyntheticCheckpoint
-        return GPUSyntheticCheckpoint(cfg, seed=3)
-    return synthetic_checkpoint(cfg, seed=3)
+    from optimized.gpu_synthetic import checkpoint_for
+    return checkpoint_for(request.param, seed=3)
 
 
 @pytest.fixture(scope="module")

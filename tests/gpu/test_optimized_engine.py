@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import get_preset
 from harness.jobfiles import synthetic_prompts, validate
 from harness.reference import reference_logits
-from harness.synthetic import synthetic_checkpoint
 
 pytestmark = pytest.mark.gpu
 PRESETS = ["tiny", "tiny-top3", "small"]
@@ -19,11 +17,8 @@ PRESETS = ["tiny", "tiny-top3", "small"]
 
 @pytest.fixture(scope="module", params=PRESETS)
 def ckpt(request, gpu):
-    cfg = get_preset(request.param)
-    if request.param == "small":  # 1.1 B parameters: drawn on the GPU in seconds
-        from optimized.gpu_synthetic import GPUSyntheticCheckpoint
-        return GPUSyntheticCheckpoint(cfg, seed=3)
-    return synthetic_checkpoint(cfg, seed=3)
+    from optimized.gpu_synthetic import checkpoint_for
+    return checkpoint_for(request.param, seed=3)
 
 
 def reference(ckpt, tokens):
