@@ -114,6 +114,9 @@ def add_job_args(p: argparse.ArgumentParser, batch_default: int | None = None) -
     m.add_argument("--dtype", help="engine dtype option, e.g. fp32, bf16 (default: the engine's own)")
     m.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where engines run: auto = the reference on the CPU, others on a GPU when there is one")
+    m.add_argument("--profile-ops", action="store_true",
+                   help="after the timed region, run one more forward under torch.profiler and record its GPU "
+                        "kernels (or CPU ops) by time: report.html's 'Where the time goes'; timings are unaffected")
     m.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="extra engine constructor option (repeatable; VALUE read as JSON when it parses)")
     r = p.add_argument_group("MPI and output")
@@ -186,4 +189,4 @@ def settings_from(args):
                        hostfile=str(Path(args.hostfile).resolve()) if args.hostfile else None, timeout_s=args.timeout_s,
                        mpiexec_args=shlex.split(args.mpiexec_args or ""),
                        outputs=getattr(args, "outputs", None), workload=args.workload,
-                       max_new_tokens=args.max_new_tokens)
+                       max_new_tokens=args.max_new_tokens, profile_ops=args.profile_ops)

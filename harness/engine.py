@@ -77,6 +77,13 @@ class Engine:
         """One step: the next token of every sequence, int32 [batch] -> logits [batch, vocab]."""
         raise NotImplementedError(f"engine {self.name!r} does not generate (only prefill)")
 
+    def profile(self, tokens: np.ndarray, on_gpu: bool) -> list[dict]:
+        """One forward of `tokens` under torch.profiler: its GPU kernels (on_gpu) or torch ops, by
+        time (harness.op_profile). Engines whose forward replays a CUDA graph override this to
+        profile the same launches eagerly."""
+        from .op_profile import profile_ops
+        return profile_ops(lambda: self.forward(tokens), on_gpu, self.synchronize)
+
     def synchronize(self) -> None:
         """Block until all device work this engine queued has finished (no-op on the CPU)."""
 

@@ -121,6 +121,7 @@ class VariantRecord:
     nvml: list[dict] = field(default_factory=list)  # per rank: NvmlSeries.as_dict()
     ran_indices: list[int] = field(default_factory=list)
     invalid_sample_indices: list[int] = field(default_factory=list)  # job sample indices, first 100
+    op_profile: list[dict] = field(default_factory=list)  # --profile-ops: {name, calls, us}, most time first
     options: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

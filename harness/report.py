@@ -353,6 +353,19 @@ def _invalid_detail(r) -> str:
             "`python -m harness explain` says whether routing near-ties explain them")
 
 
+def op_profile_tables(records: list[VariantRecord], top: int = 10) -> list[tuple[str, pd.DataFrame]]:
+    """Per record with an op profile: (label with the total, its top ops with their share)."""
+    out = []
+    for r in records:
+        if not r.op_profile:
+            continue
+        total = sum(op["us"] for op in r.op_profile) or 1.0
+        t = pd.DataFrame([{"ms": round(op["us"] / 1e3, 4), "share %": round(100 * op["us"] / total, 1),
+                           "calls": op["calls"], "op": op["name"][:100]} for op in r.op_profile[:top]])
+        out.append((f"{r.variant}: {total / 1e3:.3f} ms profiled", t))
+    return out
+
+
 def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
     runs = list(dict.fromkeys(df["run_id"]))
     order = {(r, v): i for i, (r, v) in enumerate(zip(df["run_id"], df["variant"]))}
@@ -425,6 +438,12 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
         parts.append("<h2>Copies and compute (CUDA events)</h2><p class='note'>Rank 0's last forward call of "
                      "each engine that records a timeline: a copy drawn beside a compute span ran while "
                      "kernels did.</p>" + _img(timeline, "copy/compute timeline", ""))
+    profiles = op_profile_tables(records)
+    if profiles:
+        parts.append("<h2>Where the time goes (one profiled forward)</h2><p class='note'>`--profile-ops`: rank 0 ran "
+                     "one more forward of its first batch under torch.profiler after the timed region: GPU "
+                     "kernels by GPU time, or CPU ops by self time. Shares are of the profiled total.</p>"
+                     + "".join(f"<h3>{e(label)}</h3>" + t.to_html(index=False, border=0) for label, t in profiles))
     sc = scaling_table(df)
     parts.append("<h2>Scaling with ranks</h2>" + _img(plot_scaling(sc), "scaling efficiency vs ranks",
                                                       "No scaling plot: no variant ran at 1 rank and at more."))

@@ -50,6 +50,7 @@ class RunSettings:
     outputs: str | None = None  # write outputs.bin (run only)
     workload: str = "prefill"  # or "generate"
     max_new_tokens: int = 32
+    profile_ops: bool = False
 
     def launch_timeout(self) -> float:
         return self.timeout_s if self.timeout_s else self.budget_s + 1800.0
@@ -70,6 +71,7 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
         seq_len=job.seq_len, run_id=settings.run_id, variant=variant.name, model_label=job.model_label,
         workload=settings.workload, max_new_tokens=settings.max_new_tokens,
         greedy_answers=str(job.greedy_answers) if job.greedy_answers else None,
+        profile_ops=settings.profile_ops,
     )
     spec_path = spec.write(run_dir / "specs" / f"{variant.name}.json")
     try:

@@ -60,6 +60,7 @@ class WorkerSpec:
     workload: str = "prefill"  # "generate": harness.generation_worker runs the timed part
     max_new_tokens: int = 32
     greedy_answers: str | None = None  # .npy of the reference's greedy tokens [n, steps]
+    profile_ops: bool = False  # after the timed region, one forward under torch.profiler
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -227,6 +228,8 @@ class Worker:
                 return rc
             self.stage("warm-up", lambda: self.warm_up(engine, tokens, b))
             timed = self.timed_loop(engine, tokens, lo, hi, b)
+            if spec.profile_ops:
+                self.profile_one_forward(engine, tokens, b)
             rc = self.finish(engine, timed, b, n, seq_len)
             engine.close()
             return rc
@@ -307,6 +310,19 @@ class Worker:
         return {"elapsed": t1 - t0, "outputs": outputs, "lat_ms": lat_ms, "nvml": series,
                 "budget_hit": budget_hit}
 
+    def profile_one_forward(self, engine, tokens, b: int) -> None:
+        """Every rank profiles a forward of the first batch (collective engines need all ranks);
+        rank 0's table goes into the record. A diagnostic: its failure is a note, not an error."""
+        import numpy as np
+        batch = np.ascontiguousarray(tokens[:b])
+        try:
+            self.op_profile = engine.profile(batch, on_gpu=self.gpu is not None)[:40]
+            self.op_profile_note = (f"op profile: one forward of {len(batch)} samples under torch.profiler "
+                                    f"({'GPU kernels' if self.gpu is not None else 'CPU ops, self time'})")
+        except Exception as e:
+            self.op_profile, self.op_profile_note = [], f"op profile failed: {_err_text(e)}"
+            print(f"[rank {self.rank}] {self.op_profile_note}", file=sys.stderr, flush=True)
+
     def output_collective(self, engine) -> str:
         mode = self.spec.options.get("output_collective") or getattr(engine, "output_collective", "gather")
         if mode not in ("reduce", "gather"):
@@ -366,6 +382,9 @@ class Worker:
         idx = np.concatenate([np.arange(r["first_sample"], r["first_sample"] + r["samples_ran"])
                               for r in ranks_info]).astype(int)
         rec.ran_indices = idx.tolist()
+        if self.spec.profile_ops:
+            rec.op_profile = getattr(self, "op_profile", [])
+            rec.notes.append(getattr(self, "op_profile_note", "op profile: not taken"))
         if mode == "reduce":
             outs = outs[idx]
         rec.notes.append(f"outputs to rank 0 by MPI {mode}: {sum(r['mpi_output_bytes'] for r in ranks_info):,} "

@@ -219,26 +219,16 @@ def profile_forward(eng, cfg, B: int, S: int) -> list[dict]:
     return _kernel_table(lambda: eng._body(P), eng, f"{B}x{S} (eager, moe variant {P.moe_variant.name})")
 
 
-def _kernel_table(work, eng, title: str, top: int = 14) -> list[dict]:
+def _kernel_table(work, eng, title: str) -> list[dict]:
     """Run `work` on the engine's stream under torch.profiler; print its GPU kernels by time."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    from harness.op_profile import format_table, profile_ops
+
+    def on_stream():
         with torch.cuda.stream(eng.tstream):
             work()
-        eng.synchronize()
-    kernels = {}
-    for ev in prof.events():
-        if getattr(ev, "device_type", None) != torch.autograd.DeviceType.CUDA:
-            continue
-        k = kernels.setdefault(ev.name, {"name": ev.name, "calls": 0, "us": 0.0})
-        k["calls"] += 1
-        k["us"] += ev.time_range.elapsed_us()
-    table = sorted(kernels.values(), key=lambda k: -k["us"])
-    total = sum(k["us"] for k in table) or 1.0
-    print(f"profile {title}: {total / 1e3:.3f} ms of kernels, {sum(k['calls'] for k in table)} launches", flush=True)
-    for k in table[:top]:
-        print(f"  {k['us'] / 1e3:8.3f} ms {100 * k['us'] / total:5.1f}%  x{k['calls']:<4} {k['name'][:90]}")
+    table = profile_ops(on_stream, on_gpu=True, synchronize=eng.synchronize)
+    print(format_table(table, f"profile {title}"), flush=True)
     return table
 
 

@@ -149,3 +149,12 @@ def test_bad_input_is_refused(engine, ckpt):
         engine.forward(np.full((1, 3), ckpt.config.vocab_size, np.int32))
     with pytest.raises(ValueError, match="max_batch"):
         engine.forward(np.ones((engine.max_batch + 1, 2), np.int32))
+
+
+def test_profile_lists_the_forwards_own_kernels(engine, ckpt):
+    """--profile-ops: the eager forward's kernels (the MoE GEMMs and norms among them) by GPU time."""
+    tokens = synthetic_prompts(ckpt.config.vocab_size, 2, 5, seed=9)
+    ops = engine.profile(tokens, on_gpu=True)
+    names = " ".join(op["name"] for op in ops)
+    assert "add_norm" in names and "moe_gateup" in names and "moe_down" in names
+    assert all(op["us"] > 0 and op["calls"] >= 1 for op in ops)

@@ -1,0 +1,43 @@
+"""`--profile-ops`: one extra forward under torch.profiler after the timed region, its ops by time
+in the record and in report.html. On the CPU the table holds torch ops by self time (the GPU path,
+kernels by GPU time, is what `python -m optimized --profile` uses on the H100)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from harness.__main__ import main as harness_main
+from harness.op_profile import format_table, profile_ops
+
+
+def test_cpu_profile_names_the_ops_that_ran_with_self_time():
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    ops = profile_ops(lambda: [torch.mm(a, b) for _ in range(3)], on_gpu=False)
+    mm = next(op for op in ops if op["name"] == "aten::mm")
+    assert mm["calls"] == 3 and mm["us"] > 0
+    assert [op["us"] for op in ops] == sorted((op["us"] for op in ops), reverse=True)
+    text = format_table(ops, "three matmuls")
+    assert text.startswith("three matmuls:") and "aten::mm" in text
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
+                    reason="no mpiexec on PATH (pip install mpich)")
+def test_run_with_profile_ops_records_and_reports_the_table(tmp_path, monkeypatch):
+    pytest.importorskip("mpi4py")
+    monkeypatch.setenv("LFM2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--samples", "4", "--batch", "2",
+                         "--ranks", "2", "--device", "cpu", "--profile-ops", "--out", str(tmp_path / "r"),
+                         "--run-id", "p"]) == 0
+    rec = json.loads(next((tmp_path / "r" / "p" / "records").glob("*.json")).read_text())
+    assert rec["valid"] is True and rec["samples"] == 4  # the profiled forward is not a timed sample
+    names = [op["name"] for op in rec["op_profile"]]
+    assert any(n.startswith("aten::") for n in names)
+    assert any("op profile: one forward of 2 samples" in n for n in rec["notes"])
+    assert harness_main(["report", str(tmp_path / "r" / "p")]) == 0
+    html = (tmp_path / "r" / "p" / "report.html").read_text()
+    assert "Where the time goes" in html and "aten::" in html
