@@ -21,23 +21,29 @@ __device__ void embedding_gather(const int* ids, const T* table, float* x, int H
 // fixed slot order, so it is deterministic). nadd = 0: norm only. h is rounded as HF does:
 // normalised value to T, then weight * that to T.
 // h32 (optional): the same normalised row in fp32, unrounded (the bf16 engine's fp32 router input).
+// Every load (x, the addends, w) is issued in the first pass and every store happens in the second:
+// before, a store to x between the loads (x and y may alias as far as the compiler knows) and w
+// loaded beside each h store serialised them, and the kernel took ~10 us per launch whatever the
+// row count (session 3's profile).
 template <typename T>
-__device__ void add_norm(float* x, const T* y, int nadd, const T* w, T* h, float* h32, int H, float eps)
+__device__ void add_norm(float* __restrict__ x, const T* __restrict__ y, int nadd, const T* __restrict__ w,
+                         T* __restrict__ h, float* __restrict__ h32, int H, float eps)
 {
     __shared__ float partial[32];
     const size_t row = blockIdx.x;
     float* xr = x + row * H;
-    float v[NORM_MAXV];
+    float v[NORM_MAXV], wv[NORM_MAXV];  // the row and the norm weight, loaded together up front
     float ss = 0.f;
 #pragma unroll
     for (int i = 0; i < NORM_MAXV; ++i) {
         int c = threadIdx.x + i * blockDim.x;
         v[i] = 0.f;
+        wv[i] = 0.f;
         if (c < H) {
+            wv[i] = to_f<T>(w[c]);
             float add = 0.f;
             for (int j = 0; j < nadd; ++j) add += to_f<T>(y[(row * nadd + j) * H + c]);
             float nx = xr[c] + add;
-            if (nadd) xr[c] = nx;
             v[i] = nx;
             ss += nx * nx;
         }
@@ -57,8 +63,9 @@ __device__ void add_norm(float* x, const T* y, int nadd, const T* w, T* h, float
     for (int i = 0; i < NORM_MAXV; ++i) {
         int c = threadIdx.x + i * blockDim.x;
         if (c < H) {
-            hr[c] = from_f<T>(to_f<T>(w[c]) * rnd<T>(v[i] * rstd));
-            if (h32) h32[row * H + c] = to_f<T>(w[c]) * (v[i] * rstd);
+            if (nadd) xr[c] = v[i];
+            hr[c] = from_f<T>(wv[i] * rnd<T>(v[i] * rstd));
+            if (h32) h32[row * H + c] = wv[i] * (v[i] * rstd);
         }
     }
 }
