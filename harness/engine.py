@@ -84,6 +84,11 @@ class Engine:
         from .op_profile import profile_ops
         return profile_ops(lambda: self.forward(tokens), on_gpu, self.synchronize)
 
+    def decode_greedy(self, tokens: np.ndarray) -> np.ndarray:
+        """One step that returns each sequence's argmax token (int32 [batch]) instead of its logits;
+        engines that can choose on the device override it (fewer bytes back per step)."""
+        return np.asarray(self.decode(tokens)).argmax(1).astype(np.int32)
+
     def synchronize(self) -> None:
         """Block until all device work this engine queued has finished (no-op on the CPU)."""
 

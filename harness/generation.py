@@ -35,10 +35,10 @@ def greedy_generate(engine, prompts: np.ndarray, max_new_tokens: int) -> Generat
     run.tokens[:, 0] = logits.argmax(1)
     for step in range(1, max_new_tokens):
         t = time.perf_counter()
-        logits = engine.decode(run.tokens[:, step - 1])
+        nxt = engine.decode_greedy(run.tokens[:, step - 1])  # greedy needs the ids, not the logits
         engine.synchronize()
         run.step_s.append(time.perf_counter() - t)
-        run.tokens[:, step] = logits.argmax(1)
+        run.tokens[:, step] = nxt
     return run
 
 

@@ -185,7 +185,7 @@ def time_decode(eng, cfg, B: int, steps: int, prompt_len: int = 16) -> dict:
     times = []
     for i in range(steps + 1):
         t = time.perf_counter()
-        nxt = eng.decode(nxt).argmax(1)
+        nxt = eng.decode_greedy(nxt)  # as the harness's greedy_generate: ids, not logits, come back
         if i:  # the first step runs eagerly and records the graph
             times.append(time.perf_counter() - t)
     med = statistics.median(times)

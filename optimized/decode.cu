@@ -256,3 +256,45 @@ extern "C" __global__ void advance_lengths(int* lengths, int B)
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b < B) lengths[b] += 1;
 }
+
+// ----- greedy choice on the device: ids[r] = argmax_c logits[r, c] ------------------------------------
+// One block per row (fp32 logits, any V). The lowest index wins ties, as numpy's argmax; NaN never
+// wins (a NaN row gives the first finite maximum, or 0). A greedy decode step then moves B ints to
+// the host instead of B x V floats (16.8 MB at batch 64, ~3.6 ms of the 10.9 ms step in session 3).
+#define ARGMAX_THREADS 1024
+__device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi)
+{
+    return v > bv || (v == bv && i < bi);
+}
+
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows(const float* logits, int* ids, int V)
+{
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* row = logits + (size_t)blockIdx.x * V;
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int c = threadIdx.x; c < V; c += blockDim.x) {
+        float v = row[c];
+        if (argmax_better(v, c, bv, bi)) { bv = v; bi = c; }  // NaN compares false: skipped
+    }
+    for (int off = 16; off; off >>= 1) {
+        float ov = __shfl_down_sync(0xffffffffu, bv, off);
+        int oi = __shfl_down_sync(0xffffffffu, bi, off);
+        if (argmax_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        const int nw = blockDim.x >> 5;
+        bv = lane < nw ? sv[lane] : -INFINITY;
+        bi = lane < nw ? si[lane] : 0x7fffffff;
+        for (int off = 16; off; off >>= 1) {
+            float ov = __shfl_down_sync(0xffffffffu, bv, off);
+            int oi = __shfl_down_sync(0xffffffffu, bi, off);
+            if (argmax_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+        }
+        if (lane == 0) ids[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+    }
+}

@@ -81,6 +81,8 @@ class DecodePlan:
         self.len_host = np.zeros(B, np.int64)  # the host's copy of lengths (checked before each step)
         self.part_o = torch.empty((B, nh, nsplit, hd), dtype=torch.float32, device=dev)
         self.part_ml = torch.empty((B, nh, nsplit, 2), dtype=torch.float32, device=dev)
+        self.next_ids = torch.empty(B, dtype=torch.int32, device=dev)  # each step's greedy choice
+        self.next_ids_host = torch.empty(B, dtype=torch.int32, pin_memory=True)
         self.active = False  # a prefill filled the caches
         self.graph = None
         self.capture_tried = False
@@ -119,7 +121,8 @@ class PrefillFill:
 
 def decode_body(eng, D: DecodePlan) -> None:
     """One decode step's device work, for the token ids already in D.work.ids: logits of every
-    sequence in D.work.logits_f32, caches extended by one position, lengths advanced."""
+    sequence in D.work.logits_f32 and their argmax in D.next_ids, caches extended by one position,
+    lengths advanced."""
     cfg, DK, P = eng.config, eng.DK, D.work
     nh, nkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.norm_eps
 
@@ -137,4 +140,5 @@ def decode_body(eng, D: DecodePlan) -> None:
 
     eng._layers(P, mix)
     eng._lm_head(P.h, P)
+    DK.argmax_rows(P.logits_f32, D.next_ids)
     DK.advance_lengths(D.lengths)

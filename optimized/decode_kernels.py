@@ -41,6 +41,7 @@ class DecodeKernels:
         self.k_attn = {hd: m.kernel(f"decode_attention_{sfx}_hd{hd}") for hd in DECODE_HEAD_DIMS}
         self.k_combine = m.kernel(f"decode_attention_combine_{sfx}")
         self.k_advance = m.kernel("advance_lengths")
+        self.k_argmax = m.kernel("argmax_rows")
 
     def _go(self, kernel, grid, block, args, **shapes):
         launch(kernel, grid, block, args, shapes=shapes or None, stream=self.stream)
@@ -118,6 +119,15 @@ class DecodeKernels:
         self._go(self.k_combine, ((warps * 32 + 255) // 256,), (256,),
                  (ptr(part_o), ptr(part_ml), ptr(lengths), ptr(o), i32(B), i32(nh), i32(hd), i32(Lmax), i32(nsplit)),
                  B=B, nh=nh, nsplit=nsplit)
+
+    def argmax_rows(self, logits, ids) -> None:
+        """ids[r] = argmax of fp32 logits[r, :] (lowest index on ties, as numpy), on the device."""
+        _dev(logits, torch.float32, "logits")
+        _dev(ids, torch.int32, "ids")
+        _need(logits.dim() == 2 and ids.numel() == logits.shape[0],
+              f"ids must hold one entry per row of logits {tuple(logits.shape)}, got {ids.numel()}")
+        B, V = logits.shape
+        self._go(self.k_argmax, (B,), (1024,), (ptr(logits), ptr(ids), i32(V)), B=B, V=V)
 
     def advance_lengths(self, lengths) -> None:
         _dev(lengths, torch.int32, "lengths")

@@ -335,6 +335,14 @@ class OptimizedEngine(Engine):
 
     def decode(self, tokens) -> np.ndarray:
         """One step: the next token of every sequence of the last prefill, int [B] -> float32 [B, V]."""
+        return self._decode_step(tokens, want_logits=True)
+
+    def decode_greedy(self, tokens) -> np.ndarray:
+        """One step that returns each sequence's argmax token id (int32 [B]), chosen on the GPU: B ints
+        cross PCIe instead of B x V logits."""
+        return self._decode_step(tokens, want_logits=False)
+
+    def _decode_step(self, tokens, want_logits: bool) -> np.ndarray:
         if self._closed:
             raise RuntimeError("this engine was closed; build a new one")
         D = self._dec
@@ -358,11 +366,12 @@ class OptimizedEngine(Engine):
                 decode_body(self, D)
                 if self.use_graphs and self.graph_error is None and not D.capture_tried:
                     self._capture_decode(D)  # records the next steps' launches; runs nothing now
-            P.logits_host.copy_(P.logits_f32, non_blocking=True)
+            out = P.logits_host if want_logits else D.next_ids_host
+            out.copy_(P.logits_f32 if want_logits else D.next_ids, non_blocking=True)
         self.stream.synchronize()
         D.len_host += 1
-        self._count_io(tokens.nbytes, P.logits_host.numel() * 4)
-        return P.logits_host.numpy().copy()
+        self._count_io(tokens.nbytes, out.numel() * out.element_size())
+        return out.numpy().copy()
 
     def _decode_kernels(self) -> DecodeKernels:
         if self.DK is None:

@@ -45,3 +45,19 @@ def test_engines_without_generation_say_so(ckpt):
     from harness.engine import Engine
     with pytest.raises(NotImplementedError, match="does not generate"):
         Engine(ckpt).prefill(np.zeros((1, 2), np.int32))
+
+
+def test_greedy_steps_ask_the_engine_for_ids_not_logits(ckpt):
+    """greedy_generate calls decode_greedy: the base class takes the argmax of decode's logits,
+    an engine that chooses on the device overrides it and never has to return logits."""
+    class DeviceChoice(ReferenceEngine):
+        def decode(self, tokens):
+            raise AssertionError("a greedy step must not fetch logits")
+
+        def decode_greedy(self, tokens):
+            return ReferenceEngine.decode(self, tokens).argmax(1).astype(np.int32)
+
+    prompts = synthetic_prompts(ckpt.config.vocab_size, 2, 3, seed=5)
+    via_ids = greedy_generate(DeviceChoice(ckpt, device="cpu"), prompts, max_new_tokens=5)
+    via_logits = greedy_generate(ReferenceEngine(ckpt, device="cpu"), prompts, max_new_tokens=5)
+    np.testing.assert_array_equal(via_ids.tokens, via_logits.tokens)

@@ -194,6 +194,17 @@ def test_advance_lengths(DK):
     assert lens.tolist() == [1, 6, 100]
 
 
+@pytest.mark.parametrize("B,V", [(1, 7), (3, 65536), (64, 1000), (2, 1025)])
+def test_argmax_rows_matches_numpy_with_ties(DK, B, V, rng):
+    logits = torch.as_tensor(rng.standard_normal((B, V)), dtype=torch.float32, device="cuda")
+    logits[0, V // 3] = logits[0, V - 1] = 50.0  # a tie: the lower index wins, as numpy's
+    if B > 1:
+        logits[1] = -float("inf")  # all equal: index 0
+    ids = device_ints([-1] * B)
+    run(lambda: DK.argmax_rows(logits, ids))
+    assert ids.tolist() == logits.cpu().numpy().argmax(1).tolist()
+
+
 # ----- the engine ---------------------------------------------------------------------------------------
 PRESETS = ["tiny", "tiny-top3", "small"]
 STEPS = 32
@@ -282,6 +293,21 @@ def test_decode_logits_equal_full_forward(fp32, ref, ckpt, case):
         tok = want.argmax(1).astype(np.int32)
         seqs = [np.append(s, t) for s, t in zip(seqs, tok)]
         got, want = fp32.decode(tok), ref.decode(tok)
+
+
+def test_decode_greedy_returns_the_argmax_of_decode(fp32, ckpt):
+    """The device-side choice equals numpy's argmax of the logits a plain decode returns, step by
+    step, graph replays included (the same generation run twice from one prefill)."""
+    prompts = synthetic_prompts(ckpt.config.vocab_size, 3, 5, seed=41)
+    tok = fp32.prefill(prompts).argmax(1).astype(np.int32)
+    want = []
+    for _ in range(6):
+        tok = fp32.decode(tok).argmax(1).astype(np.int32)
+        want.append(tok)
+    tok = fp32.prefill(prompts).argmax(1).astype(np.int32)
+    for step in range(6):
+        tok = fp32.decode_greedy(tok)
+        assert tok.dtype == np.int32 and tok.tolist() == want[step].tolist(), f"step {step}"
 
 
 def test_forward_between_decode_steps_leaves_the_generation_alone(fp32, ckpt):
