@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--answers", required=True, metavar="ANSWERS_BIN", help="the reference logits it was checked against")
     p.add_argument("--outputs", required=True, metavar="OUTPUTS_BIN",
                    help="the engine's logits (`run --outputs`); rows in sample order")
+    p.add_argument("--record", metavar="RECORD_JSON",
+                   help="the run's record (records/<variant>.json): its ran_indices say which samples the "
+                        "outputs' rows are when a time budget cut the run short (default: rows 0..n-1)")
     p.add_argument("--tol", type=float, default=1e-3, help="validation tolerance (default: %(default)g)")
     p.add_argument("--near-tie", type=float, default=DEFAULT_NEAR_TIE,
                    help="a router margin below this counts as a near-tie (default: %(default)g)")
@@ -53,6 +56,19 @@ def sample_margins(ckpt, tokens: np.ndarray, device: str) -> tuple[np.ndarray, n
     return flat.min(1), m[:, :, -1].min(1), at
 
 
+def _ran_indices(record_path: str, n: int) -> np.ndarray:
+    import json
+    from pathlib import Path
+    try:
+        ran = json.loads(Path(record_path).read_text()).get("ran_indices") or []
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--record {record_path}: not a readable run record ({e})") from None
+    if len(ran) != n:
+        raise UsageError(f"--record lists {len(ran)} samples that ran, the outputs hold {n}: give the record of "
+                         "the run that wrote them")
+    return np.asarray(ran, dtype=np.int64)
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -62,9 +78,11 @@ def main(args: argparse.Namespace) -> int:
     tokens, answers, outputs = read_inputs(args.data), read_logits(args.answers), read_logits(args.outputs)
     if len(outputs) > len(tokens) or answers.shape[0] < len(outputs):
         raise UsageError(f"outputs hold {len(outputs)} samples, inputs {len(tokens)}, answers {len(answers)}: "
-                        "give the files of one job")
+                         "give the files of one job")
     n = len(outputs)
-    v = validate(outputs, answers[:n], args.tol)
+    ran = _ran_indices(args.record, n) if args.record else np.arange(n)  # job sample of each output row
+    tokens, answers = tokens[ran], answers[ran]
+    v = validate(outputs, answers, args.tol)
     print(v)
     if v.valid:
         print("nothing to explain")
@@ -81,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
           f"{'last pos':>10}")
     for j, r in enumerate(rows):
         same = outputs[r].argmax() == answers[r].argmax()
-        print(f"{r:>7} {'INVALID' if r in v.invalid_rows else 'valid':>8} {err[j]:>9.2e} {'yes' if same else 'no':>5} "
+        print(f"{ran[r]:>7} {'INVALID' if r in v.invalid_rows else 'valid':>8} {err[j]:>9.2e} {'yes' if same else 'no':>5} "
               f"{low[j]:>11.2e} {f'{at[j][0]},{at[j][1]}':>12} {last[j]:>10.2e}")
     nb = len(bad)
     tied_bad = int((low[:nb] < args.near_tie).sum())

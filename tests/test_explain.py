@@ -83,3 +83,22 @@ def test_explain_refuses_files_of_different_jobs(tiny_job, capsys):
     write_logits(d / "long.bin", np.zeros((9, 4), np.float32))
     assert _explain(d, model, d / "long.bin") == 2
     assert "give the files of one job" in capsys.readouterr().err
+
+
+def test_explain_maps_rows_through_the_records_ran_indices(tiny_job, tmp_path, capsys):
+    """A budget-cut 2-rank run writes the samples that ran (e.g. 0, 1, 3, 4), not 0..n-1."""
+    import json
+    d, model = tiny_job
+    answers = read_logits(d / "answers.bin")
+    ran = [0, 1, 3, 4]
+    out = answers[ran].copy()
+    out[2] += 0.5  # job sample 3
+    write_logits(tmp_path / "cut.bin", out)
+    (tmp_path / "rec.json").write_text(json.dumps({"ran_indices": ran}))
+    assert _explain(d, model, tmp_path / "cut.bin", "--record", str(tmp_path / "rec.json"), "--near-tie", "1e-12") == 1
+    text = capsys.readouterr().out
+    assert "1 of 4 samples beyond tolerance" in text
+    assert any(line.split()[:2] == ["3", "INVALID"] for line in text.splitlines())
+    (tmp_path / "bad.json").write_text(json.dumps({"ran_indices": [0, 1]}))
+    assert _explain(d, model, tmp_path / "cut.bin", "--record", str(tmp_path / "bad.json")) == 2
+    assert "give the record of the run that wrote them" in capsys.readouterr().err
