@@ -32,7 +32,8 @@ EXTRA_COLUMNS = [
     "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample",
     "output_collective", "mpi_output_bytes", "load_mode", "load_bytes_read",
     "workload", "max_new_tokens", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s",
-    "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence", "invalid_samples", "error",
+    "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence", "invalid_samples",
+    "error",
 ]
 
 # Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
