@@ -5,25 +5,8 @@ import numpy as np
 import torch
 
 from .engine import Engine
-from .reference import WeightCache, _Weights, check_tokens, reference_logits
+from .reference import WeightCache, _Weights, check_prompts, check_tokens, reference_logits
 from .reference_generate import SequenceCache, _chunk
-
-
-def check_prompts(prompts, cfg) -> list[np.ndarray]:
-    """Prompts to generate from: an int [batch, prompt_len] array, or a list of 1-D int arrays of
-    any lengths >= 1 (a ragged batch). Checked like check_tokens; -> one int64 row per prompt."""
-    if isinstance(prompts, np.ndarray):
-        return list(check_tokens(prompts, cfg))
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be an int [batch, prompt_len] array or a non-empty list of 1-D int arrays, "
-                         f"got {type(prompts).__name__}")
-    rows = []
-    for i, p in enumerate(prompts):
-        p = np.asarray(p)
-        if p.ndim != 1 or p.size < 1:
-            raise ValueError(f"prompt {i} must be a 1-D array of at least one token id, got shape {p.shape}")
-        rows.append(check_tokens(p[None], cfg)[0])
-    return rows
 
 
 class ReferenceEngine(Engine):

@@ -214,9 +214,10 @@ def profile_forward(eng, cfg, B: int, S: int) -> list[dict]:
     """The forward's kernels (one eager run, the same launches the graph holds) by GPU time."""
     from harness.jobfiles import synthetic_prompts
     tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=7)
-    eng.forward(tokens)  # plan and buffers for this shape, ids uploaded
-    P = eng.plans[(B, S)]
-    return _kernel_table(lambda: eng._body(P), eng, f"{B}x{S} (eager, moe variant {P.moe_variant.name})")
+    from harness.op_profile import format_table
+    table = eng.profile(tokens)  # OptimizedEngine.profile: the eager launches the graph holds
+    print(format_table(table, f"profile {B}x{S} (eager, moe variant {eng.moe_variant_name(B * S)})"), flush=True)
+    return table
 
 
 def _kernel_table(work, eng, title: str) -> list[dict]:

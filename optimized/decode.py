@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.reference_engine import check_prompts
+from harness.reference import check_prompts
 
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, torch.float32: 4, torch.bfloat16: 2}
 

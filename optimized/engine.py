@@ -422,7 +422,7 @@ class OptimizedEngine(Engine):
             print(f"optimized: CUDA graph capture of the decode step failed, decoding eagerly: {self.graph_error}")
 
     def _count_io(self, h2d: int, d2h: int) -> None:
-        """One pinned upload of ids and one pinned download of logits."""
+        """One pinned upload of ids and one pinned download (logits, or greedy ids)."""
         c = self.counters
         c.h2d_bytes += h2d
         c.h2d_pinned_bytes += h2d
