@@ -121,6 +121,7 @@ class Kernels:
         modules = {m: load_module(HERE / f"{m}.cu", gpu) for m in ("moe_gemm", "moe_stream")}
         self.k_embed = ew.kernel(f"embedding_gather_{sfx}")
         self.k_add_norm = ew.kernel(f"add_norm_{sfx}")
+        self.k_add_norm_vec8 = ew.kernel(f"add_norm_vec8_{sfx}")
         self.k_silu_mul = ew.kernel(f"silu_mul_{sfx}")
         self.k_conv = ew.kernel(f"shortconv_{sfx}")
         self.k_rope = ew.kernel(f"qk_norm_rope_{sfx}")
@@ -162,8 +163,12 @@ class Kernels:
             _need(y.numel() >= rows * nadd * H, "y holds fewer than rows * nadd rows")
         if h32 is not None:
             _dev(h32, torch.float32, "h32")
-        self._go(self.k_add_norm, (rows,), (256,), (ptr(x), ptr(y if nadd else None), i32(nadd), ptr(w), ptr(h),
-                                                    ptr(h32), i32(H), f32(eps)), rows=rows, H=H, nadd=nadd)
+        # rows of 8 columns per thread, whole warps, at most 8 addends: the branch-free vector kernel
+        vec8 = (H % 256 == 0 and H <= 8 * 1024 and nadd <= 8
+                and all(t.data_ptr() % 16 == 0 for t in (x, y, w, h, h32) if t is not None))  # 16-byte vectors
+        kernel, threads = (self.k_add_norm_vec8, H // 8) if vec8 else (self.k_add_norm, 256)
+        self._go(kernel, (rows,), (threads,), (ptr(x), ptr(y if nadd else None), i32(nadd), ptr(w), ptr(h),
+                                               ptr(h32), i32(H), f32(eps)), rows=rows, H=H, nadd=nadd)
 
     # ----- mixers ------------------------------------------------------------------------------------
     def shortconv(self, bcx, conv_w, y, seq_len: int) -> None:

@@ -55,7 +55,9 @@ def test_embedding(K, n, V, H):
     assert torch.equal(x, table[ids.long()].float())
 
 
-@pytest.mark.parametrize("rows,H,nadd", [(1, 64, 0), (7, 96, 1), (33, 2048, 4), (5, 2048, 3)])
+# H = 64, 96 and nadd = 9 take the general kernel; H = 2048 with up to 8 addends the vector one
+@pytest.mark.parametrize("rows,H,nadd", [(1, 64, 0), (7, 96, 1), (3, 2048, 9), (1, 2048, 0), (1, 2048, 1),
+                                         (1, 2048, 4), (33, 2048, 4), (5, 2048, 3), (2, 4096, 8)])
 def test_add_norm(K, rows, H, nadd):
     x = rand(rows, H, dtype=torch.float32)
     y = rand(rows * max(nadd, 1), H, dtype=K.dtype)
