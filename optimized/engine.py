@@ -38,6 +38,8 @@ from a CUDA graph captured per decode plan (one batch size at a time).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import OrderedDict
 
 import numpy as np
@@ -54,6 +56,22 @@ from .weights import PackedWeights
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MAX_PLANS = 4  # (B, S) shapes whose buffers and graph are kept
+
+
+@contextlib.contextmanager
+def capturing(g: torch.cuda.CUDAGraph, stream):
+    """torch.cuda.graph with Python's garbage collector paused: a collection during the capture can
+    free an earlier engine's PyCUDA module, and its cuModuleUnload invalidates the capture (seen in
+    the GPU tests, one engine per test)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(g, stream=stream, capture_error_mode="thread_local"):
+            yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Plan:
@@ -259,7 +277,7 @@ class OptimizedEngine(Engine):
             return
         g = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(g, stream=self.tstream, capture_error_mode="thread_local"):
+            with capturing(g, self.tstream):
                 self._body(P)
             P.graph = g
         except Exception as e:  # keep a working (eager) engine and say why
@@ -414,7 +432,7 @@ class OptimizedEngine(Engine):
         D.capture_tried = True
         g = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(g, stream=self.tstream, capture_error_mode="thread_local"):
+            with capturing(g, self.tstream):
                 decode_body(self, D)
             D.graph = g
         except Exception as e:  # keep a working (eager) decode and say why
