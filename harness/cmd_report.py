@@ -9,10 +9,12 @@ EPILOG = """\
 examples:
   python -m harness report results/20261124-101500            # rebuild in place
   python -m harness report results/before results/after --out results/before-vs-after
+  python -m harness report results/phases0-3 results/phases4-5 --merge --out results/phases0-5
 
 With one run folder the files are rewritten inside it; with several, into --out (default:
 results/side-by-side-<timestamp>), one row per (run, variant) plus a tokens/s table with the runs
-as columns. The HTML is self-contained (embedded PNG plots, no network).
+as columns. --merge instead reads several runs as one comparison (speedups across them, per
+seq_len and rank count): for slow variants measured in separate calls. The HTML is self-contained (embedded PNG plots, no network).
 Kernel microbenchmarks live apart: pytest tests/bench --benchmark-compare-fail=mean:5%
 """
 
@@ -26,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<run-id> folder(s)")
     p.add_argument("--out", metavar="DIR", help="where to write (default: the run folder, or a new "
                    "side-by-side folder for several)")
+    p.add_argument("--merge", action="store_true", help="several runs are one comparison: speedup_vs_phase0 "
+                   "and speedup_vs_prev across them, per (seq_len, ranks); each engine once per group")
     p.set_defaults(func=main)
 
 
@@ -36,10 +40,13 @@ def main(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"no such run folder: {', '.join(missing)} (expected results/<run-id>)")
     out = args.out
+    if args.merge and len(args.run_dirs) < 2:
+        raise UsageError("--merge needs two or more run folders")
     if out is None and len(args.run_dirs) > 1:
-        out = Path(args.run_dirs[0]).parent / f"side-by-side-{time.strftime('%Y%m%d-%H%M%S')}"
+        kind = "merged" if args.merge else "side-by-side"
+        out = Path(args.run_dirs[0]).parent / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        csv_path, html_path, df = write_report(args.run_dirs, out)
+        csv_path, html_path, df = write_report(args.run_dirs, out, merge=args.merge)
     except ReportError as e:
         raise UsageError(str(e)) from None
     print(short_table(df))

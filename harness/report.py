@@ -8,7 +8,9 @@ versus ranks (when a variant ran at several rank counts next to 1 rank).
 Speedups are computed here, not in the worker, because they relate rows: within one
 (run_id, seq_len, ranks, batch) group, `speedup_vs_phase0` divides by phase 0's samples/s and
 `speedup_vs_prev` by the previous phase present (phases 0..5, then `optimized` after phase 5);
-the peers (`hf`, `reference`) get only the first. Failed variants get neither.
+the peers (`hf`, `reference`) get only the first. Failed variants get neither. With `merge`
+(several runs read as one comparison, e.g. slow phases measured in separate device calls) the
+group is (seq_len, ranks) across runs, and each engine may appear once per group.
 
 Kernel-level regressions are tracked apart from this report, by pytest-benchmark:
     pytest tests/bench --benchmark-save=NAME            # on the reference commit
@@ -28,6 +30,7 @@ import pandas as pd
 from .records import EXTRA_COLUMNS, SUMMARY_COLUMNS, VariantRecord
 
 GROUP = ["run_id", "seq_len", "ranks", "batch"]
+MERGED_GROUP = ["seq_len", "ranks"]  # --merge: one comparison across runs (and their batch sizes)
 OPTIMIZED_ORDER = 6  # `optimized` follows phase 5 in the speedup_vs_prev chain
 
 
@@ -55,15 +58,29 @@ def load_records(run_dirs: list[str | Path]) -> list[VariantRecord]:
     return records
 
 
-def records_frame(records: list[VariantRecord]) -> pd.DataFrame:
+def records_frame(records: list[VariantRecord], merge: bool = False) -> pd.DataFrame:
     df = pd.DataFrame([r.summary_row() for r in records], columns=SUMMARY_COLUMNS + EXTRA_COLUMNS)
     for c in ("phase", "batch_used"):  # whole numbers with gaps, not floats
         df[c] = df[c].astype("Int64")
-    df = add_speedups(df)
+    if merge:
+        _check_mergeable(df)
+    df = add_speedups(df, MERGED_GROUP if merge else GROUP)
     runs = {r: i for i, r in enumerate(dict.fromkeys(df["run_id"]))}  # the order the runs were given
     df["_run"] = df["run_id"].map(runs)
-    return df.sort_values(["_run", "seq_len", "ranks", "batch", "_order", "engine"],
-                          na_position="last", kind="stable").drop(columns=["_order", "_run"]).reset_index(drop=True)
+    order = ["seq_len", "ranks", "_order", "engine"] if merge else ["_run", "seq_len", "ranks", "batch", "_order", "engine"]
+    return df.sort_values(order, na_position="last", kind="stable").drop(columns=["_order", "_run"]).reset_index(drop=True)
+
+
+def _check_mergeable(df: pd.DataFrame) -> None:
+    """Merged runs form one comparison only if no engine ran twice at the same (seq_len, ranks)."""
+    key = ["engine", "dtype", "seq_len", "ranks", "workload"]
+    dup = df[df.duplicated(key, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        runs = ", ".join(dup[(dup[key] == first[key]).all(axis=1)]["run_id"].astype(str))
+        raise ReportError(f"--merge: {first['engine']} ({first['dtype']}) at seq_len {first['seq_len']} and "
+                          f"{first['ranks']} rank(s) is in more than one run ({runs}); merge runs that measured "
+                          "different variants, or report them side by side without --merge")
 
 
 def _order(engine: str, phase) -> float:
@@ -72,13 +89,13 @@ def _order(engine: str, phase) -> float:
     return float(OPTIMIZED_ORDER) if engine == "optimized" else np.nan
 
 
-def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
+def add_speedups(df: pd.DataFrame, group: list[str] = GROUP) -> pd.DataFrame:
     df = df.copy()
     df["_order"] = [_order(e, p) for e, p in zip(df["engine"], df["phase"])]
     ok = df["error"].isna() & df["samples_per_s"].notna()
     df["speedup_vs_phase0"] = np.nan
     df["speedup_vs_prev"] = np.nan
-    for _, g in df.groupby(GROUP, dropna=False):
+    for _, g in df.groupby(group, dropna=False):
         good = g[ok.loc[g.index]]
         base = good[good["_order"] == 0]["samples_per_s"]
         chain = good[good["_order"].notna()].sort_values("_order")
@@ -368,7 +385,7 @@ def op_profile_tables(records: list[VariantRecord], top: int = 10) -> list[tuple
     return out
 
 
-def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
+def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = False) -> str:
     runs = list(dict.fromkeys(df["run_id"]))
     order = {(r, v): i for i, (r, v) in enumerate(zip(df["run_id"], df["variant"]))}
     records = sorted(records, key=lambda rec: order.get((rec.run_id, rec.variant), len(order)))
@@ -425,7 +442,11 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord]) -> str:
                                          "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s", "decode_gbps",
                                          "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
                                          "valid"]) + "</div>")
-    if len(runs) > 1:
+    if merge:
+        parts.append(f"<p class='note'>Merged: the {len(runs)} runs above form one comparison (speedups "
+                     "across runs within each seq_len and rank count); each row's run and commit are in "
+                     "the table.</p>")
+    elif len(runs) > 1:
         parts.append("<h2>Runs side by side (tokens/s)</h2><div class='scroll'>" + _side_by_side(df) + "</div>")
 
     parts.append("<h2>Throughput</h2>" + _img(plot_throughput(df), "throughput per variant", ""))
@@ -476,17 +497,19 @@ def _side_by_side(df: pd.DataFrame) -> str:
     return pv.reset_index().map(_fmt).to_html(index=False, classes="summary", border=0, na_rep="")
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> tuple[Path, Path, pd.DataFrame]:
-    """Read the records of run_dirs, write out_dir/summary.csv and out_dir/report.html."""
+def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None,
+                 merge: bool = False) -> tuple[Path, Path, pd.DataFrame]:
+    """Read the records of run_dirs, write out_dir/summary.csv and out_dir/report.html; with merge
+    the runs are one comparison (see add_speedups)."""
     run_dirs = [Path(d) for d in run_dirs]
     out_dir = Path(out_dir) if out_dir else run_dirs[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(run_dirs)
-    df = records_frame(records)
+    df = records_frame(records, merge)
     csv_path = write_summary_csv(df, out_dir / "summary.csv")
     html_path = out_dir / "report.html"
     tmp = html_path.with_name(html_path.name + ".tmp")
-    tmp.write_text(render_html(df, records), encoding="utf-8")
+    tmp.write_text(render_html(df, records, merge), encoding="utf-8")
     tmp.replace(html_path)
     return csv_path, html_path, df
 
