@@ -164,20 +164,35 @@ class ExpertBatching:
         col_blocks = (H + ROW_BLOCK - 1) // ROW_BLOCK
         with nvtx.range("router"):
             d_idx, d_wts = self.route_dev(layer, d_h, rows)
-            d_row_pair, d_pair_row, counts = self.group_dev(d_idx, rows)
+            d_row_pair, d_pair_row, sizes = self.group_for_experts(d_idx, rows)
         d_out = self.dalloc(rows * H * F32, "moe output")  # below the grouped buffers on a stack workspace
         with nvtx.range("experts"):
             d_x = self.dalloc(pairs * H * F32, "expert inputs (grouped)")
             self._launch(self.k_gather_rows, (pairs, col_blocks), (ROW_BLOCK,),
                          (d_h, d_row_pair, d_x, np.int32(pairs), np.int32(H), np.int32(k)), {"x": (pairs, H)})
-            d_y = self.experts_dev(layer, d_x, counts)
+            d_y = self.run_experts(layer, d_x, sizes, rows)
         with nvtx.range("combine"):
             self._launch(self.k_combine_slots, (rows, col_blocks), (ROW_BLOCK,),
                          (d_y, d_pair_row, d_wts, d_out, np.int32(rows), np.int32(H), np.int32(k)),
                          {"y": (pairs, H), "out": (rows, H)})
         for d in (d_y, d_x, d_pair_row, d_row_pair, d_wts, d_idx):  # newest first
             self.dfree(d)
+        self.release_sizes(sizes)
         return d_out
+
+    # How moe_dev learns each expert's row count. Here: counts on the host (group_dev's one small
+    # copy per layer), which size each expert's GEMMs. Phase 4 keeps them on the device instead
+    # (phases/phase4/device_moe.py); phase 5's expert-parallel path keeps calling group_dev and
+    # experts_dev, since its MPI exchange needs the counts on the host anyway.
+    def group_for_experts(self, d_idx, rows: int):
+        """-> (d_row_pair, d_pair_row, sizes): group_dev's, sizes = the host counts."""
+        return self.group_dev(d_idx, rows)
+
+    def run_experts(self, layer: int, d_x, sizes, rows: int):
+        return self.experts_dev(layer, d_x, sizes)
+
+    def release_sizes(self, sizes) -> None:
+        """Host counts: nothing to free."""
 
     # ----- host wrappers (what the baseline's layer() calls) ----------------------------------------
     def route(self, layer: int, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,8 @@
 //   row_pair[r] the pair that grouped row r holds
 //   pair_row[p] the grouped row of pair p
 
+#include "silu_mul.cuh"
+
 #define MAX_TOPK 16  // = engine MAX_TOPK; k is checked on the host
 #define WARP 32
 
@@ -139,11 +141,8 @@ extern "C" __global__ void gather_rows(const float* h, const int* row_pair, floa
 extern "C" __global__ void silu_mul(float* gate, const float* up, int n)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        float g = gate[i];
-        float act = g / (1.0f + expf(-g));
-        gate[i] = __fmul_rn(act, up[i]);
-    }
+    if (i < n)
+        gate[i] = silu_mul_value(gate[i], up[i]);
 }
 
 // out[t, :] = sum over slots j = 0..k-1, in slot order, of wts[t*k+j] * y_grouped[pair_row[t*k+j], :].

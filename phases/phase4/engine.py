@@ -9,9 +9,11 @@
 | inputs / logits     | synchronous pageable copies                  | pinned buffers, a copy stream: the next sample's|
 |                     |                                              | ids go up and the last one's logits come down  |
 |                     |                                              | while the current sample computes              |
-The layer math is phases 1-3's device functions, unchanged: norm_dev, attention_dev, conv_dev,
-moe_dev, embedding_gather. Samples still run one per model forward (batching is phase 5), so
-max_batch only sets how many samples one call pipelines.
+| expert row counts   | downloaded per MoE layer to size the GEMMs   | offsets on the device, every expert launched,  |
+|                     |                                              | idle blocks return (device_moe.py)             |
+The layer math is phases 1-3's device functions: norm_dev, attention_dev, conv_dev, moe_dev (its
+expert GEMMs now sized on the device, same arithmetic), embedding_gather. Samples still run one per
+model forward (batching is phase 5), so max_batch only sets how many samples one call pipelines.
 """
 from __future__ import annotations
 
@@ -27,10 +29,13 @@ from phases.phase3.engine import Phase3Engine
 
 from harness.gpu.timeline import StreamTimeline, overlap_fraction
 
+from .device_moe import DeviceSizedExperts
 from .resident import ResidentWeights
 from .workspace import Workspace
 
 KERNELS = Path(__file__).with_name("kernels.cu")
+# kernels.cu includes the baseline's GEMM tile and phase 2's silu_mul: their folders key the cubin cache too
+KERNEL_INCLUDES = (Path(__file__).parents[2] / "baseline", Path(__file__).parents[1] / "phase2")
 F32 = I32 = 4
 BLOCK = 256
 HEADROOM = 2 << 30  # bytes of device memory left free when deciding what stays resident
@@ -48,7 +53,7 @@ class ResidentShape:
         raise RuntimeError(f"{self.name} is resident on the GPU; use device_weight(), not its host values")
 
 
-class Phase4Engine(Phase3Engine):
+class Phase4Engine(DeviceSizedExperts, Phase3Engine):
     name = "phase4"
     phase = 4
     sync_launches = False  # copies overlap compute now; LFM2_SYNC_LAUNCHES=1 still checks each launch
@@ -63,7 +68,9 @@ class Phase4Engine(Phase3Engine):
         cuda = self.transfers.cuda
         self.stream = cuda.Stream()  # every kernel of the forward
         self.copy_stream = cuda.Stream()  # ids up, logits down
-        self.k_add_inplace = load_module(KERNELS, self.gpu).kernel("add_inplace")
+        module = load_module(KERNELS, self.gpu, include_dirs=KERNEL_INCLUDES)
+        self.k_add_inplace = module.kernel("add_inplace")
+        self.setup_device_sized_experts(module)
         self._io = None  # pinned host + device buffers for ids and logits, sized on first use
         # timeline=True: CUDA events around each upload, sample and download of the last forward
         # call (counters.extra["timeline"]), the evidence that copies overlap kernels.
