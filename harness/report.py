@@ -72,7 +72,12 @@ def records_frame(records: list[VariantRecord], merge: bool = False) -> pd.DataF
 
 
 def _check_mergeable(df: pd.DataFrame) -> None:
-    """Merged runs form one comparison only if no engine ran twice at the same (seq_len, ranks)."""
+    """Merged runs form one comparison only on one model, and if no engine ran twice at the same
+    (seq_len, ranks) (not even at two batch sizes: which would phase 0 be divided by?)."""
+    models = sorted(df["model"].dropna().astype(str).unique())
+    if len(models) > 1:
+        raise ReportError(f"--merge: the runs measured different models ({'; '.join(models)}); speedups "
+                          "across them mean nothing: report them side by side without --merge")
     key = ["engine", "dtype", "seq_len", "ranks", "workload"]
     dup = df[df.duplicated(key, keep=False)]
     if not dup.empty:

@@ -9,12 +9,12 @@ from harness.__main__ import main as harness_main
 from harness.records import VariantRecord
 
 
-def _run(folder, run_id, rows):
+def _run(folder, run_id, rows, model="synthetic lfm2-8b-a1b (seed 0)"):
     """A run folder holding one record per (engine, phase, ranks, batch, samples/s)."""
     for engine, phase, ranks, batch, sps in rows:
         rec = VariantRecord(engine=engine, phase=phase, dtype="fp32", ranks=ranks, seq_len=16, batch=batch,
                             samples=batch, samples_per_s=sps, tokens_per_s=16 * sps, valid=True, run_id=run_id,
-                            variant=f"{engine}-s16-r{ranks}-b{batch}", workload="prefill")
+                            variant=f"{engine}-s16-r{ranks}-b{batch}", workload="prefill", model=model)
         rec.write(folder / "records" / f"{rec.variant}.json")
     return folder
 
@@ -54,3 +54,9 @@ def test_merge_refuses_a_variant_measured_twice(two_runs, tmp_path, capsys):
     assert "phase1" in err and "slow, again" in err
     assert harness_main(["report", str(two_runs[0]), "--merge"]) == 2
     assert "two or more run folders" in capsys.readouterr().err
+
+
+def test_merge_refuses_runs_of_different_models(two_runs, tmp_path, capsys):
+    small = _run(tmp_path / "small", "small", [("phase2", 2, 1, 1, 3.0)], model="synthetic small (seed 0)")
+    assert harness_main(["report", str(two_runs[0]), str(small), "--merge", "--out", str(tmp_path / "m")]) == 2
+    assert "different models" in capsys.readouterr().err
