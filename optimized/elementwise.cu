@@ -3,6 +3,7 @@
 // sort of (token, slot) pairs by expert. Storage type T = float or bf16, math in float; where
 // HF rounds to bf16 between ops (model.md 2.10) we round the same way (rnd<T>, identity in fp32).
 #include "common.cuh"
+#include "route.cuh"
 
 #define NORM_MAXV 16  // values per thread kept in registers by add_norm: H <= 16 * blockDim
 
@@ -205,48 +206,15 @@ __device__ void qk_norm_rope(const T* qkv, const T* qw, const T* kw, T* q, T* k,
     norm_rope_head<T>(src, w, dst, hd, eps, theta, s, lane);
 }
 
-// ----- routing: sigmoid, top-k on sigmoid + expert_bias (fp32), renormalised weights ---------------
-// One warp per token; lane e holds experts e and e + 32 (E <= 64). Ties go to the lower expert id.
-// In bf16 the sigmoid is rounded to bf16 as HF does; the biased scores and top-k are fp32.
+// ----- routing: one warp per token (route_token in route.cuh) --------------------------------------
 template <typename T>
 __device__ void route(const T* logits, const float* bias, int ntok, int E, int k, int norm_topk,
                       float scale, int* idx, float* wts)
 {
     const int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (t >= ntok) return;
-    float s[2], score[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        int e = lane + 32 * i;
-        s[i] = 0.f;
-        score[i] = -INFINITY;
-        if (e < E) {
-            s[i] = rnd<T>(1.0f / (1.0f + expf(-to_f<T>(logits[(size_t)t * E + e]))));
-            score[i] = s[i] + bias[e];
-        }
-    }
-    float chosen_w = 0.f, total = 0.f;  // lane j < k keeps slot j's weight
-    int chosen_e = 0;
-    for (int j = 0; j < k; ++j) {
-        float best = score[0];
-        int be = lane;
-        if (score[1] > best) { best = score[1]; be = lane + 32; }
-#pragma unroll
-        for (int o = 16; o; o >>= 1) {
-            float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (ob > best || (ob == best && oe < be)) { best = ob; be = oe; }
-        }
-        float w = __shfl_sync(0xffffffffu, be < 32 ? s[0] : s[1], be & 31);
-        if (lane == (be & 31)) score[be >> 5] = -INFINITY;
-        total += w;
-        if (lane == j) { chosen_w = w; chosen_e = be; }
-    }
-    if (lane < k) {
-        float w = norm_topk ? chosen_w / (total + 1e-6f) : chosen_w;
-        idx[(size_t)t * k + lane] = chosen_e;
-        wts[(size_t)t * k + lane] = w * scale;
-    }
+    route_token<T>(logits + (size_t)t * E, bias, E, k, norm_topk, scale, idx + (size_t)t * k, wts + (size_t)t * k,
+                   lane);
 }
 
 // ----- sort (token, slot) pairs by expert, and the grouped GEMM's tile table -----------------------

@@ -19,6 +19,11 @@ forward replayed from a CUDA graph per (B, S).
 |                            | 128-row tiles for large ones (kernels.moe_variant_for)                |
 | LM head                    | last position of each sequence only (cuBLAS)                          |
 
+At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head are weight-
+streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV,
+no sort), and up to 64 tokens the router GEMM and routing are one launch (router_topk); option
+gemv=False keeps cuBLAS and the grouped GEMM there (for comparison).
+
 cuBLAS (torch.mm) does the plain dense GEMMs; in fp32 with TF32 off, in bf16 with fp32
 accumulation (reduced-precision reductions off). The residual stream stays fp32 in both dtypes
 (HF keeps it bf16: a deliberate, more accurate difference). The engine's stream is a PyCUDA
@@ -27,7 +32,7 @@ into one torch.cuda.CUDAGraph. Options: dtype "bf16" (default) | "fp32", max_bat
 max_tokens per internal forward (default 16384; larger calls are split by sequences),
 graphs (default True), moe_variant (default None: chosen by token count; or a name from
 kernels.MOE_VARIANTS, for every shape), max_len (default 4096: cache positions per sequence
-for generation).
+for generation), gemv (default True: the small-batch kernels above).
 
 Generation (issue 12, optimized/decode.py): `prefill(prompts)` runs this forward body over the
 prompts (an int [B, S] array, or a list of 1-D prompts of different lengths, right-padded) and
@@ -51,6 +56,7 @@ from harness.reference import check_tokens
 
 from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompts
 from .decode_kernels import DecodeKernels, attention_splits
+from .gemv import GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
 from .weights import PackedWeights
 
@@ -118,7 +124,7 @@ class OptimizedEngine(Engine):
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", max_batch: int = 256, max_tokens: int = 16384,
                  graphs: bool = True, progress: bool = True, moe_variant: str | None = None, max_len: int = 4096,
-                 **options):
+                 gemv: bool = True, **options):
         super().__init__(checkpoint, device, **options)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported by the optimized engine; choose bf16 or fp32")
@@ -127,6 +133,7 @@ class OptimizedEngine(Engine):
         self.dtype, self.tdtype = dtype, DTYPES[dtype]
         self.max_batch, self.max_tokens, self.use_graphs = int(max_batch), int(max_tokens), bool(graphs)
         self.max_len = int(max_len)
+        self.use_gemv = bool(gemv)
         self._closed = False
         self.DK: DecodeKernels | None = None  # compiled at the first prefill
         self._dec: DecodePlan | None = None  # the current generation's caches
@@ -140,6 +147,7 @@ class OptimizedEngine(Engine):
         self.stream = self.gpu.cuda.Stream()
         self.tstream = torch.cuda.ExternalStream(self.stream.handle, device=self.tdev)
         self.K = Kernels(self.gpu, self.tdtype, self.stream)
+        self.G = GemvKernels(self.gpu, self.tdtype, self.stream)
         self.forced_moe_variant = None
         self.set_moe_variant(moe_variant)
         self.W = PackedWeights(checkpoint, self.tdtype, self.tdev, self.counters, progress)
@@ -166,7 +174,15 @@ class OptimizedEngine(Engine):
 
     # ----- the forward's device work (captured into a graph) ----------------------------------------
     def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-        torch.mm(a, w.t(), out=out)
+        if self.use_gemv and self.G.takes(a, w, out):
+            self.G.gemv(a, w, out)
+        else:
+            torch.mm(a, w.t(), out=out)
+
+    def _moe_gemv(self, P: Plan) -> bool:
+        """The MoE of P runs as one GEMV per (token, expert) pair (no sort; a forced grouped GEMM
+        variant wins)."""
+        return self.use_gemv and self.forced_moe_variant is None and P.npairs <= MOE_GEMV_MAX_PAIRS
 
     def _body(self, P: Plan, fill=None) -> None:
         """The forward of P's [B, S] token ids -> last-position logits. With `fill` (a
@@ -218,22 +234,35 @@ class OptimizedEngine(Engine):
         moe = cfg.is_moe(i)
         K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
         if moe:
-            self._mm(P.h32, L["gate"], P.router)
-            K.route(P.router, L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
+            if self.use_gemv and T <= ROUTER_MAX_TOKENS:
+                self.G.router_topk(P.h32, L["gate"], L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor,
+                                   P.idx, P.wts)
+            else:
+                self._mm(P.h32, L["gate"], P.router)
+                K.route(P.router, L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
+            if self._moe_gemv(P):
+                self.G.moe_gateup(P.h, L["w13"], P.act, P.idx, k)
+                self.G.moe_down(P.act, L["w2"], P.y, P.idx, P.wts)
+                return k
             v = P.moe_variant.name
             K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles, variant=v)
             K.moe_gateup(P.h, L["w13"], P.act, P.sorted_pair, P.tiles, P.num_tiles, P.npairs, k, variant=v)
             K.moe_down(P.act, L["w2"], P.y, P.sorted_pair, P.tiles, P.num_tiles, P.wts, P.npairs, variant=v)
             return k
-        self._mm(P.h, L["w13"], P.gu)
-        K.silu_mul(P.gu, P.act_dense)
+        if self.use_gemv and T <= GEMV_MAX_TOKENS:  # gate/up GEMV with SiLU*up in its epilogue
+            self.G.moe_gateup(P.h, L["w13"][None], P.act_dense, None, 1)
+        else:
+            self._mm(P.h, L["w13"], P.gu)
+            K.silu_mul(P.gu, P.act_dense)
         self._mm(P.act_dense, L["w2"], P.y[:T])
         return 1
 
     def _lm_head(self, rows: torch.Tensor, P: Plan) -> None:
         """Tied LM head on the final-normed `rows` [B, H] -> P.logits_f32 [B, V]."""
         W = self.W
-        if self.head_out_fp32 and P.logits_f32 is not P.logits:
+        if self.use_gemv and self.G.takes(rows, W.embed, P.logits_f32):  # fp32 logits straight from the GEMV
+            self.G.gemv(rows, W.embed, P.logits_f32)
+        elif self.head_out_fp32 and P.logits_f32 is not P.logits:
             torch.mm(rows, W.embed.t(), out_dtype=torch.float32, out=P.logits_f32)
         else:
             self._mm(rows, W.embed, P.logits)

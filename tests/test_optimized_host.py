@@ -33,3 +33,17 @@ def test_unknown_dtype_is_refused_before_any_gpu_work(tiny_ckpt):
     from optimized.engine import OptimizedEngine
     with pytest.raises(ValueError, match="bf16 or fp32"):
         OptimizedEngine(tiny_ckpt, device=0, dtype="fp16")
+
+
+def test_gemv_constants_match_the_kernel_source():
+    """gemv.py sizes grids from these; gemv.cu's #defines must say the same."""
+    import re
+    from pathlib import Path
+
+    from optimized import gemv
+    src = (Path(gemv.__file__).parent / "gemv.cu").read_text()
+    defines = {m[0]: int(m[1]) for m in re.findall(r"#define (\w+) (\d+)", src)}
+    assert defines["GV_MAXB"] == gemv.GEMV_MAX_TOKENS
+    assert defines["GV_WARPS"] == gemv.GEMV_WARPS
+    assert defines["RT_THREADS"] == gemv.ROUTER_THREADS
+    assert gemv.MOE_GEMV_MAX_PAIRS <= 65535 and gemv.ROUTER_MAX_TOKENS >= gemv.GEMV_MAX_TOKENS

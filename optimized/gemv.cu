@@ -1,0 +1,173 @@
+// Weight-streaming GEMV for a handful of tokens (decode at batch 1-4, issue 12).
+//
+// With 1-4 tokens every projection is y[b, n] = W[n, :] . x[b, :] and the only cost that matters
+// is reading W from HBM once, at ~3 TB/s if enough bytes are in flight on every SM. The session-4
+// profile of a batch-1 decode step measured cuBLAS's small-M kernels at ~1.8 TB/s on the mixers
+// and the grouped MoE GEMM (16-row tiles made for 16+ tokens) at ~2.2 TB/s: its 224 / 128 blocks
+// of 256 KB each fill 132 SMs unevenly. Here one warp owns one output column (one weight row, two
+// for gate and up): every lane issues GV_U 16-byte loads per row before its first FMA, and a block
+// is only GV_WARPS columns, so thousands of small blocks spread evenly over the SMs.
+//
+// Kernels (T = bf16 or float storage; products and sums in fp32, one rounding to T per output,
+// as cuBLAS and the grouped GEMM's epilogues in moe_stream.cu do):
+//   gemv_<sfx>(x, ldx, W, y, ldy, N, K, nb)        y[b, n] = W[n] . x[b] for b < nb <= GV_MAXB;
+//   gemv_bf16_f32out(...)                          the same with fp32 y (the LM head's logits);
+//   moe_gemv_gateup_<sfx>(h, w13, act, idx, topk, N, K)
+//       pair p = blockIdx.y of token t = p / topk and expert e = idx[p] (idx null: e = 0, the dense
+//       FFN): act[p, n] = silu(w13[e, n] . h[t]) * (w13[e, N + n] . h[t]), w13 [E, 2N, K];
+//   moe_gemv_down_<sfx>(act, w2, ys, idx, wts, N, K)   ys[p, n] = wts[p] * (w2[e, n] . act[p]);
+//   router_topk(h32, gate, bias, H, E, k, norm_topk, scale, idx, wts)
+//       one block per token: the E fp32 router logits into shared memory, then route_token's
+//       biased top-k, replacing a cuBLAS GEMV (2 launches) and the route launch.
+// Every row (W, x, act, h) must start 16-byte aligned with K a multiple of 16 / sizeof(T): the
+// launchers in gemv.py check it.
+#include "common.cuh"
+#include "route.cuh"
+
+#define GV_WARPS 8   // output columns (warps) per block
+#define GV_U 8       // 16-byte chunks of one weight row each lane has in flight
+#define GV_MAXB 4    // most tokens of one gemv launch
+#define RT_THREADS 512
+
+// acc += w . x over one 16-byte chunk of each
+__device__ __forceinline__ void dot16(float& acc, const uint4& w, const uint4& x, bf16)
+{
+    const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
+    const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 a = __bfloat1622float2(wp[i]), b = __bfloat1622float2(xp[i]);
+        acc = fmaf(a.x, b.x, acc);
+        acc = fmaf(a.y, b.y, acc);
+    }
+}
+__device__ __forceinline__ void dot16(float& acc, const uint4& w, const uint4& x, float)
+{
+    acc = fmaf(__uint_as_float(w.x), __uint_as_float(x.x), acc);
+    acc = fmaf(__uint_as_float(w.y), __uint_as_float(x.y), acc);
+    acc = fmaf(__uint_as_float(w.z), __uint_as_float(x.z), acc);
+    acc = fmaf(__uint_as_float(w.w), __uint_as_float(x.w), acc);
+}
+
+// acc[r][b] += (this lane's share of) w[r] . x[b], the warp's lanes splitting K in 16-byte chunks
+// (lane l takes chunks l, l + 32, ...); the caller reduces over the warp. All R * GV_U weight loads
+// of a pass are issued before the first FMA. STREAM: weights read once (evict-first loads); else
+// kept in cache (the router's, read by every token's block). x rows come through L1 (every warp
+// of the block reads the same ones).
+template <typename T, int R, int NB, bool STREAM>
+__device__ __forceinline__ void dot_rows(const T* const (&w)[R], const T* x, size_t ldx, int K, int lane,
+                                         float (&acc)[R][NB])
+{
+    constexpr int CH = 16 / sizeof(T);  // elements per chunk
+    const int nch = K / CH;
+    for (int base = 0; base < nch; base += 32 * GV_U) {
+        uint4 wc[R][GV_U];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int u = 0; u < GV_U; ++u) {
+                const int c = base + u * 32 + lane;
+                const uint4* src = reinterpret_cast<const uint4*>(w[r]) + (c < nch ? c : 0);
+                const uint4 v = STREAM ? __ldcs(src) : __ldg(src);
+                wc[r][u] = c < nch ? v : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < GV_U; ++u) {
+            const int c = base + u * 32 + lane;
+            if (c < nch) {
+#pragma unroll
+                for (int b = 0; b < NB; ++b) {
+                    const uint4 xc = __ldg(reinterpret_cast<const uint4*>(x + b * ldx) + c);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) dot16(acc[r][b], wc[r][u], xc, T());
+                }
+            }
+        }
+    }
+}
+
+template <typename T, typename O, int NB>
+__device__ void gemv(const T* x, int ldx, const T* W, O* y, int ldy, int N, int K)
+{
+    const int lane = threadIdx.x & 31, n = blockIdx.x * GV_WARPS + (threadIdx.x >> 5);
+    if (n >= N) return;
+    const T* w[1] = {W + (size_t)n * K};
+    float acc[1][NB] = {};
+    dot_rows<T, 1, NB, true>(w, x, ldx, K, lane, acc);
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        const float s = warp_sum(acc[0][b]);
+        if (lane == 0) y[(size_t)b * ldy + n] = from_f<O>(s);
+    }
+}
+
+template <typename T>
+__device__ void moe_gemv_gateup(const T* h, const T* w13, T* act, const int* idx, int topk, int N, int K)
+{
+    const int lane = threadIdx.x & 31, n = blockIdx.x * GV_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
+    if (n >= N) return;
+    const T* We = w13 + (size_t)(idx ? idx[p] : 0) * 2 * N * K;
+    const T* w[2] = {We + (size_t)n * K, We + (size_t)(N + n) * K};
+    float acc[2][1] = {};
+    dot_rows<T, 2, 1, true>(w, h + (size_t)(p / topk) * K, K, K, lane, acc);
+    const float g = warp_sum(acc[0][0]), u = warp_sum(acc[1][0]);
+    if (lane == 0) act[(size_t)p * N + n] = from_f<T>(rnd<T>(rnd<T>(silu_f(rnd<T>(g))) * rnd<T>(u)));
+}
+
+template <typename T>
+__device__ void moe_gemv_down(const T* act, const T* w2, T* ys, const int* idx, const float* wts, int N, int K)
+{
+    const int lane = threadIdx.x & 31, n = blockIdx.x * GV_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
+    if (n >= N) return;
+    const T* w[1] = {w2 + ((size_t)idx[p] * N + n) * K};
+    float acc[1][1] = {};
+    dot_rows<T, 1, 1, true>(w, act + (size_t)p * K, K, K, lane, acc);
+    const float s = warp_sum(acc[0][0]);
+    if (lane == 0) ys[(size_t)p * N + n] = from_f<T>(rnd<T>(s) * rnd<T>(wts[p]));
+}
+
+// ----- unmangled instantiations ---------------------------------------------------------------------
+#define GEMV_KERNEL(NAME, T, O)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
+        NAME(const T* x, int ldx, const T* W, O* y, int ldy, int N, int K, int nb)                              \
+    {                                                                                                           \
+        switch (nb) { /* uniform per launch; the host keeps 1 <= nb <= GV_MAXB */                              \
+        case 1: gemv<T, O, 1>(x, ldx, W, y, ldy, N, K); break;                                                  \
+        case 2: gemv<T, O, 2>(x, ldx, W, y, ldy, N, K); break;                                                  \
+        case 3: gemv<T, O, 3>(x, ldx, W, y, ldy, N, K); break;                                                  \
+        case 4: gemv<T, O, 4>(x, ldx, W, y, ldy, N, K); break;                                                  \
+        }                                                                                                       \
+    }
+
+#define MOE_GEMV_KERNELS(SUF, T)                                                                                \
+    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
+        moe_gemv_gateup_##SUF(const T* h, const T* w13, T* act, const int* idx, int topk, int N, int K)         \
+    { moe_gemv_gateup<T>(h, w13, act, idx, topk, N, K); }                                                       \
+    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
+        moe_gemv_down_##SUF(const T* act, const T* w2, T* ys, const int* idx, const float* wts, int N, int K)   \
+    { moe_gemv_down<T>(act, w2, ys, idx, wts, N, K); }
+
+GEMV_KERNEL(gemv_bf16, bf16, bf16)
+GEMV_KERNEL(gemv_bf16_f32out, bf16, float)
+GEMV_KERNEL(gemv_f32, float, float)
+MOE_GEMV_KERNELS(bf16, bf16)
+MOE_GEMV_KERNELS(f32, float)
+
+// h32 [ntok, H] fp32 (add_norm's unrounded copy), gate [E, H] fp32, E <= 64; grid = ntok blocks.
+extern "C" __global__ void __launch_bounds__(RT_THREADS)
+    router_topk(const float* h32, const float* gate, const float* bias, int H, int E, int k, int norm_topk,
+                float scale, int* idx, float* wts)
+{
+    __shared__ float logits[64];
+    const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int e = warp; e < E; e += RT_THREADS / 32) {
+        const float* w[1] = {gate + (size_t)e * H};
+        float acc[1][1] = {};
+        dot_rows<float, 1, 1, false>(w, h32 + (size_t)t * H, H, H, lane, acc);
+        const float s = warp_sum(acc[0][0]);
+        if (lane == 0) logits[e] = s;
+    }
+    __syncthreads();
+    if (warp == 0)
+        route_token<float>(logits, bias, E, k, norm_topk, scale, idx + (size_t)t * k, wts + (size_t)t * k, lane);
+}

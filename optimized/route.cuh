@@ -1,0 +1,47 @@
+// Routing of one token (model.md 2.6): sigmoid of the router logits, top-k on sigmoid + expert_bias
+// (fp32), the chosen sigmoids renormalised and scaled. Shared by elementwise.cu's route (logits
+// from a GEMM) and gemv.cu's router_topk (logits computed in the same block), so both choose alike.
+#pragma once
+#include "common.cuh"
+
+// One warp; lane e holds experts e and e + 32 (E <= 64). Ties go to the lower expert id. With
+// T = bf16 the sigmoid is rounded to bf16 as HF does; the biased scores and top-k are fp32.
+// row_logits [E] of this token; writes idx_row[k], wts_row[k].
+template <typename T>
+__device__ void route_token(const T* row_logits, const float* bias, int E, int k, int norm_topk, float scale,
+                            int* idx_row, float* wts_row, int lane)
+{
+    float s[2], score[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        int e = lane + 32 * i;
+        s[i] = 0.f;
+        score[i] = -INFINITY;
+        if (e < E) {
+            s[i] = rnd<T>(1.0f / (1.0f + expf(-to_f<T>(row_logits[e]))));
+            score[i] = s[i] + bias[e];
+        }
+    }
+    float chosen_w = 0.f, total = 0.f;  // lane j < k keeps slot j's weight
+    int chosen_e = 0;
+    for (int j = 0; j < k; ++j) {
+        float best = score[0];
+        int be = lane;
+        if (score[1] > best) { best = score[1]; be = lane + 32; }
+#pragma unroll
+        for (int o = 16; o; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (ob > best || (ob == best && oe < be)) { best = ob; be = oe; }
+        }
+        float w = __shfl_sync(0xffffffffu, be < 32 ? s[0] : s[1], be & 31);
+        if (lane == (be & 31)) score[be >> 5] = -INFINITY;
+        total += w;
+        if (lane == j) { chosen_w = w; chosen_e = be; }
+    }
+    if (lane < k) {
+        float w = norm_topk ? chosen_w / (total + 1e-6f) : chosen_w;
+        idx_row[lane] = chosen_e;
+        wts_row[lane] = w * scale;
+    }
+}

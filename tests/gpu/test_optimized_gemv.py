@@ -1,0 +1,150 @@
+"""The small-batch GEMV kernels (optimized/gemv.cu) against float64 torch on random inputs, outputs
+poisoned with NaN first, both storage dtypes: dense GEMV for 1-4 rows (strided rows as the LM
+head's last positions, fp32 output), the per-pair MoE gate/up and down, the dense FFN's gate/up
+(no idx), and the fused router + top-k; then the engine with and without them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness.jobfiles import synthetic_prompts
+from test_optimized_kernels import DTYPES, close, poisoned, rand  # tests/gpu is on sys.path (no __init__.py)
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module", params=list(DTYPES))
+def G(gpu, request):
+    from optimized.gemv import GemvKernels
+    return GemvKernels(gpu, DTYPES[request.param], stream=None)
+
+
+def run(fn):
+    fn()
+    torch.cuda.synchronize()
+
+
+# K = 2048 (one pass of 8 chunks per lane in bf16), 7168 (the dense FFN's w2: several passes, a
+# partial last one), 40 / 24 (fewer chunks than lanes); N not a multiple of the 8 columns per block
+@pytest.mark.parametrize("nb,N,K", [(1, 2048, 2048), (1, 6144, 2048), (2, 37, 7168), (3, 1000, 40), (4, 9, 24),
+                                    (4, 2048, 1792)])
+def test_gemv(G, nb, N, K):
+    x, w = rand(nb, K, dtype=G.dtype), rand(N, K, dtype=G.dtype, scale=K ** -0.5)
+    y = poisoned(nb, N, dtype=G.dtype)
+    run(lambda: G.gemv(x, w, y))
+    close(y, x.double() @ w.double().T, G.dtype, "gemv")
+
+
+def test_gemv_strided_rows_fp32_out(G):
+    """The LM head: the last position of each of 3 sequences of 5 tokens, fp32 logits."""
+    H, V = 64, 300
+    h = rand(3, 5, H, dtype=G.dtype)
+    rows = h[:, 4, :]
+    w = rand(V, H, dtype=G.dtype, scale=H ** -0.5)
+    y = poisoned(3, V, dtype=torch.float32)
+    assert G.takes(rows, w, y) and not rows.is_contiguous()
+    run(lambda: G.gemv(rows, w, y))
+    want = rows.double() @ w.double().T
+    assert (y.double() - want).abs().max().item() < 1e-5 * want.abs().max().item() + 1e-6  # no bf16 rounding
+
+
+def test_gemv_refuses_what_it_cannot_take(G):
+    w = rand(16, 64, dtype=G.dtype)
+    for x, why in ((rand(5, 64, dtype=G.dtype), "5 rows"), (rand(2, 64, dtype=G.dtype)[:, :60], "K mismatch"),
+                   (rand(2, 130, dtype=G.dtype)[:, 1:65], "unaligned rows")):
+        y = poisoned(x.shape[0], 16, dtype=G.dtype)
+        assert not G.takes(x, w, y), why
+        with pytest.raises(ValueError, match="gemv takes"):
+            G.gemv(x, w, y)
+
+
+def _routing(T, E, k, seed):
+    """Distinct experts per token (as top-k makes) and positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(torch.int32).cuda()
+    wts = (torch.rand(T, k, generator=g) + 0.1).cuda()
+    return idx, wts
+
+
+@pytest.mark.parametrize("T,E,k,H,Im", [(1, 32, 4, 2048, 1792), (4, 32, 4, 2048, 1792), (3, 8, 2, 64, 40),
+                                        (2, 4, 4, 24, 8)])
+def test_moe_gemv(G, T, E, k, H, Im):
+    h = rand(T, H, dtype=G.dtype)
+    w13 = rand(E, 2 * Im, H, dtype=G.dtype, scale=H ** -0.5)
+    w2 = rand(E, H, Im, dtype=G.dtype, scale=Im ** -0.5)
+    idx, wts = _routing(T, E, k, seed=T * 100 + E)
+    npairs = T * k
+    act, ys = poisoned(npairs, Im, dtype=G.dtype), poisoned(npairs, H, dtype=G.dtype)
+    run(lambda: G.moe_gateup(h, w13, act, idx, k))
+    ex, tok = idx.view(-1).long(), torch.arange(npairs, device="cuda") // k
+    hd = h.double()[tok]
+    gate = torch.einsum("ph,pih->pi", hd, w13[ex, :Im].double())
+    up = torch.einsum("ph,pih->pi", hd, w13[ex, Im:].double())
+    close(act, torch.nn.functional.silu(gate) * up, G.dtype, "gate/up")
+    run(lambda: G.moe_down(act, w2, ys, idx, wts.view(-1)))
+    want = torch.einsum("pi,phi->ph", act.double(), w2[ex].double()) * wts.view(-1, 1).double()
+    close(ys, want, G.dtype, "down")
+
+
+def test_dense_gateup_without_idx(G):
+    T, H, I = 3, 96, 56
+    h, w13 = rand(T, H, dtype=G.dtype), rand(1, 2 * I, H, dtype=G.dtype, scale=H ** -0.5)
+    act = poisoned(T, I, dtype=G.dtype)
+    run(lambda: G.moe_gateup(h, w13, act, None, 1))
+    g, u = (h.double() @ w13[0].double().T).split(I, dim=1)
+    close(act, torch.nn.functional.silu(g) * u, G.dtype, "dense gate/up")
+
+
+@pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (4, 32, 4, 2048), (64, 32, 4, 2048), (5, 64, 8, 64),
+                                     (2, 8, 2, 24)])
+def test_router_topk(G, T, E, k, H):
+    h32 = rand(T, H, dtype=torch.float32)
+    gate = rand(E, H, dtype=torch.float32, scale=H ** -0.5)
+    bias = rand(E, dtype=torch.float32, scale=0.05)
+    idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
+    run(lambda: G.router_topk(h32, gate, bias, k, True, 2.5, idx, wts))
+    s = torch.sigmoid(h32.double() @ gate.double().T)
+    score = s + bias.double()
+    top = torch.topk(score, k + 1, dim=-1).values
+    clear = (top[:, k - 1] - top[:, k]) > 1e-5  # tokens whose k-th choice is not a near tie
+    want_idx = torch.topk(score, k, dim=-1).indices
+    assert clear.any()
+    assert torch.equal(idx.long().sort(1).values[clear], want_idx.sort(1).values[clear])
+    w = torch.gather(s, 1, idx.long())
+    close(wts, 2.5 * w / (w.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
+
+
+# ----- the engine with and without them -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_ckpt(gpu):
+    from optimized.gpu_synthetic import checkpoint_for
+    return checkpoint_for("small", seed=3)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_engine_gemv_path_matches_cublas_path(gpu, small_ckpt, dtype):
+    """1x3 and 4x1 forwards and a batch-2 decode take the GEMV kernels; their logits equal the
+    cuBLAS / grouped-GEMM engine's (the same math, other summation orders). Both engines are fed
+    the same tokens (the first one's greedy choices)."""
+    from optimized.engine import OptimizedEngine
+    tol = 2e-4 if dtype == "fp32" else 0.15
+    V = small_ckpt.config.vocab_size
+    prompts = [synthetic_prompts(V, B, S, seed=B + S) for B, S in ((1, 3), (4, 1))]
+    outs, fed = {}, []
+    for gemv in (True, False):
+        eng = OptimizedEngine(small_ckpt, gpu.index, dtype=dtype, gemv=gemv, progress=False, max_len=64)
+        try:
+            got = [eng.forward(p) for p in prompts]
+            got.append(eng.prefill(synthetic_prompts(V, 2, 5, seed=9), max_new_tokens=4))
+            for step in range(3):
+                if gemv:
+                    fed.append(got[-1].argmax(1))
+                got.append(eng.decode(fed[step]))
+            outs[gemv] = got
+        finally:
+            eng.close()
+    for i, (a, b) in enumerate(zip(outs[True], outs[False])):
+        scale = max(1.0, float(np.abs(b).max()))
+        err, mean = float(np.abs(a - b).max()) / scale, float(np.abs(a - b).mean()) / scale
+        assert err <= tol and mean <= tol / 5, f"output {i}: max {err:.3g}, mean {mean:.3g} of scale {scale:.3g}"
