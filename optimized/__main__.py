@@ -19,7 +19,8 @@ grouped by name (calls, total and share of the kernel time), PyCUDA's and cuBLAS
 --decode LIST times greedy decode steps (CUDA graph replays) at each batch size after a 16-token
 prefill: median ms per step, tokens/s and the share of the decode floor (harness.generation);
 --decode-profile B prints one eager decode step's kernels the way --profile does. --no-gemv
-builds the engine without the small-batch GEMV kernels (optimized/gemv.py), to compare.
+builds the engine without the small-batch GEMV kernels (optimized/gemv.py), --no-pdl without
+programmatic dependent launch, to compare.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="1x16,64x16,8x512", help="comma-separated BxS to time")
     ap.add_argument("--iters", type=int, default=10, help="timed forwards per shape (default: 10)")
     ap.add_argument("--no-graphs", action="store_true", help="run eagerly (no CUDA graph)")
+    ap.add_argument("--no-pdl", action="store_true", help="launch every kernel the ordinary way (no PDL)")
     ap.add_argument("--no-gemv", action="store_true",
                     help="keep cuBLAS and the grouped MoE GEMM at 1-4 tokens (no optimized/gemv.py kernels)")
     ap.add_argument("--accuracy", metavar="BxS", help="compare BxS random prompts with the reference")
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
     else:
         from harness.synthetic import synthetic_checkpoint
         ckpt = synthetic_checkpoint(cfg, seed=0)
-    result = {"preset": args.preset, "dtype": args.dtype, "graphs": not args.no_graphs, "gemv": not args.no_gemv,
+    result = {"preset": args.preset, "dtype": args.dtype, "graphs": not args.no_graphs, "gemv": not args.no_gemv, "pdl": not args.no_pdl,
               "device": torch.cuda.get_device_name(0), "shapes": []}
 
     ref = None
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
 
     t = time.perf_counter()
-    eng = OptimizedEngine(ckpt, 0, dtype=args.dtype, graphs=not args.no_graphs, gemv=not args.no_gemv, progress=False)
+    eng = OptimizedEngine(ckpt, 0, dtype=args.dtype, graphs=not args.no_graphs, gemv=not args.no_gemv,
+                          pdl=not args.no_pdl, progress=False)
     load_s = time.perf_counter() - t
     print(f"engine {args.dtype} loaded in {load_s:.1f} s; weights {eng.W.nbytes() / 1e9:.2f} GB on the GPU", flush=True)
     result["load_s"] = load_s

@@ -25,6 +25,24 @@ __device__ __forceinline__ float warp_sum(float v)
     return v;
 }
 
+// Programmatic dependent launch (harness/gpu/pdl.py; no-ops when a kernel is launched without it).
+// pdl_wait: block until the kernel before this one on the stream has finished and its writes are
+// visible; nothing an earlier kernel writes may be read or written before it. pdl_trigger: let the
+// next kernel start; only ever after pdl_wait, so that when a kernel starts, every kernel before
+// its predecessor has finished (the MoE down GEMV relies on it to read the routing early).
+__device__ __forceinline__ void pdl_wait()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g)); }
 
 // cp.async (sm_80+): 16-byte global -> shared copies that bypass registers and L1 (.cg), in

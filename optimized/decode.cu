@@ -9,6 +9,9 @@
 //   lengths [B] int32: positions already in the cache. The new token of sequence b sits at
 //   position lengths[b]; advance_lengths (the step's last launch) moves it on, so a captured
 //   graph of the whole step replays step after step.
+// The kernels of the decode step wait (pdl_wait, common.cuh) before anything else, so the engine
+// may launch them with programmatic dependent launch: their launch latency overlaps the kernel
+// before them.
 #include "common.cuh"
 
 #define DKT 64        // keys per shared-memory tile of decode_attention; also the smallest split
@@ -224,22 +227,26 @@ __device__ void decode_attention_combine(const float* part_o, const float* part_
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define INSTANTIATE(SUF, T)                                                                                    \
 extern "C" __global__ void conv_step_##SUF(const T* bcx, const T* conv_w, T* state, T* y, int B, int H, int L) \
-{ conv_step<T>(bcx, conv_w, state, y, B, H, L); }                                                              \
+{ pdl_wait(); pdl_trigger(); conv_step<T>(bcx, conv_w, state, y, B, H, L); }                                                              \
 extern "C" __global__ void conv_state_fill_##SUF(const T* bcx, const int* lengths, T* state, int B, int S,    \
     int H, int L)                                                                                              \
 { conv_state_fill<T>(bcx, lengths, state, B, S, H, L); }                                                       \
 extern "C" __global__ void qk_norm_rope_step_##SUF(const T* qkv, const T* qw, const T* kw, const int* lengths, \
     T* q, T* kc, T* vc, int B, int nh, int nkv, int hd, int Lmax, float eps, float theta)                      \
-{ qk_norm_rope_step<T>(qkv, qw, kw, lengths, q, kc, vc, B, nh, nkv, hd, Lmax, eps, theta); }                   \
+{ pdl_wait(); pdl_trigger(); qk_norm_rope_step<T>(qkv, qw, kw, lengths, q, kc, vc, B, nh, nkv, hd, Lmax, eps, theta); } \
 extern "C" __global__ void decode_attention_combine_##SUF(const float* part_o, const float* part_ml,          \
     const int* lengths, T* o, int B, int nh, int hd, int Lmax, int nsplit)                                     \
-{ decode_attention_combine<T>(part_o, part_ml, lengths, o, B, nh, hd, Lmax, nsplit); }
+{ pdl_wait(); pdl_trigger(); decode_attention_combine<T>(part_o, part_ml, lengths, o, B, nh, hd, Lmax, nsplit); }
 
 #define INSTANTIATE_ATTN(SUF, T, HD)                                                                           \
 extern "C" __global__ void __launch_bounds__(DTHREADS) decode_attention_##SUF##_hd##HD(                       \
     const T* q, const T* kc, const T* vc, const int* lengths, float* part_o, float* part_ml, int nh, int nkv,  \
     int Lmax, int nsplit, float scale)                                                                         \
-{ decode_attention_partial<T, HD>(q, kc, vc, lengths, part_o, part_ml, nh, nkv, Lmax, nsplit, scale); }
+{                                                                                                              \
+    pdl_wait();                                                                                                \
+    pdl_trigger();                                                                                             \
+    decode_attention_partial<T, HD>(q, kc, vc, lengths, part_o, part_ml, nh, nkv, Lmax, nsplit, scale);        \
+}
 
 INSTANTIATE(f32, float)
 INSTANTIATE(bf16, bf16)
@@ -253,6 +260,8 @@ INSTANTIATE_ATTN(bf16, bf16, 64)
 // lengths[b] += 1: the step's last launch, so a replayed graph moves every sequence on by itself.
 extern "C" __global__ void advance_lengths(int* lengths, int B)
 {
+    pdl_wait();
+    pdl_trigger();
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b < B) lengths[b] += 1;
 }
@@ -271,6 +280,8 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows(const f
 {
     __shared__ float sv[32];
     __shared__ int si[32];
+    pdl_wait();
+    pdl_trigger();
     const float* row = logits + (size_t)blockIdx.x * V;
     float bv = -INFINITY;
     int bi = 0x7fffffff;

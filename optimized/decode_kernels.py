@@ -42,9 +42,13 @@ class DecodeKernels:
         self.k_combine = m.kernel(f"decode_attention_combine_{sfx}")
         self.k_advance = m.kernel("advance_lengths")
         self.k_argmax = m.kernel("argmax_rows")
+        self.pdl = False  # as Kernels.pdl: every kernel of the decode step waits for it (decode.cu)
+        self.pdl_kernels = {self.k_conv_step, self.k_rope_step, *self.k_attn.values(), self.k_combine,
+                            self.k_advance, self.k_argmax}
 
     def _go(self, kernel, grid, block, args, **shapes):
-        launch(kernel, grid, block, args, shapes=shapes or None, stream=self.stream)
+        launch(kernel, grid, block, args, shapes=shapes or None, stream=self.stream,
+               pdl=self.pdl and kernel in self.pdl_kernels)
 
     def _lengths(self, lengths, B: int) -> None:
         _dev(lengths, torch.int32, "lengths")

@@ -32,7 +32,9 @@ into one torch.cuda.CUDAGraph. Options: dtype "bf16" (default) | "fp32", max_bat
 max_tokens per internal forward (default 16384; larger calls are split by sequences),
 graphs (default True), moe_variant (default None: chosen by token count; or a name from
 kernels.MOE_VARIANTS, for every shape), max_len (default 4096: cache positions per sequence
-for generation), gemv (default True: the small-batch kernels above).
+for generation), gemv (default True: the small-batch kernels above), pdl (default True on
+sm_90: the kernels that support it are launched with programmatic dependent launch,
+harness/gpu/pdl.py, so each starts while the one before it finishes).
 
 Generation (issue 12, optimized/decode.py): `prefill(prompts)` runs this forward body over the
 prompts (an int [B, S] array, or a list of 1-D prompts of different lengths, right-padded) and
@@ -124,7 +126,7 @@ class OptimizedEngine(Engine):
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", max_batch: int = 256, max_tokens: int = 16384,
                  graphs: bool = True, progress: bool = True, moe_variant: str | None = None, max_len: int = 4096,
-                 gemv: bool = True, **options):
+                 gemv: bool = True, pdl: bool = True, **options):
         super().__init__(checkpoint, device, **options)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported by the optimized engine; choose bf16 or fp32")
@@ -148,6 +150,10 @@ class OptimizedEngine(Engine):
         self.tstream = torch.cuda.ExternalStream(self.stream.handle, device=self.tdev)
         self.K = Kernels(self.gpu, self.tdtype, self.stream)
         self.G = GemvKernels(self.gpu, self.tdtype, self.stream)
+        # programmatic dependent launch needs sm_90 (griddepcontrol); the kernels that wait for it
+        # start while the kernel before them finishes (launch latency hidden, weights prefetched)
+        self.use_pdl = bool(pdl) and int(self.gpu.arch.split("_")[1]) >= 90
+        self.K.pdl = self.G.pdl = self.use_pdl
         self.forced_moe_variant = None
         self.set_moe_variant(moe_variant)
         self.W = PackedWeights(checkpoint, self.tdtype, self.tdev, self.counters, progress)
@@ -423,6 +429,7 @@ class OptimizedEngine(Engine):
     def _decode_kernels(self) -> DecodeKernels:
         if self.DK is None:
             self.DK = DecodeKernels(self.gpu, self.tdtype, self.stream)
+            self.DK.pdl = self.use_pdl
         return self.DK
 
     def _decode_plan(self, B: int) -> DecodePlan:

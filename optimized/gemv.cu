@@ -51,7 +51,8 @@ __device__ __forceinline__ void dot16(float& acc, const uint4& w, const uint4& x
 
 // acc[r][b] += (this lane's share of) w[r] . x[b], the warp's lanes splitting K in 16-byte chunks
 // (lane l takes chunks l, l + 32, ...); the caller reduces over the warp. All R * GV_U weight loads
-// of a pass are issued before the first FMA. STREAM: weights read once (evict-first loads); else
+// of a pass are issued before the first FMA, and the first pass's before pdl_wait: launched with
+// PDL, a GEMV streams its first weights while the kernel before it (which writes x) finishes. STREAM: weights read once (evict-first loads); else
 // kept in cache (the router's, read by every token's block). x rows come through L1 (every warp
 // of the block reads the same ones).
 template <typename T, int R, int NB, bool STREAM>
@@ -71,6 +72,10 @@ __device__ __forceinline__ void dot_rows(const T* const (&w)[R], const T* x, siz
                 const uint4 v = STREAM ? __ldcs(src) : __ldg(src);
                 wc[r][u] = c < nch ? v : make_uint4(0, 0, 0, 0);
             }
+        if (base == 0) {  // the first weights are in flight: now wait for the kernel that wrote x
+            pdl_wait();
+            pdl_trigger();
+        }
 #pragma unroll
         for (int u = 0; u < GV_U; ++u) {
             const int c = base + u * 32 + lane;
@@ -106,6 +111,8 @@ __device__ void moe_gemv_gateup(const T* h, const T* w13, T* act, const int* idx
 {
     const int lane = threadIdx.x & 31, n = blockIdx.x * GV_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
     if (n >= N) return;
+    pdl_wait();  // idx comes from the kernel right before (the router)
+    pdl_trigger();
     const T* We = w13 + (size_t)(idx ? idx[p] : 0) * 2 * N * K;
     const T* w[2] = {We + (size_t)n * K, We + (size_t)(N + n) * K};
     float acc[2][1] = {};
@@ -119,6 +126,8 @@ __device__ void moe_gemv_down(const T* act, const T* w2, T* ys, const int* idx, 
 {
     const int lane = threadIdx.x & 31, n = blockIdx.x * GV_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
     if (n >= N) return;
+    // idx is read before dot_rows' pdl_wait: the router that wrote it ran two kernels ago, and the
+    // gate/up GEMV between let this kernel start only after its own wait, i.e. after the router ended.
     const T* w[1] = {w2 + ((size_t)idx[p] * N + n) * K};
     float acc[1][1] = {};
     dot_rows<T, 1, 1, true>(w, act + (size_t)p * K, K, K, lane, acc);

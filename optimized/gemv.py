@@ -43,9 +43,10 @@ class GemvKernels:
         self.k_gateup = m.kernel(f"moe_gemv_gateup_{sfx}")
         self.k_down = m.kernel(f"moe_gemv_down_{sfx}")
         self.k_router = m.kernel("router_topk")
+        self.pdl = False  # as Kernels.pdl: every kernel here waits for it (gemv.cu)
 
     def _go(self, kernel, grid, block, args, **shapes):
-        launch(kernel, grid, block, args, shapes=shapes or None, stream=self.stream)
+        launch(kernel, grid, block, args, shapes=shapes or None, stream=self.stream, pdl=self.pdl)
 
     def _rows_ok(self, t: torch.Tensor, K: int) -> bool:
         """[rows, K] with unit column stride and every row starting on 16 bytes."""

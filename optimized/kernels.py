@@ -4,6 +4,8 @@ Each method checks what it is given (dtype, shape, contiguity) and launches one 
 `stream` (a pycuda Stream; the engine wraps the same handle for torch, so PyCUDA launches and
 torch ops are ordered on one stream and are captured into one CUDA graph together).
 Kernel sources: elementwise.cu, attention.cu, moe_gemm.cu, moe_stream.cu beside this file.
+With `pdl` set (the engine does on sm_90), the kernels in `pdl_kernels` (they start with
+pdl_wait, common.cuh) are launched with programmatic dependent launch (harness.gpu.pdl).
 
 The grouped MoE GEMMs come in variants (MOE_VARIANTS) that differ in the rows of one tile: the
 tile table (moe_sort), the gate/up and the down launch of one layer must use the same variant.
@@ -128,6 +130,8 @@ class Kernels:
         self.k_route = {t: ew.kernel(f"route_{SUFFIX[t]}") for t in SUFFIX}  # by the router logits' dtype
         self.k_sort = ew.kernel("moe_sort_pairs")
         self.k_attn = {hd: at.kernel(f"attention_{sfx}_hd{hd}") for hd in ATTN_HEAD_DIMS}
+        self.pdl = False  # the engine's choice: launch the kernels that wait for it with PDL
+        self.pdl_kernels = {self.k_embed, self.k_add_norm, self.k_add_norm_vec8}
         from harness.gpu.context import import_driver
         attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
         self.moe: dict[str, tuple] = {}  # variant name -> (variant, gate/up kernel, down kernel)
@@ -142,7 +146,8 @@ class Kernels:
             self.moe[v.name] = (v, *pair)
 
     def _go(self, kernel, grid, block, args, shared=0, **shapes):
-        launch(kernel, grid, block, args, shapes=shapes or None, shared=shared, stream=self.stream)
+        launch(kernel, grid, block, args, shapes=shapes or None, shared=shared, stream=self.stream,
+               pdl=self.pdl and kernel in self.pdl_kernels)
 
     # ----- residual stream -------------------------------------------------------------------------
     def embedding(self, ids: torch.Tensor, table: torch.Tensor, x: torch.Tensor) -> None:

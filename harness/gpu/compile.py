@@ -101,12 +101,15 @@ def compile_cubin(cu_path, arch: str, options=DEFAULT_OPTIONS, include_dirs=(), 
 
 
 class Kernel:
-    """A kernel function and the name it was looked up by (for error messages)."""
+    """A kernel function and the name it was looked up by (for error messages); `module` is the
+    KernelModule it came from (its cubin serves launches with PDL, harness.gpu.pdl)."""
 
-    def __init__(self, name: str, function, source: Path):
+    def __init__(self, name: str, function, source: Path, module=None):
         self.name = name
         self.function = function
         self.source = source
+        self.module = module
+        self.pdl_function = None  # the CUfunction of the same kernel, loaded through ctypes on first use
 
     def __repr__(self):
         return f"Kernel({self.name} from {self.source.name})"
@@ -115,9 +118,11 @@ class Kernel:
 class KernelModule:
     """A loaded cubin; `kernel(name)` fetches (and remembers) a function."""
 
-    def __init__(self, module, source: Path):
+    def __init__(self, module, source: Path, cubin: bytes | None = None):
         self.module = module
         self.source = source
+        self.cubin = cubin
+        self.pdl_module = None  # harness.gpu.pdl.PdlModule of the same cubin, made on the first PDL launch
         self._kernels: dict[str, Kernel] = {}
 
     def kernel(self, name: str) -> Kernel:
@@ -129,7 +134,7 @@ class KernelModule:
             except cuda.Error:
                 raise KernelCompileError(f"no kernel named {name!r} in {self.source}; declare it "
                                          '`extern "C" __global__` so its name is not mangled') from None
-            self._kernels[name] = Kernel(name, fn, self.source)
+            self._kernels[name] = Kernel(name, fn, self.source, self)
         return self._kernels[name]
 
 
@@ -143,7 +148,7 @@ def load_module(cu_path, ctx=None, options=DEFAULT_OPTIONS, include_dirs=()) -> 
         module = cuda.module_from_buffer(cubin)
     except cuda.Error as e:
         raise KernelCompileError(f"the driver could not load the cubin of {cu_path} for {ctx.arch}: {e}") from None
-    return KernelModule(module, Path(cu_path))
+    return KernelModule(module, Path(cu_path), cubin)
 
 
 def _dim3(dims, what: str, kernel: Kernel) -> tuple[int, int, int]:
@@ -153,9 +158,13 @@ def _dim3(dims, what: str, kernel: Kernel) -> tuple[int, int, int]:
     return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
 
 
-def launch(kernel: Kernel, grid, block, args, shapes=None, shared: int = 0, stream=None, sync: bool = False):
+def launch(kernel: Kernel, grid, block, args, shapes=None, shared: int = 0, stream=None, sync: bool = False,
+           pdl: bool = False):
     """Launch `kernel` on `grid` x `block` with `args` (numpy scalars such as np.int32(n), device
     allocations, or objects with __cuda_array_interface__ such as torch CUDA tensors).
+
+    pdl: launch with programmatic dependent launch on `stream` (harness.gpu.pdl; the kernel must
+    wait with griddepcontrol before touching what earlier kernels write; args numpy scalars only).
 
     Errors from the launch, and with `sync` (or LFM2_SYNC_LAUNCHES=1) from the kernel's run, are
     re-raised as KernelError naming the kernel, the launch geometry and `shapes` (a dict you pass
@@ -172,9 +181,24 @@ def launch(kernel: Kernel, grid, block, args, shapes=None, shared: int = 0, stre
     from .context import import_driver
     cuda = import_driver()
     try:
-        kernel.function(*args, grid=grid3, block=block3, shared=shared, stream=stream)
+        if pdl and stream is not None:
+            _launch_pdl(kernel, grid3, block3, args, shared, stream)
+        else:
+            kernel.function(*args, grid=grid3, block=block3, shared=shared, stream=stream)
         if sync or SYNC_ALL:
             cuda.Context.synchronize()
-    except (cuda.Error, TypeError) as e:
+    except (cuda.Error, TypeError, RuntimeError) as e:
         raise KernelError(f"kernel {kernel.name} ({kernel.source.name}) failed: {e}; grid={grid3} block={block3} "
                           f"shared={shared} shapes={shapes}") from e
+
+
+def _launch_pdl(kernel: Kernel, grid3, block3, args, shared: int, stream) -> None:
+    from .pdl import PdlModule, launch_pdl
+    if kernel.pdl_function is None:
+        mod = kernel.module
+        if mod is None or mod.cubin is None:
+            raise RuntimeError(f"kernel {kernel.name} has no cubin to load for a PDL launch")
+        if mod.pdl_module is None:
+            mod.pdl_module = PdlModule(mod.cubin)
+        kernel.pdl_function = mod.pdl_module.function(kernel.name)
+    launch_pdl(kernel.pdl_function, grid3, block3, args, stream.handle, shared)
