@@ -30,6 +30,10 @@ __device__ __forceinline__ float warp_sum(float v)
 // visible; nothing an earlier kernel writes may be read or written before it. pdl_trigger: let the
 // next kernel start; only ever after pdl_wait, so that when a kernel starts, every kernel before
 // its predecessor has finished (the MoE down GEMV relies on it to read the routing early).
+// What earlier kernels write must be read with coherent loads (plain or __ldcg), never __ldg or
+// `const __restrict__` (ld.global.nc): the read-only path assumes the data does not change while
+// the kernel lives, and a PDL kernel lives beside the one writing it. Session 5 measured stale
+// activations (wrong logits) from __ldg'd GEMV inputs under PDL; weights may use either path.
 __device__ __forceinline__ void pdl_wait()
 {
 #if __CUDA_ARCH__ >= 900

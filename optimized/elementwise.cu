@@ -41,7 +41,7 @@ __device__ __forceinline__ float block_sum(float v, float* partial)
 // The general case (any H up to NORM_MAXV * 256, any nadd); rows of 8 * blockDim columns take
 // add_norm_vec8 below, which issues all its loads at once.
 template <typename T>
-__device__ void add_norm(float* __restrict__ x, const T* __restrict__ y, int nadd, const T* __restrict__ w,
+__device__ void add_norm(float* __restrict__ x, const T* y, int nadd, const T* __restrict__ w,
                          T* __restrict__ h, float* __restrict__ h32, int H, float eps)
 {
     __shared__ float partial[32];
@@ -112,7 +112,7 @@ template <> __device__ __forceinline__ void store8<bf16>(bf16* p, const float* i
 }
 
 template <typename T, int NADD>
-__device__ void add_norm_vec8(float* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+__device__ void add_norm_vec8(float* __restrict__ x, const T* y, const T* __restrict__ w,
                               T* __restrict__ h, float* __restrict__ h32, int H, float eps)
 {
     __shared__ float partial[32];
