@@ -53,8 +53,9 @@ __device__ __forceinline__ void dot16(float& acc, const uint4& w, const uint4& x
 // (lane l takes chunks l, l + 32, ...); the caller reduces over the warp. All R * GV_U weight loads
 // of a pass are issued before the first FMA, and the first pass's before pdl_wait: launched with
 // PDL, a GEMV streams its first weights while the kernel before it (which writes x) finishes. STREAM: weights read once (evict-first loads); else
-// kept in cache (the router's, read by every token's block). x rows come from L2 with coherent
-// loads (__ldcg), never the read-only path (see pdl_wait in common.cuh).
+// kept in cache (the router's, read by every token's block). x rows come through L1 (every warp
+// of the block reads the same ones) with plain coherent loads, never the read-only path (see
+// pdl_wait in common.cuh; __ldcg, straight from L2, measured ~0.3 ms slower per batch-1 step).
 template <typename T, int R, int NB, bool STREAM>
 __device__ __forceinline__ void dot_rows(const T* const (&w)[R], const T* x, size_t ldx, int K, int lane,
                                          float (&acc)[R][NB])
@@ -82,7 +83,7 @@ __device__ __forceinline__ void dot_rows(const T* const (&w)[R], const T* x, siz
             if (c < nch) {
 #pragma unroll
                 for (int b = 0; b < NB; ++b) {
-                    const uint4 xc = __ldcg(reinterpret_cast<const uint4*>(x + b * ldx) + c);  // coherent: see pdl_wait
+                    const uint4 xc = reinterpret_cast<const uint4*>(x + b * ldx)[c];  // coherent: see pdl_wait
 #pragma unroll
                     for (int r = 0; r < R; ++r) dot16(acc[r][b], wc[r][u], xc, T());
                 }

@@ -23,7 +23,7 @@ GEMV_MAX_TOKENS = 4  # = GV_MAXB in gemv.cu
 GEMV_WARPS = 8  # = GV_WARPS: output columns per block
 ROUTER_THREADS = 512  # = RT_THREADS
 ROUTER_MAX_E = 64
-MOE_GEMV_MAX_PAIRS = 16
+MOE_GEMV_MAX_PAIRS = 8  # 2 tokens: at 4 (16 pairs) the grouped GEMM, which reads each expert once, won
 ROUTER_MAX_TOKENS = 64
 
 
