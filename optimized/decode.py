@@ -20,7 +20,8 @@ runs on each sequence's own last real row; lengths = the real lengths. Decode at
 positions < lengths[b] + 1, so padded slots are never read and are overwritten as it goes.
 
 The decode step (decode_body) is the forward's layer loop for T = B tokens with the decode mixers
-(conv_step; fused qkv GEMM + qk_norm_rope_step + decode_attention + out GEMM); the FFN/MoE, norms
+(in_proj GEMM + conv_step, one conv_in_step launch at B <= 2; fused qkv GEMM + qk_norm_rope_step
++ decode_attention + out GEMM); the FFN/MoE, norms
 and LM head are the engine's own helpers. Its last launch advances lengths on the device, so the
 step is captured once as a CUDA graph per decode plan and replayed.
 """
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 from harness.reference import check_prompts
+
+from .gemv import CONV_STEP_MAX_TOKENS
 
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, torch.float32: 4, torch.bfloat16: 2}
 
@@ -134,8 +137,11 @@ def decode_body(eng, D: DecodePlan) -> None:
             DK.decode_attention(P.q, D.k[i], D.v[i], D.lengths, P.o, D.part_o, D.part_ml)
             eng._mm(P.o, L["out"], P.y[:P.T])
         else:
-            eng._mm(P.h, L["in"], P.bcx)
-            DK.conv_step(P.bcx, L["conv_w"], D.conv[i], P.cy)
+            if eng.use_gemv and P.T <= CONV_STEP_MAX_TOKENS:  # in_proj and the conv step in one launch
+                eng.G.conv_in_step(P.h, L["in"], L["conv_w"], D.conv[i], P.cy)
+            else:
+                eng._mm(P.h, L["in"], P.bcx)
+                DK.conv_step(P.bcx, L["conv_w"], D.conv[i], P.cy)
             eng._mm(P.cy, L["out"], P.y[:P.T])
 
     eng._layers(P, mix)

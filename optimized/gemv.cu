@@ -16,6 +16,7 @@
 //       pair p = blockIdx.y of token t = p / topk and expert e = idx[p] (idx null: e = 0, the dense
 //       FFN): act[p, n] = silu(w13[e, n] . h[t]) * (w13[e, N + n] . h[t]), w13 [E, 2N, K];
 //   moe_gemv_down_<sfx>(act, w2, ys, idx, wts, N, K)   ys[p, n] = wts[p] * (w2[e, n] . act[p]);
+//   conv_in_step_<sfx>(h, w_in, conv_w, state, y, H, L, nb)   ShortConv in_proj + decode step, nb <= 2;
 //   router_topk(h32, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       one block per token: the E fp32 router logits into shared memory, then route_token's
 //       biased top-k, replacing a cuBLAS GEMV (2 launches) and the route launch.
@@ -27,7 +28,7 @@
 #define GV_WARPS 8   // output columns (warps) per block
 #define GV_U 8       // 16-byte chunks of one weight row each lane has in flight
 #define GV_MAXB 4    // most tokens of one gemv launch
-#define RT_THREADS 512
+#define RT_THREADS 1024  // a warp per expert: each logit is one 8 KB row, two passes
 
 // acc += w . x over one 16-byte chunk of each
 __device__ __forceinline__ void dot16(float& acc, const uint4& w, const uint4& x, bf16)
@@ -136,6 +137,34 @@ __device__ void moe_gemv_down(const T* act, const T* w2, T* ys, const int* idx, 
     if (lane == 0) ys[(size_t)p * N + n] = from_f<T>(rnd<T>(s) * rnd<T>(wts[p]));
 }
 
+// ShortConv's in_proj fused with its decode step (decode.cu's conv_step): a warp owns channel c, so
+// it computes the B, C and x rows (c, H + c, 2H + c of w_in) for each token and then the causal
+// conv of its state column; bcx never goes to memory and one launch per layer disappears. Same
+// roundings as in_proj (to T) followed by conv_step.
+template <typename T, int NB>
+__device__ void conv_in_step(const T* h, const T* w_in, const T* conv_w, T* state, T* y, int H, int L)
+{
+    const int lane = threadIdx.x & 31, c = blockIdx.x * GV_WARPS + (threadIdx.x >> 5);
+    if (c >= H) return;
+    const T* w[3] = {w_in + (size_t)c * H, w_in + (size_t)(H + c) * H, w_in + (size_t)(2 * H + c) * H};
+    float acc[3][NB] = {};
+    dot_rows<T, 3, NB, true>(w, h, H, H, lane, acc);
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        const float bv = rnd<T>(warp_sum(acc[0][b])), cv = rnd<T>(warp_sum(acc[1][b]));
+        const float xv = rnd<T>(warp_sum(acc[2][b]));
+        if (lane != 0) continue;
+        const float bx = rnd<T>(bv * xv);
+        T* st = state + (size_t)b * (L - 1) * H + c;
+        float conv = 0.f;
+        for (int j = 0; j < L - 1; ++j) conv += to_f<T>(conv_w[c * L + j]) * to_f<T>(st[(size_t)j * H]);
+        conv += to_f<T>(conv_w[c * L + L - 1]) * bx;
+        y[(size_t)b * H + c] = from_f<T>(cv * rnd<T>(conv));
+        for (int j = 0; j + 1 < L - 1; ++j) st[(size_t)j * H] = st[(size_t)(j + 1) * H];
+        if (L > 1) st[(size_t)(L - 2) * H] = from_f<T>(bx);
+    }
+}
+
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define GEMV_KERNEL(NAME, T, O)                                                                                 \
     extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
@@ -157,11 +186,23 @@ __device__ void moe_gemv_down(const T* act, const T* w2, T* ys, const int* idx, 
         moe_gemv_down_##SUF(const T* act, const T* w2, T* ys, const int* idx, const float* wts, int N, int K)   \
     { moe_gemv_down<T>(act, w2, ys, idx, wts, N, K); }
 
+#define CONV_IN_STEP_KERNEL(SUF, T)                                                                             \
+    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32) conv_in_step_##SUF(                             \
+        const T* h, const T* w_in, const T* conv_w, T* state, T* y, int H, int L, int nb)                       \
+    {                                                                                                           \
+        switch (nb) {                                                                                           \
+        case 1: conv_in_step<T, 1>(h, w_in, conv_w, state, y, H, L); break;                                     \
+        case 2: conv_in_step<T, 2>(h, w_in, conv_w, state, y, H, L); break;                                     \
+        }                                                                                                       \
+    }
+
 GEMV_KERNEL(gemv_bf16, bf16, bf16)
 GEMV_KERNEL(gemv_bf16_f32out, bf16, float)
 GEMV_KERNEL(gemv_f32, float, float)
 MOE_GEMV_KERNELS(bf16, bf16)
 MOE_GEMV_KERNELS(f32, float)
+CONV_IN_STEP_KERNEL(bf16, bf16)
+CONV_IN_STEP_KERNEL(f32, float)
 
 // h32 [ntok, H] fp32 (add_norm's unrounded copy), gate [E, H] fp32, E <= 64; grid = ntok blocks.
 extern "C" __global__ void __launch_bounds__(RT_THREADS)

@@ -21,7 +21,8 @@ from .kernels import SUFFIX, _dev, _need, f32, i32, ptr
 HERE = Path(__file__).parent
 GEMV_MAX_TOKENS = 4  # = GV_MAXB in gemv.cu
 GEMV_WARPS = 8  # = GV_WARPS: output columns per block
-ROUTER_THREADS = 512  # = RT_THREADS
+ROUTER_THREADS = 1024  # = RT_THREADS
+CONV_STEP_MAX_TOKENS = 2  # conv_in_step's nb cases
 ROUTER_MAX_E = 64
 MOE_GEMV_MAX_PAIRS = 8  # 2 tokens: at 4 (16 pairs) the grouped GEMM, which reads each expert once, won
 ROUTER_MAX_TOKENS = 64
@@ -43,6 +44,7 @@ class GemvKernels:
         self.k_gateup = m.kernel(f"moe_gemv_gateup_{sfx}")
         self.k_down = m.kernel(f"moe_gemv_down_{sfx}")
         self.k_router = m.kernel("router_topk")
+        self.k_conv_in_step = m.kernel(f"conv_in_step_{sfx}")
         self.pdl = False  # as Kernels.pdl: every kernel here waits for it (gemv.cu)
 
     def _go(self, kernel, grid, block, args, **shapes):
@@ -111,6 +113,23 @@ class GemvKernels:
         _need(ys.numel() >= npairs * N, f"ys must hold [{npairs}, {N}]")
         self._go(self.k_down, ((N + GEMV_WARPS - 1) // GEMV_WARPS, npairs), (GEMV_WARPS * 32,),
                  (ptr(act), ptr(w2), ptr(ys), ptr(idx), ptr(wts), i32(N), i32(K)), npairs=npairs, N=N, K=K)
+
+    # ----- ShortConv decode step --------------------------------------------------------------------------
+    def conv_in_step(self, h, w_in, conv_w, state, y) -> None:
+        """y [B, H] = C * conv(state, B*x) with B, C, x = h [B, H] @ w_in [3H, H]^T, state [B, L-1, H]
+        advanced by one column (DecodeKernels.conv_step after the in_proj GEMM, in one launch), for
+        B <= CONV_STEP_MAX_TOKENS."""
+        for t, n in ((h, "h"), (w_in, "in_proj weight"), (conv_w, "conv_w"), (state, "state"), (y, "y")):
+            _dev(t, self.dtype, n)
+        H, L = conv_w.shape
+        _need(state.dim() == 3 and state.shape[1:] == (L - 1, H), f"state must be [B, {L - 1}, {H}]")
+        B = state.shape[0]
+        _need(1 <= B <= CONV_STEP_MAX_TOKENS, f"conv_in_step takes 1..{CONV_STEP_MAX_TOKENS} sequences, got {B}")
+        _need(tuple(w_in.shape) == (3 * H, H), f"in_proj weight must be [{3 * H}, {H}]")
+        _need(h.numel() == B * H and y.numel() >= B * H, f"h and y must hold [{B}, {H}]")
+        _need(H % self.chunk == 0 and _aligned(h) and _aligned(w_in), "h and w_in need 16-byte rows")
+        self._go(self.k_conv_in_step, ((H + GEMV_WARPS - 1) // GEMV_WARPS,), (GEMV_WARPS * 32,),
+                 (ptr(h), ptr(w_in), ptr(conv_w), ptr(state), ptr(y), i32(H), i32(L), i32(B)), B=B, H=H, L=L)
 
     # ----- router ------------------------------------------------------------------------------------------
     def router_topk(self, h32, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:

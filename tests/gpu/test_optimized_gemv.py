@@ -115,6 +115,26 @@ def test_router_topk(G, T, E, k, H):
     close(wts, 2.5 * w / (w.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
 
 
+@pytest.mark.parametrize("B,H,L", [(1, 2048, 3), (2, 2048, 3), (1, 64, 3), (2, 96, 4), (1, 32, 2)])
+def test_conv_in_step(G, B, H, L):
+    """in_proj + the ShortConv decode step in one launch, against the same in float64 (the in_proj
+    outputs rounded to the storage type as the engine's GEMM output is)."""
+    h = rand(B, H, dtype=G.dtype)
+    w_in = rand(3 * H, H, dtype=G.dtype, scale=H ** -0.5)
+    conv_w = rand(H, L, dtype=G.dtype, scale=0.5)
+    state = rand(B, L - 1, H, dtype=G.dtype)
+    state0 = state.double().clone()
+    y = poisoned(B, H, dtype=G.dtype)
+    run(lambda: G.conv_in_step(h, w_in, conv_w, state, y))
+    bcx = (h.double() @ w_in.double().T).to(G.dtype).double()
+    Bv, Cv, xv = bcx[:, :H], bcx[:, H:2 * H], bcx[:, 2 * H:]
+    bx = Bv * xv
+    window = torch.cat([state0, bx[:, None, :]], dim=1)  # [B, L, H], oldest first
+    conv = (window * conv_w.double().T[None]).sum(1)
+    close(y, Cv * conv, G.dtype, "conv step output")
+    close(state, window[:, 1:], G.dtype, "conv state")
+
+
 # ----- the engine with and without them -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_ckpt(gpu):
