@@ -140,7 +140,9 @@ __device__ void moe_gemv_down(const T* act, const T* w2, T* ys, const int* idx, 
 // ShortConv's in_proj fused with its decode step (decode.cu's conv_step): a warp owns channel c, so
 // it computes the B, C and x rows (c, H + c, 2H + c of w_in) for each token and then the causal
 // conv of its state column; bcx never goes to memory and one launch per layer disappears. Same
-// roundings as in_proj (to T) followed by conv_step.
+// roundings as in_proj (to T) followed by conv_step. Three rows in flight per warp need ~140
+// registers; __launch_bounds__(256, 2) caps them at 128 (a few bytes spill) so that two blocks
+// share an SM: batch-1 decode 1.717 -> 1.690 ms per step (session 5).
 template <typename T, int NB>
 __device__ void conv_in_step(const T* h, const T* w_in, const T* conv_w, T* state, T* y, int H, int L)
 {
@@ -187,7 +189,7 @@ __device__ void conv_in_step(const T* h, const T* w_in, const T* conv_w, T* stat
     { moe_gemv_down<T>(act, w2, ys, idx, wts, N, K); }
 
 #define CONV_IN_STEP_KERNEL(SUF, T)                                                                             \
-    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32) conv_in_step_##SUF(                             \
+    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32, 2) conv_in_step_##SUF(                           \
         const T* h, const T* w_in, const T* conv_w, T* state, T* y, int H, int L, int nb)                       \
     {                                                                                                           \
         switch (nb) {                                                                                           \
