@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.jobfiles import synthetic_prompts
-from test_optimized_kernels import DTYPES, close, poisoned, rand  # tests/gpu is on sys.path (no __init__.py)
+from test_optimized_kernels import DTYPES, close, poisoned, rand, run  # tests/gpu is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.gpu
 
@@ -18,11 +18,6 @@ pytestmark = pytest.mark.gpu
 def G(gpu, request):
     from optimized.gemv import GemvKernels
     return GemvKernels(gpu, DTYPES[request.param], stream=None)
-
-
-def run(fn):
-    fn()
-    torch.cuda.synchronize()
 
 
 # K = 2048 (one pass of 8 chunks per lane in bf16), 7168 (the dense FFN's w2: several passes, a
