@@ -227,13 +227,17 @@ __device__ void decode_attention_combine(const float* part_o, const float* part_
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define INSTANTIATE(SUF, T)                                                                                    \
 extern "C" __global__ void conv_step_##SUF(const T* bcx, const T* conv_w, T* state, T* y, int B, int H, int L) \
-{ pdl_wait(); pdl_trigger(); conv_step<T>(bcx, conv_w, state, y, B, H, L); }                                                              \
+{ pdl_wait(); pdl_trigger(); conv_step<T>(bcx, conv_w, state, y, B, H, L); }                                 \
 extern "C" __global__ void conv_state_fill_##SUF(const T* bcx, const int* lengths, T* state, int B, int S,    \
     int H, int L)                                                                                              \
 { conv_state_fill<T>(bcx, lengths, state, B, S, H, L); }                                                       \
 extern "C" __global__ void qk_norm_rope_step_##SUF(const T* qkv, const T* qw, const T* kw, const int* lengths, \
     T* q, T* kc, T* vc, int B, int nh, int nkv, int hd, int Lmax, float eps, float theta)                      \
-{ pdl_wait(); pdl_trigger(); qk_norm_rope_step<T>(qkv, qw, kw, lengths, q, kc, vc, B, nh, nkv, hd, Lmax, eps, theta); } \
+{                                                                                                              \
+    pdl_wait();                                                                                                \
+    pdl_trigger();                                                                                             \
+    qk_norm_rope_step<T>(qkv, qw, kw, lengths, q, kc, vc, B, nh, nkv, hd, Lmax, eps, theta);                   \
+}                                                                                                              \
 extern "C" __global__ void decode_attention_combine_##SUF(const float* part_o, const float* part_ml,          \
     const int* lengths, T* o, int B, int nh, int hd, int Lmax, int nsplit)                                     \
 { pdl_wait(); pdl_trigger(); decode_attention_combine<T>(part_o, part_ml, lengths, o, B, nh, hd, Lmax, nsplit); }

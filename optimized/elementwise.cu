@@ -257,10 +257,10 @@ __device__ void moe_sort(const int* idx, int npairs, int E, int BM, int* sorted_
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define INSTANTIATE(SUF, T)                                                                                     \
 extern "C" __global__ void embedding_gather_##SUF(const int* ids, const T* table, float* x, int H)             \
-{ pdl_wait(); pdl_trigger(); embedding_gather<T>(ids, table, x, H); }                                                                      \
+{ pdl_wait(); pdl_trigger(); embedding_gather<T>(ids, table, x, H); }                                          \
 extern "C" __global__ void add_norm_##SUF(float* x, const T* y, int nadd, const T* w, T* h, float* h32, int H,  \
     float eps)                                                                                                  \
-{ pdl_wait(); pdl_trigger(); add_norm<T>(x, y, nadd, w, h, h32, H, eps); }                                                                      \
+{ pdl_wait(); pdl_trigger(); add_norm<T>(x, y, nadd, w, h, h32, H, eps); }                                     \
 extern "C" __global__ void add_norm_vec8_##SUF(float* x, const T* y, int nadd, const T* w, T* h, float* h32,      \
     int H, float eps)                                                                                           \
 {                                                                                                               \

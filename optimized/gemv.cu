@@ -53,10 +53,11 @@ __device__ __forceinline__ void dot16(float& acc, const uint4& w, const uint4& x
 // acc[r][b] += (this lane's share of) w[r] . x[b], the warp's lanes splitting K in 16-byte chunks
 // (lane l takes chunks l, l + 32, ...); the caller reduces over the warp. All R * GV_U weight loads
 // of a pass are issued before the first FMA, and the first pass's before pdl_wait: launched with
-// PDL, a GEMV streams its first weights while the kernel before it (which writes x) finishes. STREAM: weights read once (evict-first loads); else
-// kept in cache (the router's, read by every token's block). x rows come through L1 (every warp
-// of the block reads the same ones) with plain coherent loads, never the read-only path (see
-// pdl_wait in common.cuh; __ldcg, straight from L2, measured ~0.3 ms slower per batch-1 step).
+// PDL, a GEMV streams its first weights while the kernel before it (which writes x) finishes.
+// STREAM: weights read once (evict-first loads); else kept in cache (the router's, read by every
+// token's block). x rows come through L1 (every warp of the block reads the same ones) with plain
+// coherent loads, never the read-only path (see pdl_wait in common.cuh; __ldcg, straight from L2,
+// measured ~0.3 ms slower per batch-1 step).
 template <typename T, int R, int NB, bool STREAM>
 __device__ __forceinline__ void dot_rows(const T* const (&w)[R], const T* x, size_t ldx, int K, int lane,
                                          float (&acc)[R][NB])

@@ -24,7 +24,8 @@ CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
 
 
 class _Attribute(ctypes.Structure):  # CUlaunchAttribute: id, pad to 8, a 64-byte value union
-    _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int), ("rest", ctypes.c_char * 60)]
+    _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int),
+                ("rest", ctypes.c_char * 60)]
 
 
 class _Config(ctypes.Structure):  # CUlaunchConfig
@@ -74,7 +75,7 @@ class PdlModule:
 
 
 def _c_value(a):
-    if isinstance(a, np.uintp) or isinstance(a, np.uint64):
+    if isinstance(a, (np.uintp, np.uint64)):
         return ctypes.c_uint64(int(a))
     if isinstance(a, np.int32):
         return ctypes.c_int32(int(a))
