@@ -47,6 +47,22 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
+// ----- the sum of one value per thread over the block (blockDim a multiple of 32, <= 1024) -------
+// Every thread gets the total; `partial` is the caller's __shared__ float[32].
+__device__ __forceinline__ float block_sum(float v, float* partial)
+{
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float s = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+        s = warp_sum(s);
+        if (threadIdx.x == 0) partial[0] = s;
+    }
+    __syncthreads();
+    return partial[0];
+}
+
 __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g)); }
 
 // cp.async (sm_80+): 16-byte global -> shared copies that bypass registers and L1 (.cg), in

@@ -16,22 +16,6 @@ __device__ void embedding_gather(const int* ids, const T* table, float* x, int H
     for (int c = threadIdx.x; c < H; c += blockDim.x) out[c] = to_f<T>(row[c]);
 }
 
-// ----- the sum of one value per thread over the block (blockDim a multiple of 32, <= 1024) -------
-// Every thread gets the total; `partial` is the caller's __shared__ float[32].
-__device__ __forceinline__ float block_sum(float v, float* partial)
-{
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float s = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
-        s = warp_sum(s);
-        if (threadIdx.x == 0) partial[0] = s;
-    }
-    __syncthreads();
-    return partial[0];
-}
-
 // ----- x += sum_j y[row*nadd + j]; h = rmsnorm(x) * w --------------------------------------------
 // One block per row. x is the fp32 residual stream; y holds nadd addends per row (1 for the mixer
 // or dense FFN output, k for the MoE's per-slot outputs: the expert combine happens here, in a

@@ -22,7 +22,8 @@ forward replayed from a CUDA graph per (B, S).
 At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head are weight-
 streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV,
 no sort), and up to 64 tokens the router GEMM and routing are one launch (router_topk); option
-gemv=False keeps cuBLAS and the grouped GEMM there (for comparison).
+gemv=False keeps cuBLAS and the grouped GEMM there (for comparison). Up to 64 tokens the MoE
+layer's ffn_norm is done by the same launch as its router (norm_route) where H <= 2048.
 
 cuBLAS (torch.mm) does the plain dense GEMMs; in fp32 with TF32 off, in bf16 with fp32
 accumulation (reduced-precision reductions off). The residual stream stays fp32 in both dtypes
@@ -238,14 +239,8 @@ class OptimizedEngine(Engine):
         cfg, K = self.config, self.K
         k, T = cfg.num_experts_per_tok, P.T
         moe = cfg.is_moe(i)
-        K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
+        self._ffn_norm(P, L, moe)
         if moe:
-            if self.use_gemv and T <= ROUTER_MAX_TOKENS:
-                self.G.router_topk(P.h32, L["gate"], L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor,
-                                   P.idx, P.wts)
-            else:
-                self._mm(P.h32, L["gate"], P.router)
-                K.route(P.router, L["bias"], k, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
             if self._moe_gemv(P):
                 self.G.moe_gateup(P.h, L["w13"], P.act, P.idx, k)
                 self.G.moe_down(P.act, L["w2"], P.y, P.idx, P.wts)
@@ -262,6 +257,22 @@ class OptimizedEngine(Engine):
             K.silu_mul(P.gu, P.act_dense)
         self._mm(P.act_dense, L["w2"], P.y[:T])
         return 1
+
+    def _ffn_norm(self, P: Plan, L: dict, moe: bool) -> None:
+        """x += the mixer's output; h = ffn_norm(x); on a MoE layer also the routing (P.idx, P.wts):
+        one launch up to 64 tokens (norm_route), else add_norm then the router."""
+        cfg, K, G, T = self.config, self.K, self.G, P.T
+        route = (cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
+        small = moe and self.use_gemv and T <= ROUTER_MAX_TOKENS
+        if small and G.norm_route_takes(cfg.hidden_size, cfg.num_experts):
+            G.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route)
+            return
+        K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
+        if small:
+            G.router_topk(P.h32, L["gate"], L["bias"], *route)
+        elif moe:
+            self._mm(P.h32, L["gate"], P.router)
+            K.route(P.router, L["bias"], *route)
 
     def _lm_head(self, rows: torch.Tensor, P: Plan) -> None:
         """Tied LM head on the final-normed `rows` [B, H] -> P.logits_f32 [B, V]."""

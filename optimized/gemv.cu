@@ -17,6 +17,8 @@
 //       FFN): act[p, n] = silu(w13[e, n] . h[t]) * (w13[e, N + n] . h[t]), w13 [E, 2N, K];
 //   moe_gemv_down_<sfx>(act, w2, ys, idx, wts, N, K)   ys[p, n] = wts[p] * (w2[e, n] . act[p]);
 //   conv_in_step_<sfx>(h, w_in, conv_w, state, y, H, L, nb)   ShortConv in_proj + decode step, nb <= 2;
+//   norm_route_<sfx>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts)
+//       ffn_norm (one addend) and the router in one block per token (H <= 2048);
 //   router_topk(h32, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       one block per token: the E fp32 router logits into shared memory, then route_token's
 //       biased top-k, replacing a cuBLAS GEMV (2 launches) and the route launch.
@@ -168,6 +170,84 @@ __device__ void conv_in_step(const T* h, const T* w_in, const T* conv_w, T* stat
     }
 }
 
+// The MoE layer's ffn_norm fused with its router (batch <= 64 tokens, H <= 2048): one block of
+// H/2 threads per token does add_norm's work for one addend (x += y; h = rmsnorm(x) * w, the same
+// roundings, the sum of squares in another order) keeping the fp32 row in shared memory, then a
+// warp per expert dots it with the router row and warp 0 routes. Before pdl_wait every warp has
+// the first pass of its first router row in flight. Replaces add_norm + router_topk: one launch
+// and one dependent round trip fewer between the mixer and the experts on every MoE layer.
+#define NR_MAX_H 2048
+template <typename T>
+__device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias,
+                           int H, int E, int k, int norm_topk, float scale, int* idx, float* wts)
+{
+    __shared__ __align__(16) float row32[NR_MAX_H];
+    __shared__ float partial[32], logits[64];
+    const int t = blockIdx.x, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = blockDim.x >> 5;
+    const int nch = H / 4;  // float4 chunks of a router row
+    const float4* gate4 = reinterpret_cast<const float4*>(gate);
+    float4 pre[GV_U];
+    const float4* first = gate4 + (size_t)min(warp, E - 1) * nch;
+#pragma unroll
+    for (int u = 0; u < GV_U; ++u) {
+        const int c = u * 32 + lane;
+        pre[u] = c < nch ? __ldg(first + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    pdl_wait();
+    pdl_trigger();
+
+    const int c = 2 * tid;  // this thread's two columns
+    float* xr = x + (size_t)t * H;
+    const float2 xv = *reinterpret_cast<const float2*>(xr + c);
+    const float v0 = xv.x + to_f<T>(y[(size_t)t * H + c]), v1 = xv.y + to_f<T>(y[(size_t)t * H + c + 1]);
+    const float w0 = to_f<T>(w[c]), w1 = to_f<T>(w[c + 1]);
+    const float rstd = rsqrtf(block_sum(v0 * v0 + v1 * v1, partial) / H + eps);
+    *reinterpret_cast<float2*>(xr + c) = make_float2(v0, v1);
+    h[(size_t)t * H + c] = from_f<T>(w0 * rnd<T>(v0 * rstd));
+    h[(size_t)t * H + c + 1] = from_f<T>(w1 * rnd<T>(v1 * rstd));
+    row32[c] = w0 * (v0 * rstd);
+    row32[c + 1] = w1 * (v1 * rstd);
+    __syncthreads();
+
+    const float4* r4 = reinterpret_cast<const float4*>(row32);
+    auto fma_pass = [&](float& acc, const float4 (&wc)[GV_U], int base) {
+#pragma unroll
+        for (int u = 0; u < GV_U; ++u) {
+            const int cc = base + u * 32 + lane;
+            if (cc < nch) {
+                const float4 hv = r4[cc];
+                acc = fmaf(wc[u].x, hv.x, acc);
+                acc = fmaf(wc[u].y, hv.y, acc);
+                acc = fmaf(wc[u].z, hv.z, acc);
+                acc = fmaf(wc[u].w, hv.w, acc);
+            }
+        }
+    };
+    for (int e = warp; e < E; e += nwarps) {
+        const float4* g = gate4 + (size_t)e * nch;
+        float acc = 0.f;
+        int base = 0;
+        if (e == warp) {  // the prefetched first pass
+            fma_pass(acc, pre, 0);
+            base = 32 * GV_U;
+        }
+        for (; base < nch; base += 32 * GV_U) {
+            float4 wc[GV_U];
+#pragma unroll
+            for (int u = 0; u < GV_U; ++u) {
+                const int cc = base + u * 32 + lane;
+                wc[u] = cc < nch ? __ldg(g + cc) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            fma_pass(acc, wc, base);
+        }
+        const float s = warp_sum(acc);
+        if (lane == 0) logits[e] = s;
+    }
+    __syncthreads();
+    if (warp == 0)
+        route_token<float>(logits, bias, E, k, norm_topk, scale, idx + (size_t)t * k, wts + (size_t)t * k, lane);
+}
+
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define GEMV_KERNEL(NAME, T, O)                                                                                 \
     extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
@@ -204,6 +284,13 @@ GEMV_KERNEL(gemv_bf16_f32out, bf16, float)
 GEMV_KERNEL(gemv_f32, float, float)
 MOE_GEMV_KERNELS(bf16, bf16)
 MOE_GEMV_KERNELS(f32, float)
+#define NORM_ROUTE_KERNEL(SUF, T)                                                                               \
+    extern "C" __global__ void __launch_bounds__(NR_MAX_H / 2) norm_route_##SUF(                                \
+        float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias, int H, int E,   \
+        int k, int norm_topk, float scale, int* idx, float* wts)                                                \
+    { norm_route<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts); }
+NORM_ROUTE_KERNEL(bf16, bf16)
+NORM_ROUTE_KERNEL(f32, float)
 CONV_IN_STEP_KERNEL(bf16, bf16)
 CONV_IN_STEP_KERNEL(f32, float)
 

@@ -23,6 +23,7 @@ GEMV_MAX_TOKENS = 4  # = GV_MAXB in gemv.cu
 GEMV_WARPS = 8  # = GV_WARPS: output columns per block
 ROUTER_THREADS = 1024  # = RT_THREADS
 CONV_STEP_MAX_TOKENS = 2  # conv_in_step's nb cases
+NORM_ROUTE_MAX_H = 2048  # = NR_MAX_H: norm_route keeps the fp32 row in shared memory, H/2 threads
 ROUTER_MAX_E = 64
 MOE_GEMV_MAX_PAIRS = 8  # 2 tokens: at 4 (16 pairs) the grouped GEMM, which reads each expert once, won
 ROUTER_MAX_TOKENS = 64
@@ -45,6 +46,7 @@ class GemvKernels:
         self.k_down = m.kernel(f"moe_gemv_down_{sfx}")
         self.k_router = m.kernel("router_topk")
         self.k_conv_in_step = m.kernel(f"conv_in_step_{sfx}")
+        self.k_norm_route = m.kernel(f"norm_route_{sfx}")
         self.pdl = False  # as Kernels.pdl: every kernel here waits for it (gemv.cu)
 
     def _go(self, kernel, grid, block, args, **shapes):
@@ -130,6 +132,34 @@ class GemvKernels:
         _need(H % self.chunk == 0 and _aligned(h) and _aligned(w_in), "h and w_in need 16-byte rows")
         self._go(self.k_conv_in_step, ((H + GEMV_WARPS - 1) // GEMV_WARPS,), (GEMV_WARPS * 32,),
                  (ptr(h), ptr(w_in), ptr(conv_w), ptr(state), ptr(y), i32(H), i32(L), i32(B)), B=B, H=H, L=L)
+
+    # ----- ffn_norm + router ---------------------------------------------------------------------------------
+    @staticmethod
+    def norm_route_takes(H: int, E: int) -> bool:
+        """norm_route runs H/2 threads (whole warps, <= 1024) and routes E <= 64 experts."""
+        return H % 64 == 0 and H <= NORM_ROUTE_MAX_H and E <= ROUTER_MAX_E
+
+    def norm_route(self, x, y, w, h, eps: float, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:
+        """x += y (one addend per row); h = rmsnorm(x) * w as Kernels.add_norm; then idx, wts = the
+        routing of the fp32 normed rows by `gate` [E, H] as router_topk, in one launch of T blocks."""
+        _dev(x, torch.float32, "x")
+        for t, n in ((y, "y"), (w, "ffn_norm weight"), (h, "h")):
+            _dev(t, self.dtype, n)
+        for t, n in ((gate, "router weight"), (bias, "expert_bias"), (wts, "wts")):
+            _dev(t, torch.float32, n)
+        _dev(idx, torch.int32, "idx")
+        E, H = gate.shape
+        T = x.numel() // H
+        _need(self.norm_route_takes(H, E), f"norm_route needs H % 64 == 0, H <= {NORM_ROUTE_MAX_H} and E <= "
+              f"{ROUTER_MAX_E} (got H={H}, E={E})")
+        _need(1 <= k <= min(E, 32), f"k must be 1..{min(E, 32)}")
+        _need(x.numel() == T * H and y.numel() >= T * H and h.numel() == T * H and w.numel() == H,
+              f"x, h must be [T, {H}], y at least that, w [{H}]")
+        _need(idx.numel() == T * k and wts.numel() == T * k, f"idx, wts must be [{T}, {k}]")
+        _need(_aligned(gate) and _aligned(x), "x and the router weight need 16-byte rows")
+        self._go(self.k_norm_route, (T,), (H // 2,), (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias),
+                                                       i32(H), i32(E), i32(k), i32(bool(norm_topk)), f32(scale),
+                                                       ptr(idx), ptr(wts)), T=T, E=E, H=H)
 
     # ----- router ------------------------------------------------------------------------------------------
     def router_topk(self, h32, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:

@@ -110,6 +110,33 @@ def test_router_topk(G, T, E, k, H):
     close(wts, 2.5 * w / (w.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
 
 
+@pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (3, 32, 4, 2048), (64, 32, 4, 2048), (2, 8, 2, 64),
+                                     (5, 64, 8, 1024)])
+def test_norm_route(G, T, E, k, H):
+    """ffn_norm (x += y; h = rmsnorm(x) * w) and the router in one launch, against float64."""
+    x = rand(T, H, dtype=torch.float32)
+    y = rand(T, H, dtype=G.dtype)
+    w = (1 + 0.1 * rand(H, dtype=torch.float32)).to(G.dtype)
+    gate = rand(E, H, dtype=torch.float32, scale=H ** -0.5)
+    bias = rand(E, dtype=torch.float32, scale=0.05)
+    h = poisoned(T, H, dtype=G.dtype)
+    idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
+    x0 = x.double() + y.double()
+    run(lambda: G.norm_route(x, y, w, h, 1e-5, gate, bias, k, True, 1.5, idx, wts))
+    close(x, x0, torch.float32, "residual")
+    normed = x0 * torch.rsqrt((x0 * x0).mean(-1, keepdim=True) + 1e-5) * w.double()
+    close(h, normed, G.dtype, "h")
+    s = torch.sigmoid(normed @ gate.double().T)
+    score = s + bias.double()
+    top = torch.topk(score, k + 1, dim=-1).values
+    clear = (top[:, k - 1] - top[:, k]) > 1e-5
+    assert clear.any()
+    want_idx = torch.topk(score, k, dim=-1).indices
+    assert torch.equal(idx.long().sort(1).values[clear], want_idx.sort(1).values[clear])
+    wsel = torch.gather(s, 1, idx.long())
+    close(wts, 1.5 * wsel / (wsel.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
+
+
 @pytest.mark.parametrize("B,H,L", [(1, 2048, 3), (2, 2048, 3), (1, 64, 3), (2, 96, 4), (1, 32, 2)])
 def test_conv_in_step(G, B, H, L):
     """in_proj + the ShortConv decode step in one launch, against the same in float64 (the in_proj
