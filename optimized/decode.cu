@@ -280,19 +280,11 @@ __device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi)
     return v > bv || (v == bv && i < bi);
 }
 
-extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows(const float* logits, int* ids, int V)
+// The best (value, index) of this thread's values, reduced over the block; thread 0 gets it.
+__device__ void argmax_block(float& bv, int& bi)
 {
     __shared__ float sv[32];
     __shared__ int si[32];
-    pdl_wait();
-    pdl_trigger();
-    const float* row = logits + (size_t)blockIdx.x * V;
-    float bv = -INFINITY;
-    int bi = 0x7fffffff;
-    for (int c = threadIdx.x; c < V; c += blockDim.x) {
-        float v = row[c];
-        if (argmax_better(v, c, bv, bi)) { bv = v; bi = c; }  // NaN compares false: skipped
-    }
     for (int off = 16; off; off >>= 1) {
         float ov = __shfl_down_sync(0xffffffffu, bv, off);
         int oi = __shfl_down_sync(0xffffffffu, bi, off);
@@ -310,6 +302,52 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows(const f
             int oi = __shfl_down_sync(0xffffffffu, bi, off);
             if (argmax_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
         }
-        if (lane == 0) ids[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+    }
+}
+
+// grid (nsplit, B): block (s, r) takes columns [s * V / nsplit, (s + 1) * V / nsplit) of row r. With
+// nsplit > 1 each block leaves its best in part_v / part_i and the last block of a row to finish
+// (count[r], which it resets to 0 for the next launch) reduces them: one launch, V spread over many
+// SMs (a single 1024-thread block took 16 us for one 65,536-logit row, 1 % of a batch-1 step).
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
+    argmax_rows(const float* logits, int* ids, int V, float* part_v, int* part_i, unsigned* count, int nsplit)
+{
+    __shared__ bool last;
+    pdl_wait();
+    pdl_trigger();
+    const int r = blockIdx.y, s = blockIdx.x;
+    const float* row = logits + (size_t)r * V;
+    const int c0 = (int)((long long)V * s / nsplit), c1 = (int)((long long)V * (s + 1) / nsplit);
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+        float v = row[c];
+        if (argmax_better(v, c, bv, bi)) { bv = v; bi = c; }  // NaN compares false: skipped
+    }
+    argmax_block(bv, bi);
+    if (nsplit == 1) {
+        if (threadIdx.x == 0) ids[r] = bi == 0x7fffffff ? 0 : bi;
+        return;
+    }
+    if (threadIdx.x == 0) {
+        part_v[r * nsplit + s] = bv;
+        part_i[r * nsplit + s] = bi;
+        __threadfence();
+        last = atomicAdd(&count[r], 1u) == (unsigned)nsplit - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    bv = -INFINITY;
+    bi = 0x7fffffff;
+    for (int j = threadIdx.x; j < nsplit; j += blockDim.x) {
+        const float v = __ldcg(part_v + r * nsplit + j);  // L2: other blocks wrote them
+        const int i = __ldcg(part_i + r * nsplit + j);
+        if (argmax_better(v, i, bv, bi)) { bv = v; bi = i; }
+    }
+    argmax_block(bv, bi);
+    if (threadIdx.x == 0) {
+        ids[r] = bi == 0x7fffffff ? 0 : bi;
+        count[r] = 0;
     }
 }

@@ -22,6 +22,20 @@ DECODE_MAXG = 16  # = DMAXG: query heads per kv head
 DECODE_HEAD_DIMS = (16, 32, 64)
 
 
+ARGMAX_COLUMNS = 2048  # logits per argmax block when a row is split
+
+
+class ArgmaxScratch:
+    """Partial results and per-row arrival counters of the split argmax (argmax_rows in decode.cu);
+    the counters start at 0 and the last block of each row puts them back."""
+
+    def __init__(self, B: int, V: int, device):
+        self.nsplit = max(1, min(1024, -(-V // ARGMAX_COLUMNS)))
+        self.part_v = torch.empty((B, self.nsplit), dtype=torch.float32, device=device)
+        self.part_i = torch.empty((B, self.nsplit), dtype=torch.int32, device=device)
+        self.count = torch.zeros(B, dtype=torch.int32, device=device)
+
+
 def attention_splits(batch: int, nkv: int, max_len: int, sms: int) -> int:
     """Chunks decode attention splits each (sequence, kv head) into: enough blocks for ~2 per SM
     at batch 1, never more than the cache has tiles (a split takes at least DECODE_KT keys)."""
@@ -124,14 +138,21 @@ class DecodeKernels:
                  (ptr(part_o), ptr(part_ml), ptr(lengths), ptr(o), i32(B), i32(nh), i32(hd), i32(Lmax), i32(nsplit)),
                  B=B, nh=nh, nsplit=nsplit)
 
-    def argmax_rows(self, logits, ids) -> None:
-        """ids[r] = argmax of fp32 logits[r, :] (lowest index on ties, as numpy), on the device."""
+    def argmax_rows(self, logits, ids, scratch: "ArgmaxScratch | None" = None) -> None:
+        """ids[r] = argmax of fp32 logits[r, :] (lowest index on ties, as numpy), on the device; with
+        `scratch` (sized for these logits) each row is split over scratch.nsplit blocks."""
         _dev(logits, torch.float32, "logits")
         _dev(ids, torch.int32, "ids")
         _need(logits.dim() == 2 and ids.numel() == logits.shape[0],
               f"ids must hold one entry per row of logits {tuple(logits.shape)}, got {ids.numel()}")
         B, V = logits.shape
-        self._go(self.k_argmax, (B,), (1024,), (ptr(logits), ptr(ids), i32(V)), B=B, V=V)
+        nsplit = 1 if scratch is None else scratch.nsplit
+        if scratch is not None:
+            _need(tuple(scratch.part_v.shape) == (B, nsplit) and scratch.count.numel() == B,
+                  f"argmax scratch is for {tuple(scratch.part_v.shape)}, not {B} rows")
+        args = (ptr(logits), ptr(ids), i32(V), *(ptr(None),) * 3) if scratch is None else \
+            (ptr(logits), ptr(ids), i32(V), ptr(scratch.part_v), ptr(scratch.part_i), ptr(scratch.count))
+        self._go(self.k_argmax, (nsplit, B), (1024,), (*args, i32(nsplit)), B=B, V=V)
 
     def advance_lengths(self, lengths) -> None:
         _dev(lengths, torch.int32, "lengths")

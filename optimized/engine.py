@@ -57,7 +57,7 @@ from harness.engine import Engine
 from harness.gpu import get_context, release_context
 from harness.reference import check_tokens
 
-from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompts
+from .decode import DecodePlan, PrefillFill, check_room, decode_step, pad_prompts
 from .decode_kernels import DecodeKernels, attention_splits
 from .gemv import GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
@@ -242,7 +242,8 @@ class OptimizedEngine(Engine):
         self._ffn_norm(P, L, moe)
         if moe:
             if self._moe_gemv(P):
-                self.G.moe_gateup(P.h, L["w13"], P.act, P.idx, k)
+                nxt = self.W.layers[i + 1] if i + 1 < len(self.W.layers) else {}
+                self.G.moe_gateup(P.h, L["w13"], P.act, P.idx, k, prefetch=nxt.get("in", nxt.get("qkv")))
                 self.G.moe_down(P.act, L["w2"], P.y, P.idx, P.wts)
                 return k
             v = P.moe_variant.name
@@ -423,18 +424,19 @@ class OptimizedEngine(Engine):
         P = D.work
         P.ids_host.numpy()[:, 0] = tokens
         with torch.cuda.stream(self.tstream):
-            P.ids.copy_(P.ids_host.view(-1), non_blocking=True)
             if D.graph is not None:
-                D.graph.replay()
+                D.graph.replay()  # ids up, the step, greedy ids down (decode.decode_step)
             else:
-                decode_body(self, D)
+                decode_step(self, D)
                 if self.use_graphs and self.graph_error is None and not D.capture_tried:
                     self._capture_decode(D)  # records the next steps' launches; runs nothing now
             out = P.logits_host if want_logits else D.next_ids_host
-            out.copy_(P.logits_f32 if want_logits else D.next_ids, non_blocking=True)
+            if want_logits:
+                out.copy_(P.logits_f32, non_blocking=True)
         self.stream.synchronize()
         D.len_host += 1
-        self._count_io(tokens.nbytes, out.numel() * out.element_size())
+        ids_down = D.next_ids_host.numel() * 4 if want_logits else 0  # the graph brings the greedy ids down too
+        self._count_io(tokens.nbytes, out.numel() * out.element_size() + ids_down)
         return out.numpy().copy()
 
     def _decode_kernels(self) -> DecodeKernels:
@@ -480,7 +482,7 @@ class OptimizedEngine(Engine):
         g = torch.cuda.CUDAGraph()
         try:
             with capturing(g, self.tstream):
-                decode_body(self, D)
+                decode_step(self, D)
             D.graph = g
         except Exception as e:  # keep a working (eager) decode and say why
             self.graph_error = f"{type(e).__name__}: {e}"

@@ -200,9 +200,17 @@ def test_argmax_rows_matches_numpy_with_ties(DK, B, V, rng):
     logits[0, V // 3] = logits[0, V - 1] = 50.0  # a tie: the lower index wins, as numpy's
     if B > 1:
         logits[1] = -float("inf")  # all equal: index 0
+    from optimized.decode_kernels import ArgmaxScratch
+    want = logits.cpu().numpy().argmax(1).tolist()
     ids = device_ints([-1] * B)
     run(lambda: DK.argmax_rows(logits, ids))
-    assert ids.tolist() == logits.cpu().numpy().argmax(1).tolist()
+    assert ids.tolist() == want
+    scratch = ArgmaxScratch(B, V, "cuda")  # split over blocks; twice, so the counters' reset is used
+    for _ in range(2):
+        ids = device_ints([-1] * B)
+        run(lambda: DK.argmax_rows(logits, ids, scratch))
+        assert ids.tolist() == want
+    assert scratch.count.tolist() == [0] * B
 
 
 # ----- the engine ---------------------------------------------------------------------------------------
@@ -332,8 +340,8 @@ def test_graph_replay_equals_eager(fp32, ckpt, gpu):
             fp32.counters.reset()
             a, b = fp32.decode(tok), eager.decode(tok)
             np.testing.assert_array_equal(a, b, err_msg=f"step {step}")
-            c = fp32.counters  # a step moves the ids up and the logits down, nothing else
-            assert c.h2d_bytes == 2 * 4 and c.d2h_bytes == 2 * ckpt.config.vocab_size * 4
+            c = fp32.counters  # a step moves the ids up and the logits (and greedy ids) down, nothing else
+            assert c.h2d_bytes == 2 * 4 and c.d2h_bytes == 2 * ckpt.config.vocab_size * 4 + 2 * 4
         assert fp32.graph_error is None, fp32.graph_error
         assert fp32._dec.graph is not None and eager._dec.graph is None
     finally:
