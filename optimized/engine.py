@@ -242,8 +242,7 @@ class OptimizedEngine(Engine):
         self._ffn_norm(P, L, moe)
         if moe:
             if self._moe_gemv(P):
-                nxt = self.W.layers[i + 1] if i + 1 < len(self.W.layers) else {}
-                self.G.moe_gateup(P.h, L["w13"], P.act, P.idx, k, prefetch=nxt.get("in", nxt.get("qkv")))
+                self.G.moe_gateup(P.h, L["w13"], P.act, P.idx, k)
                 self.G.moe_down(P.act, L["w2"], P.y, P.idx, P.wts)
                 return k
             v = P.moe_variant.name

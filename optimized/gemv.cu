@@ -12,7 +12,7 @@
 // as cuBLAS and the grouped GEMM's epilogues in moe_stream.cu do):
 //   gemv_<sfx>(x, ldx, W, y, ldy, N, K, nb)        y[b, n] = W[n] . x[b] for b < nb <= GV_MAXB;
 //   gemv_bf16_f32out(...)                          the same with fp32 y (the LM head's logits);
-//   moe_gemv_gateup_<sfx>(h, w13, act, idx, topk, N, K, pf, pf_bytes)
+//   moe_gemv_gateup_<sfx>(h, w13, act, idx, topk, N, K)
 //       pair p = blockIdx.y of token t = p / topk and expert e = idx[p] (idx null: e = 0, the dense
 //       FFN): act[p, n] = silu(w13[e, n] . h[t]) * (w13[e, N + n] . h[t]), w13 [E, 2N, K];
 //   moe_gemv_down_<sfx>(act, w2, ys, idx, wts, N, K)   ys[p, n] = wts[p] * (w2[e, n] . act[p]);
@@ -111,30 +111,10 @@ __device__ void gemv(const T* x, int ldx, const T* W, O* y, int ldy, int N, int 
     }
 }
 
-// The bytes [pf, pf + pf_bytes) to L2, spread over the blocks of blockIdx.y == 0, 32 KB per TMA
-// bulk prefetch (sm_90): nothing waits for them.
-#define PF_CHUNK 32768
-__device__ __forceinline__ void prefetch_l2(const char* pf, unsigned long long pf_bytes)
-{
-#if __CUDA_ARCH__ >= 900
-    if (pf == nullptr || blockIdx.y != 0) return;
-    const unsigned long long chunks = (pf_bytes + PF_CHUNK - 1) / PF_CHUNK;
-    for (unsigned long long c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += gridDim.x * blockDim.x) {
-        const unsigned long long off = c * PF_CHUNK;
-        const unsigned bytes = (unsigned)min((unsigned long long)PF_CHUNK, pf_bytes - off);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(pf + off), "r"(bytes) : "memory");
-    }
-#endif
-}
-
 template <typename T>
-__device__ void moe_gemv_gateup(const T* h, const T* w13, T* act, const int* idx, int topk, int N, int K,
-                                const char* pf, unsigned long long pf_bytes)
+__device__ void moe_gemv_gateup(const T* h, const T* w13, T* act, const int* idx, int topk, int N, int K)
 {
     const int lane = threadIdx.x & 31, n = blockIdx.x * GV_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
-    // Until the router (the kernel before) ends, which experts to read is unknown and HBM would
-    // idle: pf (the next layer's mixer weights, read a few kernels later) streams to L2 meanwhile.
-    prefetch_l2(pf, pf_bytes);
     if (n >= N) return;
     pdl_wait();  // idx comes from the kernel right before (the router)
     pdl_trigger();
@@ -283,9 +263,8 @@ __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, co
 
 #define MOE_GEMV_KERNELS(SUF, T)                                                                                \
     extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
-        moe_gemv_gateup_##SUF(const T* h, const T* w13, T* act, const int* idx, int topk, int N, int K,         \
-                              const char* pf, unsigned long long pf_bytes)                                      \
-    { moe_gemv_gateup<T>(h, w13, act, idx, topk, N, K, pf, pf_bytes); }                                         \
+        moe_gemv_gateup_##SUF(const T* h, const T* w13, T* act, const int* idx, int topk, int N, int K)         \
+    { moe_gemv_gateup<T>(h, w13, act, idx, topk, N, K); }                                                       \
     extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
         moe_gemv_down_##SUF(const T* act, const T* w2, T* ys, const int* idx, const float* wts, int N, int K)   \
     { moe_gemv_down<T>(act, w2, ys, idx, wts, N, K); }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from harness.gpu import launch, load_module
@@ -87,11 +86,10 @@ class GemvKernels:
         _need(K % self.chunk == 0, f"{what}: K={K} must be a multiple of {self.chunk} (16-byte rows)")
         _need(a.numel() >= rows * K, f"{what}: input holds fewer than {rows} rows of {K}")
 
-    def moe_gateup(self, h, w13, act, idx, topk: int, prefetch: torch.Tensor | None = None) -> None:
+    def moe_gateup(self, h, w13, act, idx, topk: int) -> None:
         """act[p] = silu(h[t] @ w1_e^T) * (h[t] @ w3_e^T) for pair p = t * topk + j of expert
         e = idx[p]; w13 [E, 2N, K]. idx None: every pair uses expert 0 (w13 [1, 2N, K], the dense
-        FFN, topk 1). prefetch: a tensor (the next weights the step reads) sent to L2 while the
-        kernel waits for the router."""
+        FFN, topk 1)."""
         E, N2, K = w13.shape
         N = N2 // 2
         npairs = h.shape[0] if idx is None else idx.numel()
@@ -103,9 +101,7 @@ class GemvKernels:
         self._moe_checks(h, w13, act, npairs // max(topk, 1), K, "moe_gemv_gateup")
         _need(act.numel() >= npairs * N, f"act must hold [{npairs}, {N}]")
         self._go(self.k_gateup, ((N + GEMV_WARPS - 1) // GEMV_WARPS, npairs), (GEMV_WARPS * 32,),
-                 (ptr(h), ptr(w13), ptr(act), ptr(idx), i32(topk), i32(N), i32(K), ptr(prefetch),
-                  np.uint64(0 if prefetch is None else prefetch.numel() * prefetch.element_size())),
-                 npairs=npairs, N=N, K=K)
+                 (ptr(h), ptr(w13), ptr(act), ptr(idx), i32(topk), i32(N), i32(K)), npairs=npairs, N=N, K=K)
 
     def moe_down(self, act, w2, ys, idx, wts) -> None:
         """ys[p] = wts[p] * (act[p] @ w2_e^T), e = idx[p]; w2 [E, N, K]; ys [npairs, N] (the k

@@ -71,7 +71,7 @@ def test_moe_gemv(G, T, E, k, H, Im):
     idx, wts = _routing(T, E, k, seed=T * 100 + E)
     npairs = T * k
     act, ys = poisoned(npairs, Im, dtype=G.dtype), poisoned(npairs, H, dtype=G.dtype)
-    run(lambda: G.moe_gateup(h, w13, act, idx, k, prefetch=w2))  # w2 to L2 on the way: changes no result
+    run(lambda: G.moe_gateup(h, w13, act, idx, k))
     ex, tok = idx.view(-1).long(), torch.arange(npairs, device="cuda") // k
     hd = h.double()[tok]
     gate = torch.einsum("ph,pih->pi", hd, w13[ex, :Im].double())
