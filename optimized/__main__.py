@@ -215,11 +215,14 @@ def _graph_ms(eng, reps: int = 20) -> float | None:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     with torch.cuda.stream(eng.tstream):
         start.record(eng.tstream)
+        t = time.perf_counter()
         for _ in range(reps):
             D.graph.replay()
+        launch_ms = (time.perf_counter() - t) * 1e3 / reps
         end.record(eng.tstream)
     end.synchronize()
     D.active = False  # lengths moved on without the host: a new prefill must start the next generation
+    print(f"  decode graph: host launch {launch_ms:.3f} ms per replay", flush=True)
     return start.elapsed_time(end) / reps
 
 
