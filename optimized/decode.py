@@ -124,17 +124,6 @@ class PrefillFill:
         return torch.index_select(h, 0, self.rows, out=self.last)
 
 
-def decode_step(eng, D: DecodePlan) -> None:
-    """What a decode step's CUDA graph holds: the token ids up from their pinned host buffer, the
-    step (decode_body), the greedy ids down into theirs. The copies in the graph save the host two
-    torch calls per token (the batch-1 step is ~1.6 ms of GPU time, the host's share per token
-    was measured at 0.08-0.25 ms)."""
-    P = D.work
-    P.ids.copy_(P.ids_host.view(-1), non_blocking=True)
-    decode_body(eng, D)
-    D.next_ids_host.copy_(D.next_ids, non_blocking=True)
-
-
 def decode_body(eng, D: DecodePlan) -> None:
     """One decode step's device work, for the token ids already in D.work.ids: logits of every
     sequence in D.work.logits_f32 and their argmax in D.next_ids, caches extended by one position,

@@ -57,7 +57,7 @@ from harness.engine import Engine
 from harness.gpu import get_context, release_context
 from harness.reference import check_tokens
 
-from .decode import DecodePlan, PrefillFill, check_room, decode_step, pad_prompts
+from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompts
 from .decode_kernels import DecodeKernels, attention_splits
 from .gemv import GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
@@ -423,19 +423,18 @@ class OptimizedEngine(Engine):
         P = D.work
         P.ids_host.numpy()[:, 0] = tokens
         with torch.cuda.stream(self.tstream):
+            P.ids.copy_(P.ids_host.view(-1), non_blocking=True)
             if D.graph is not None:
-                D.graph.replay()  # ids up, the step, greedy ids down (decode.decode_step)
+                D.graph.replay()
             else:
-                decode_step(self, D)
+                decode_body(self, D)
                 if self.use_graphs and self.graph_error is None and not D.capture_tried:
                     self._capture_decode(D)  # records the next steps' launches; runs nothing now
             out = P.logits_host if want_logits else D.next_ids_host
-            if want_logits:
-                out.copy_(P.logits_f32, non_blocking=True)
+            out.copy_(P.logits_f32 if want_logits else D.next_ids, non_blocking=True)
         self.stream.synchronize()
         D.len_host += 1
-        ids_down = D.next_ids_host.numel() * 4 if want_logits else 0  # the graph brings the greedy ids down too
-        self._count_io(tokens.nbytes, out.numel() * out.element_size() + ids_down)
+        self._count_io(tokens.nbytes, out.numel() * out.element_size())
         return out.numpy().copy()
 
     def _decode_kernels(self) -> DecodeKernels:
@@ -481,7 +480,7 @@ class OptimizedEngine(Engine):
         g = torch.cuda.CUDAGraph()
         try:
             with capturing(g, self.tstream):
-                decode_step(self, D)
+                decode_body(self, D)
             D.graph = g
         except Exception as e:  # keep a working (eager) decode and say why
             self.graph_error = f"{type(e).__name__}: {e}"
