@@ -150,3 +150,68 @@ for dtype in ("fp32", "bf16"):
             errs.append(float(np.abs(got - want[s]).max()))
         eng.close()
         print(f"{dtype} gemv={gemv:d} pdl={pdl:d} graphs={graphs:d}: " + "  ".join(f"{s[0]}x{s[1]} {e:.2e}" for s, e in zip(shapes, errs)), flush=True)
+
+# ===== gpu_call13.sh
+#!/bin/bash
+# Session 5, GPU call 13: is the bimodal batch-1 step time (1.65 vs 1.82 ms per process) on the GPU or the host?
+source .devwheels/setup.sh
+export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+t0=$(date +%s)
+B="python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes 1x1 --iters 2 --decode 1,64"
+for r in 1 2 3 4; do
+  timeout 60 $B > $OUT/head-$r.log 2>&1; echo "run $r $(( $(date +%s)-t0 )) s"; grep "decode B" $OUT/head-$r.log
+done
+nvidia-smi -q -d CLOCK,PERFORMANCE | head -60 > $OUT/clocks.txt
+# ===== gpu_call15.sh
+#!/bin/bash
+# Session 5, GPU call 15: in-graph copies and split argmax, without the L2 prefetch: tests, then
+# decode timings (wall and GPU alone), 3 processes.
+source .devwheels/setup.sh
+export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+t0=$(date +%s)
+B="python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes 1x1 --iters 2 --decode 1,2,64"
+for r in 1 2 3; do
+  timeout 70 $B > $OUT/bench-$r.log 2>&1; echo "run $r rc=$? $(( $(date +%s)-t0 )) s"; grep -E "decode B|rror|fail" $OUT/bench-$r.log
+done
+timeout 300 python -m pytest tests/gpu/test_optimized_gemv.py tests/gpu/test_optimized_decode.py -q -p no:cacheprovider -rfE > $OUT/gpu-tests.log 2>&1
+echo "tests rc=$? $(( $(date +%s)-t0 )) s"; grep -E "^E  .*(output|Assert|rror)|passed|failed" $OUT/gpu-tests.log | head
+# ===== gpu_call16.sh
+#!/bin/bash
+# Session 5, GPU call 16: A/B on one machine: ids copies inside the decode graph (HEAD) or outside (ab_prev).
+source .devwheels/setup.sh
+export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+t0=$(date +%s)
+rm -rf /tmp/prev && cp -r . /tmp/prev && rm -rf /tmp/prev/optimized && cp -r ab_prev/optimized /tmp/prev/optimized
+B="python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes 1x1 --iters 2 --decode 1,2"
+for r in 1 2; do
+  timeout 60 $B > $OUT/in-graph-$r.log 2>&1; echo "in-graph $r:"; grep -E "decode" $OUT/in-graph-$r.log
+  (cd /tmp/prev && timeout 60 $B > $OUT/outside-$r.log 2>&1); echo "outside $r:"; grep -E "decode" $OUT/outside-$r.log
+done
+# ===== gpu_call17.sh
+#!/bin/bash
+# Session 5, GPU call 17: final code: the optimized GPU tests, then issue 12's generate comparison
+# beside hf at batch 1 and 64, and the decode timings with GPU time alone.
+source .devwheels/setup.sh
+export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+H="python -m harness"
+t0=$(date +%s)
+$H make-model --preset lfm2-8b-a1b --quiet > $OUT/make-model.log 2>&1 &
+MM=$!
+timeout 200 python -m pytest tests/gpu/test_optimized_gemv.py tests/gpu/test_optimized_decode.py tests/gpu/test_optimized_engine.py tests/gpu/test_optimized_kernels.py -q -p no:cacheprovider -rfE > $OUT/gpu-tests.log 2>&1
+echo "tests rc=$? $(( $(date +%s)-t0 )) s"; tail -1 $OUT/gpu-tests.log
+timeout 60 python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes 1x16,64x16 --decode 1,2,4,64 --json $OUT/opt-bench.json > $OUT/opt-bench.log 2>&1
+echo "bench rc=$? $(( $(date +%s)-t0 )) s"; grep -E "^ +[0-9]+x|decode B" $OUT/opt-bench.log
+wait $MM; echo "make-model rc=$? $(( $(date +%s)-t0 )) s"
+for B in 1 64; do
+  timeout $(( 580 - ($(date +%s)-t0) )) $H compare --phases none --engines optimized,hf --workload generate --max-new-tokens 64 \
+    --samples $B --batch $B --warmup 1 --budget-s 20 --out r --run-id h100-generate-b$B-s5b --no-progress > $OUT/compare-b$B.log 2>&1
+  echo "compare b$B rc=$? $(( $(date +%s)-t0 )) s"
+done
+(cd r && tar czf $OUT/runs.tgz .)
+for f in r/*/summary.csv; do python -c "
+import pandas as pd, sys
+d = pd.read_csv('$f'); print(d[['engine','batch','itl_p50_ms','itl_p99_ms','decode_tokens_per_s','pct_of_decode_floor','greedy_first_divergence','git_commit']].to_string())"; done
+# ===== call 11: as gpu_call17.sh's tests and bench (norm_route's first run); call 12: A/B of HEAD vs HEAD~1's optimized/ (as gpu_call16.sh)
+# ===== call 18 (inline)
+timeout 400 python -m pytest "tests/gpu/test_harness_compare_gpu.py::test_compare_phase0_full_model_report" -q
+# (call 14 ran gpu_call15.sh as it stood on ac8cbfa, with the L2 prefetch; call 15 the same on 2833d8a without it)
