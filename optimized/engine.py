@@ -20,10 +20,10 @@ forward replayed from a CUDA graph per (B, S).
 | LM head                    | last position of each sequence only (cuBLAS)                          |
 
 At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head are weight-
-streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV,
-no sort), and up to 64 tokens the router GEMM and routing are one launch (router_topk); option
-gemv=False keeps cuBLAS and the grouped GEMM there (for comparison). Up to 64 tokens the MoE
-layer's ffn_norm is done by the same launch as its router (norm_route) where H <= 2048.
+streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV
+up to 2 tokens, no sort), and up to 64 tokens a MoE layer's ffn_norm, router GEMM and routing
+are one launch (norm_route; where H > 2048, add_norm then router_topk). Option gemv=False keeps
+add_norm, cuBLAS and the grouped GEMM there (for comparison).
 
 cuBLAS (torch.mm) does the plain dense GEMMs; in fp32 with TF32 off, in bf16 with fp32
 accumulation (reduced-precision reductions off). The residual stream stays fp32 in both dtypes
