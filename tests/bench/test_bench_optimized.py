@@ -1,5 +1,6 @@
 """pytest-benchmark microbenchmarks of the optimized engine's grouped MoE GEMMs (every variant,
-small to large batches) and attention at the real model's shapes (bf16 and fp32). GPU only:
+small to large batches), attention, and the small-batch GEMVs of the batch-1 decode step, at
+the real model's shapes (bf16 and fp32). GPU only:
 skipped cleanly without one.
 
   pytest tests/bench -m gpu --benchmark-only
@@ -112,3 +113,47 @@ def test_bench_attention(benchmark, K, B, S):
     benchmark(go)
     flops = B * 4 * nh * hd * S * (S + 1) / 2
     benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+
+
+@pytest.fixture(scope="module")
+def G(gpu, K):
+    from optimized.gemv import GemvKernels
+    return GemvKernels(gpu, K.dtype, stream=None)
+
+
+# the batch-1 decode step's weight streams: out_proj, in_proj, the LM head (fp32 logits), and one
+# MoE layer's four experts (gate/up then down)
+@pytest.mark.parametrize("what,N,K_", [("out_proj", 2048, 2048), ("in_proj", 6144, 2048), ("lm_head", 65536, 2048),
+                                       ("moe_4_experts", 1792, 2048)])
+def test_bench_gemv(benchmark, G, what, N, K_):
+    """Weight bytes per second of the small-batch GEMVs at one token (extra_info: event_GBps, the
+    kernels back to back between CUDA events; GBps, one launch plus synchronize per round)."""
+    x = _rand(1, K_, dtype=G.dtype)
+    if what == "moe_4_experts":
+        E, k = 32, 4
+        w13, w2 = _rand(E, 2 * N, K_, dtype=G.dtype, scale=0.02), _rand(E, K_, N, dtype=G.dtype, scale=0.02)
+        idx = torch.tensor([[3, 11, 17, 29]], dtype=torch.int32, device="cuda")
+        wts = torch.full((1, k), 0.25, device="cuda")
+        act, ys = torch.empty(k, N, dtype=G.dtype, device="cuda"), torch.empty(k, K_, dtype=G.dtype, device="cuda")
+        nbytes = k * 3 * N * K_ * w2.element_size()
+
+        def launch():
+            G.moe_gateup(x, w13, act, idx, k)
+            G.moe_down(act, w2, ys, idx, wts)
+    else:
+        w = _rand(N, K_, dtype=G.dtype, scale=0.02)
+        y = torch.empty(1, N, dtype=torch.float32 if what == "lm_head" else G.dtype, device="cuda")
+        nbytes = N * K_ * w.element_size()
+
+        def launch():
+            G.gemv(x, w, y)
+
+    def go():
+        launch()
+        torch.cuda.synchronize()
+
+    go()
+    benchmark(go)
+    ms = _event_ms(launch)
+    benchmark.extra_info["GBps"] = nbytes / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info["event_ms"], benchmark.extra_info["event_GBps"] = ms, nbytes / ms / 1e6
