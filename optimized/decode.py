@@ -88,10 +88,6 @@ class DecodePlan:
         self.next_ids = torch.empty(B, dtype=torch.int32, device=dev)  # each step's greedy choice
         self.argmax = ArgmaxScratch(B, cfg.vocab_size, dev)
         self.next_ids_host = torch.empty(B, dtype=torch.int32, pin_memory=True)
-        # numpy views of the pinned buffers a decode step copies through (made once, not per token)
-        self.ids_np = work.ids_host.numpy().reshape(-1)
-        self.next_np = self.next_ids_host.numpy()
-        self.logits_np = work.logits_host.numpy()
         self.active = False  # a prefill filled the caches
         self.graph = None
         self.capture_tried = False
