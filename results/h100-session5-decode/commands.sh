@@ -215,3 +215,35 @@ d = pd.read_csv('$f'); print(d[['engine','batch','itl_p50_ms','itl_p99_ms','deco
 # ===== call 18 (inline)
 timeout 400 python -m pytest "tests/gpu/test_harness_compare_gpu.py::test_compare_phase0_full_model_report" -q
 # (call 14 ran gpu_call15.sh as it stood on ac8cbfa, with the L2 prefetch; call 15 the same on 2833d8a without it)
+# ===== gpu_call20.sh
+#!/bin/bash
+# Session 5, GPU call 20: the lean per-token host path (HEAD) vs the torch copies (HEAD~1's optimized/, ab_prev),
+# 3 processes each, alternating; the decode GPU tests on HEAD; the GEMV microbenchmarks.
+source .devwheels/setup.sh
+export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+t0=$(date +%s)
+rm -rf /tmp/prev && cp -r . /tmp/prev && rm -rf /tmp/prev/optimized && cp -r ab_prev/optimized /tmp/prev/optimized
+B="python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes 1x1 --iters 2 --decode 1,64"
+for r in 1 2 3; do
+  timeout 60 $B > $OUT/lean-$r.log 2>&1; echo "lean $r: $(grep 'decode B' $OUT/lean-$r.log | cut -c1-60 | tr '\n' '|')"
+  (cd /tmp/prev && timeout 60 $B > $OUT/torch-$r.log 2>&1); echo "torch $r: $(grep 'decode B' $OUT/torch-$r.log | cut -c1-60 | tr '\n' '|')"
+done
+echo "$(( $(date +%s)-t0 )) s"
+timeout 150 python -m pytest tests/gpu/test_optimized_decode.py tests/gpu/test_optimized_gemv.py -q -p no:cacheprovider -rfE > $OUT/gpu-tests.log 2>&1
+echo "tests rc=$? $(( $(date +%s)-t0 )) s"; tail -1 $OUT/gpu-tests.log
+timeout 120 python -m pytest tests/bench -m gpu --benchmark-only -k "gemv" -q -p no:cacheprovider --benchmark-json=$OUT/bench-gemv.json > $OUT/bench-gemv.log 2>&1
+echo "bench rc=$? $(( $(date +%s)-t0 )) s"
+python -c "
+import json; d = json.load(open('$OUT/bench-gemv.json'))
+for b in d['benchmarks']: print(b['name'], '%.1f GB/s events, %.3f ms' % (b['extra_info']['event_GBps'], b['extra_info']['event_ms']))"
+# ===== gpu_call21.sh
+#!/bin/bash
+# Session 5, GPU call 21: the GEMV microbenchmarks (CUDA graph of 20 launches each).
+source .devwheels/setup.sh
+export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+t0=$(date +%s)
+timeout 200 python -m pytest tests/bench -m gpu --benchmark-only -k "gemv" -q -p no:cacheprovider --benchmark-json=$OUT/bench-gemv.json > $OUT/bench-gemv.log 2>&1
+echo "bench rc=$? $(( $(date +%s)-t0 )) s"; tail -3 $OUT/bench-gemv.log
+python -c "
+import json; d = json.load(open('$OUT/bench-gemv.json'))
+for b in d['benchmarks']: print(b['name'], '%.0f GB/s, %.1f us per launch' % (b['extra_info']['graph_GBps'], b['extra_info']['us_per_launch']))"
