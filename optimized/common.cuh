@@ -76,6 +76,24 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
+// ----- the ShortConv decode step of one channel c (model.md 2.5) ----------------------------------------
+// From its in_proj outputs B, C, x (already rounded to T): Bx = B*x, conv = sum_{j < L-1} w[c, j] *
+// state[j] + w[c, L-1] * Bx (the taps in the prefill's order, so the fp32 sum is the prefill's),
+// *y = C * conv; then the state column st (stride H) drops its oldest entry and takes Bx. Shared by
+// decode.cu's conv_step (B, C, x read from in_proj's output) and gemv.cu's conv_in_step (computed).
+template <typename T>
+__device__ __forceinline__ void conv_step_channel(float bv, float cv, float xv, const T* conv_w, T* st, T* y, int c,
+                                                  int H, int L)
+{
+    const float bx = rnd<T>(bv * xv);
+    float acc = 0.f;
+    for (int j = 0; j < L - 1; ++j) acc += to_f<T>(conv_w[c * L + j]) * to_f<T>(st[(size_t)j * H]);
+    acc += to_f<T>(conv_w[c * L + L - 1]) * bx;
+    *y = from_f<T>(cv * rnd<T>(acc));
+    for (int j = 0; j + 1 < L - 1; ++j) st[(size_t)j * H] = st[(size_t)(j + 1) * H];
+    if (L > 1) st[(size_t)(L - 2) * H] = from_f<T>(bx);
+}
+
 // ----- q/k RMSNorm + RoPE of one head vector at position pos (one warp) -------------------------------
 // Shared by elementwise.cu's qk_norm_rope (prefill) and decode.cu's qk_norm_rope_step (decode), so
 // the two agree bit for bit in fp32. Needs warp_sum, to_f, from_f and rnd from above.

@@ -27,10 +27,9 @@ __device__ __forceinline__ float warp_max(float v)
 }
 
 // ----- ShortConv, one token per sequence ---------------------------------------------------------
-// bcx [B, 3H] (in_proj output: B | C | x), conv_w [H, L], state [B, L-1, H], y [B, H].
-// conv = sum_{j < L-1} w[c, j] * state[j] + w[c, L-1] * Bx (the taps in shortconv's order, so the
-// fp32 sum is the prefill's), y = C * conv; then the state drops its oldest column and takes Bx.
-// One thread per (b, c): it alone reads and writes its state column.
+// bcx [B, 3H] (in_proj output: B | C | x), conv_w [H, L], state [B, L-1, H], y [B, H]; the
+// arithmetic is common.cuh's conv_step_channel. One thread per (b, c): it alone reads and writes
+// its state column.
 template <typename T>
 __device__ void conv_step(const T* bcx, const T* conv_w, T* state, T* y, int B, int H, int L)
 {
@@ -38,14 +37,8 @@ __device__ void conv_step(const T* bcx, const T* conv_w, T* state, T* y, int B, 
     if (i >= (size_t)B * H) return;
     const int b = (int)(i / H), c = (int)(i % H);
     const T* r = bcx + (size_t)b * 3 * H;
-    const float bx = rnd<T>(to_f<T>(r[c]) * to_f<T>(r[2 * H + c]));
-    T* st = state + (size_t)b * (L - 1) * H + c;
-    float acc = 0.f;
-    for (int j = 0; j < L - 1; ++j) acc += to_f<T>(conv_w[c * L + j]) * to_f<T>(st[(size_t)j * H]);
-    acc += to_f<T>(conv_w[c * L + L - 1]) * bx;
-    y[i] = from_f<T>(to_f<T>(r[H + c]) * rnd<T>(acc));
-    for (int j = 0; j + 1 < L - 1; ++j) st[(size_t)j * H] = st[(size_t)(j + 1) * H];
-    if (L > 1) st[(size_t)(L - 2) * H] = from_f<T>(bx);
+    conv_step_channel<T>(to_f<T>(r[c]), to_f<T>(r[H + c]), to_f<T>(r[2 * H + c]), conv_w,
+                         state + (size_t)b * (L - 1) * H + c, y + i, c, H, L);
 }
 
 // ----- conv state after a prefill of right-padded prompts ------------------------------------------

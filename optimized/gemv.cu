@@ -158,15 +158,9 @@ __device__ void conv_in_step(const T* h, const T* w_in, const T* conv_w, T* stat
     for (int b = 0; b < NB; ++b) {
         const float bv = rnd<T>(warp_sum(acc[0][b])), cv = rnd<T>(warp_sum(acc[1][b]));
         const float xv = rnd<T>(warp_sum(acc[2][b]));
-        if (lane != 0) continue;
-        const float bx = rnd<T>(bv * xv);
-        T* st = state + (size_t)b * (L - 1) * H + c;
-        float conv = 0.f;
-        for (int j = 0; j < L - 1; ++j) conv += to_f<T>(conv_w[c * L + j]) * to_f<T>(st[(size_t)j * H]);
-        conv += to_f<T>(conv_w[c * L + L - 1]) * bx;
-        y[(size_t)b * H + c] = from_f<T>(cv * rnd<T>(conv));
-        for (int j = 0; j + 1 < L - 1; ++j) st[(size_t)j * H] = st[(size_t)(j + 1) * H];
-        if (L > 1) st[(size_t)(L - 2) * H] = from_f<T>(bx);
+        if (lane == 0)
+            conv_step_channel<T>(bv, cv, xv, conv_w, state + (size_t)b * (L - 1) * H + c, y + (size_t)b * H + c, c,
+                                 H, L);
     }
 }
 
