@@ -67,34 +67,6 @@ __device__ void add_norm(float* __restrict__ x, const T* y, int nadd, const T* _
 // (its per-column `if (c < H)` and runtime addend loop keep ptxas from hoisting loads; session 4
 // measured ~10.6 us per launch, whatever the row count). Same arithmetic and addend order as
 // add_norm; only the sum of squares is added up in another order (fp32 rounding, ~1e-7 relative).
-template <typename T> __device__ __forceinline__ void load8(const T* p, float* out);
-template <> __device__ __forceinline__ void load8<float>(const float* p, float* out)
-{
-    float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-    out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w; out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
-}
-template <> __device__ __forceinline__ void load8<bf16>(const bf16* p, float* out)
-{
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const bf16* v = reinterpret_cast<const bf16*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = __bfloat162float(v[i]);
-}
-template <typename T> __device__ __forceinline__ void store8(T* p, const float* in);
-template <> __device__ __forceinline__ void store8<float>(float* p, const float* in)
-{
-    reinterpret_cast<float4*>(p)[0] = make_float4(in[0], in[1], in[2], in[3]);
-    reinterpret_cast<float4*>(p)[1] = make_float4(in[4], in[5], in[6], in[7]);
-}
-template <> __device__ __forceinline__ void store8<bf16>(bf16* p, const float* in)
-{
-    uint4 raw;
-    bf16* v = reinterpret_cast<bf16*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = __float2bfloat16_rn(in[i]);
-    *reinterpret_cast<uint4*>(p) = raw;
-}
-
 template <typename T, int NADD>
 __device__ void add_norm_vec8(float* __restrict__ x, const T* y, const T* __restrict__ w,
                               T* __restrict__ h, float* __restrict__ h32, int H, float eps)

@@ -242,6 +242,102 @@ __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, co
         route_token<float>(logits, bias, E, k, norm_topk, scale, idx + (size_t)t * k, wts + (size_t)t * k, lane);
 }
 
+// ----- the same for 1-2 tokens, spread over several SMs (the batch-1/2 decode step's MoE layers) -----
+// norm_route's single block reads the 256 KB router through one SM, half of it only after the wait:
+// leaving it out of the batch-1 decode graph saved 7.7 us per MoE layer (session 6). Here warp w of
+// block b owns expert e = b * nwarps + w and has its whole router row in registers before pdl_wait;
+// then every block norms the rows (8 columns per thread: add_norm_vec8's layout, norm_route's
+// roundings), dots them with its experts' rows and leaves the logits in `logits_g`; the last block
+// to finish (`count`, which it puts back to 0) routes each token and writes x and h. Only that block
+// writes x: every block reads the old x until the count says all of them are done.
+#define NRS_MAXT 2   // tokens per launch
+#define NRS_Q 16     // float4 chunks of a router row per lane: H <= 32 * 4 * NRS_Q = NR_MAX_H
+template <typename T>
+__device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float eps, const float* gate,
+                                 const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,
+                                 float* wts, int ntok, float* logits_g, unsigned* count)
+{
+    __shared__ __align__(16) float nrm[NRS_MAXT][NR_MAX_H];
+    __shared__ float partial[32], logits[NRS_MAXT][64];
+    __shared__ bool last;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int e = blockIdx.x * (blockDim.x >> 5) + warp, nch = H / 4, c0 = tid * 8;
+    const float4* g4 = reinterpret_cast<const float4*>(gate) + (size_t)min(e, E - 1) * nch;
+    float4 wr[NRS_Q];
+#pragma unroll
+    for (int u = 0; u < NRS_Q; ++u) {
+        const int c = u * 32 + lane;
+        wr[u] = c < nch ? __ldg(g4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    pdl_wait();
+    pdl_trigger();
+
+    float wv[8], v[NRS_MAXT][8], rstd[NRS_MAXT];
+    load8<T>(w + c0, wv);
+#pragma unroll
+    for (int t = 0; t < NRS_MAXT; ++t) {
+        if (t < ntok) {
+            float a[8], ss = 0.f;
+            load8<float>(x + (size_t)t * H + c0, v[t]);
+            load8<T>(y + (size_t)t * H + c0, a);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                v[t][i] += a[i];
+                ss += v[t][i] * v[t][i];
+            }
+            rstd[t] = rsqrtf(block_sum(ss, partial) / H + eps);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) nrm[t][c0 + i] = wv[i] * (v[t][i] * rstd[t]);
+        }
+    }
+    __syncthreads();
+    if (e < E) {
+#pragma unroll
+        for (int t = 0; t < NRS_MAXT; ++t) {
+            if (t < ntok) {
+                const float4* r4 = reinterpret_cast<const float4*>(nrm[t]);
+                float acc = 0.f;
+#pragma unroll
+                for (int u = 0; u < NRS_Q; ++u) {
+                    const int c = u * 32 + lane;
+                    if (c < nch) {
+                        const float4 hv = r4[c];
+                        acc = fmaf(wr[u].x, hv.x, acc);
+                        acc = fmaf(wr[u].y, hv.y, acc);
+                        acc = fmaf(wr[u].z, hv.z, acc);
+                        acc = fmaf(wr[u].w, hv.w, acc);
+                    }
+                }
+                acc = warp_sum(acc);
+                if (lane == 0) logits_g[t * E + e] = acc;
+            }
+        }
+    }
+    __threadfence();  // this block's logits reach L2 before the count says so
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int t = 0; t < NRS_MAXT; ++t) {
+        if (t < ntok) {
+            float out[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) out[i] = wv[i] * rnd<T>(v[t][i] * rstd[t]);
+            store8<float>(x + (size_t)t * H + c0, v[t]);
+            store8<T>(h + (size_t)t * H + c0, out);
+        }
+    }
+    if (warp < ntok) {
+        for (int j = lane; j < E; j += 32) logits[warp][j] = __ldcg(logits_g + warp * E + j);  // L2: other blocks wrote them
+        __syncwarp();
+        route_token<float>(logits[warp], bias, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k,
+                           lane);
+    }
+    if (tid == 0) *count = 0;
+}
+
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define GEMV_KERNEL(NAME, T, O)                                                                                 \
     extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
@@ -285,6 +381,13 @@ MOE_GEMV_KERNELS(f32, float)
     { norm_route<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts); }
 NORM_ROUTE_KERNEL(bf16, bf16)
 NORM_ROUTE_KERNEL(f32, float)
+#define NORM_ROUTE_SPLIT_KERNEL(SUF, T)                                                                         \
+    extern "C" __global__ void __launch_bounds__(NR_MAX_H / 8) norm_route_split_##SUF(                          \
+        float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias, int H, int E,   \
+        int k, int norm_topk, float scale, int* idx, float* wts, int ntok, float* logits_g, unsigned* count)     \
+    { norm_route_split<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok, logits_g, count); }
+NORM_ROUTE_SPLIT_KERNEL(bf16, bf16)
+NORM_ROUTE_SPLIT_KERNEL(f32, float)
 CONV_IN_STEP_KERNEL(bf16, bf16)
 CONV_IN_STEP_KERNEL(f32, float)
 

@@ -24,6 +24,7 @@ GEMV_WARPS = 8  # = GV_WARPS: output columns per block
 ROUTER_THREADS = 1024  # = RT_THREADS
 CONV_STEP_MAX_TOKENS = 2  # conv_in_step's nb cases
 NORM_ROUTE_MAX_H = 2048  # = NR_MAX_H: norm_route keeps the fp32 row in shared memory, H/2 threads
+NORM_ROUTE_SPLIT_MAX_TOKENS = 2  # = NRS_MAXT: norm_route_split's tokens per launch
 ROUTER_MAX_E = 64
 MOE_GEMV_MAX_PAIRS = 8  # 2 tokens: at 4 (16 pairs) the grouped GEMM, which reads each expert once, won
 ROUTER_MAX_TOKENS = 64
@@ -47,6 +48,11 @@ class GemvKernels:
         self.k_router = m.kernel("router_topk")
         self.k_conv_in_step = m.kernel(f"conv_in_step_{sfx}")
         self.k_norm_route = m.kernel(f"norm_route_{sfx}")
+        self.k_norm_route_split = m.kernel(f"norm_route_split_{sfx}")
+        self.norm_route_split = True  # 1-2 tokens over several SMs (False: one block per token, for A/B)
+        dev = gpu.torch_device  # norm_route_split's logits and arrival count (the last block resets it)
+        self._split_logits = torch.empty(NORM_ROUTE_SPLIT_MAX_TOKENS * ROUTER_MAX_E, dtype=torch.float32, device=dev)
+        self._split_count = torch.zeros(1, dtype=torch.int32, device=dev)
         self.pdl = False  # as Kernels.pdl: every kernel here waits for it (gemv.cu)
 
     def _go(self, kernel, grid, block, args, **shapes):
@@ -157,9 +163,24 @@ class GemvKernels:
               f"x, h must be [T, {H}], y at least that, w [{H}]")
         _need(idx.numel() == T * k and wts.numel() == T * k, f"idx, wts must be [{T}, {k}]")
         _need(_aligned(gate) and _aligned(x), "x and the router weight need 16-byte rows")
+        if self._split_takes(T, H, y, w, h):
+            self._norm_route_split(x, y, w, h, eps, gate, bias, k, norm_topk, scale, idx, wts, T, E, H)
+            return
         self._go(self.k_norm_route, (T,), (H // 2,), (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias),
                                                        i32(H), i32(E), i32(k), i32(bool(norm_topk)), f32(scale),
                                                        ptr(idx), ptr(wts)), T=T, E=E, H=H)
+
+    def _split_takes(self, T: int, H: int, *vectors) -> bool:
+        """norm_route_split: 1-2 tokens, H / 8 threads in whole warps, 16-byte rows of y, w and h."""
+        return (self.norm_route_split and T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0
+                and all(_aligned(t) for t in vectors))
+
+    def _norm_route_split(self, x, y, w, h, eps, gate, bias, k, norm_topk, scale, idx, wts, T, E, H) -> None:
+        warps = H // 256
+        self._go(self.k_norm_route_split, (-(-E // warps),), (H // 8,),
+                 (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias), i32(H), i32(E), i32(k),
+                  i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts), i32(T), ptr(self._split_logits), ptr(self._split_count)),
+                 T=T, E=E, H=H)
 
     # ----- router ------------------------------------------------------------------------------------------
     def router_topk(self, h32, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:

@@ -110,10 +110,20 @@ def test_router_topk(G, T, E, k, H):
     close(wts, 2.5 * w / (w.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
 
 
-@pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (3, 32, 4, 2048), (64, 32, 4, 2048), (2, 8, 2, 64),
-                                     (5, 64, 8, 1024)])
-def test_norm_route(G, T, E, k, H):
-    """ffn_norm (x += y; h = rmsnorm(x) * w) and the router in one launch, against float64."""
+@pytest.fixture(params=[True, False], ids=["split", "block_per_token"])
+def split(G, request):
+    G.norm_route_split = request.param
+    yield request.param
+    G.norm_route_split = True
+
+
+# 1-2 tokens with H % 256 == 0 take norm_route_split when `split` (8, 1 and 2 warps per block; E not
+# a multiple of them), the others the block per token
+@pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (2, 32, 4, 2048), (3, 32, 4, 2048), (64, 32, 4, 2048),
+                                     (2, 8, 2, 64), (5, 64, 8, 1024), (1, 64, 8, 256), (2, 41, 4, 512)])
+def test_norm_route(G, T, E, k, H, split):
+    """ffn_norm (x += y; h = rmsnorm(x) * w) and the router in one launch, against float64; twice,
+    so that norm_route_split's arrival count is shown to start again from 0."""
     x = rand(T, H, dtype=torch.float32)
     y = rand(T, H, dtype=G.dtype)
     w = (1 + 0.1 * rand(H, dtype=torch.float32)).to(G.dtype)
@@ -122,7 +132,14 @@ def test_norm_route(G, T, E, k, H):
     h = poisoned(T, H, dtype=G.dtype)
     idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
     x0 = x.double() + y.double()
+    x_in = x.clone()
     run(lambda: G.norm_route(x, y, w, h, 1e-5, gate, bias, k, True, 1.5, idx, wts))
+    first = (x.clone(), h.clone(), idx.clone(), wts.clone())
+    x.copy_(x_in)
+    h.fill_(float("nan"))
+    run(lambda: G.norm_route(x, y, w, h, 1e-5, gate, bias, k, True, 1.5, idx, wts))
+    for a, b in zip(first, (x, h, idx, wts)):
+        assert torch.equal(a, b), "a second launch on the same inputs gave other outputs"
     close(x, x0, torch.float32, "residual")
     normed = x0 * torch.rsqrt((x0 * x0).mean(-1, keepdim=True) + 1e-5) * w.double()
     close(h, normed, G.dtype, "h")
