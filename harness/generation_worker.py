@@ -2,9 +2,10 @@
 prefill timed loop when the spec says `workload: generate`.
 
 Each rank takes its contiguous share of the prompts in batches; each batch is one greedy
-generation (prefill, then max_new_tokens - 1 decode steps, each timed after a device sync, see
-harness.generation). Timing between barriers as for prefill; warm-up is one short generation of
-the first batch. Rank 0 gathers the tokens and per-step times, checks the first steps against the
+generation (prefill, then max_new_tokens - 1 decode steps, streamed or one call per step: see
+harness.generation; the record's decode_mode and a note say which, since the two time different
+things). Timing between barriers as for prefill; warm-up is one short generation of the first
+batch. Rank 0 gathers the tokens and per-step times, checks the first steps against the
 reference's greedy tokens, and writes one record.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 
-from .generation import first_divergence, generation_metrics, greedy_generate
+from .generation import MODE_NOTES, first_divergence, generation_metrics, greedy_generate
 from .metrics import phase_of
 from .records import VariantRecord, environment_facts
 
@@ -56,7 +57,8 @@ def _timed(worker, engine, tokens, lo, hi, b, n_new) -> dict:
     t0 = time.perf_counter()
     for s0 in range(lo, hi, b):
         run = greedy_generate(engine, tokens[s0:min(s0 + b, hi)], n_new)
-        batches.append({"first": s0, "tokens": run.tokens, "ttft_s": run.ttft_s, "step_s": run.step_s})
+        batches.append({"first": s0, "tokens": run.tokens, "ttft_s": run.ttft_s, "step_s": run.step_s,
+                        "mode": run.mode})
         if time.perf_counter() - t0 > worker.spec.budget_s:
             break  # whole batches only; the report says how many prompts ran
     engine.synchronize()
@@ -89,6 +91,7 @@ def _record(spec, engine, ranks: int, prompt_len: int, b: int, batches: list, el
     rec.decode_tokens_per_s = decode_tokens / decode_s if decode_s > 0 else None
     rec.latency_p50_ms = rec.itl_p50_ms
     rec.latency_p90_ms, rec.latency_p99_ms = rec.itl_p90_ms, rec.itl_p99_ms
+    _note_decode_mode(rec, batches)
     if ran < ranks * requested_per_rank:
         rec.budget_hit = True
         rec.notes.append(f"time budget ({spec.budget_s:g} s) reached: {ran} prompts generated")
@@ -103,6 +106,15 @@ def _record(spec, engine, ranks: int, prompt_len: int, b: int, batches: list, el
         rec.notes.append(f"greedy tokens vs the reference over {steps} steps: "
                          + ("identical" if rec.valid else f"first differ at step {rec.greedy_first_divergence}"))
     return rec
+
+
+def _note_decode_mode(rec: VariantRecord, batches: list) -> None:
+    """decode_mode and a note on what the inter-token latency measured (streamed vs per-step)."""
+    modes = sorted({x.get("mode", "per-step") for x in batches if len(x["step_s"])})
+    if not modes:
+        return
+    rec.decode_mode = "+".join(modes)
+    rec.notes.append("inter-token latency: " + "; ".join(f"{m}: {MODE_NOTES[m]}" for m in modes))
 
 
 def _as_run(batch: dict):

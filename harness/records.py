@@ -31,9 +31,9 @@ EXTRA_COLUMNS = [
     "elapsed_s", "load_s", "warmup_s", "gpus", "peak_tflops", "math_mode", "h2d_copy_gbps",
     "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample",
     "output_collective", "mpi_output_bytes", "load_mode", "load_bytes_read",
-    "workload", "max_new_tokens", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s",
-    "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence", "invalid_samples",
-    "error",
+    "workload", "max_new_tokens", "decode_mode", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
+    "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
+    "invalid_samples", "error",
 ]
 
 # Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
@@ -105,8 +105,9 @@ class VariantRecord:
     # ---- the generate workload (issue 12) ----
     workload: str = "prefill"
     max_new_tokens: int | None = None
+    decode_mode: str | None = None  # streamed (token arrivals, one step queued ahead) or per-step (harness.generation)
     ttft_ms: float | None = None  # median time to first token (= a prefill call)
-    itl_p50_ms: float | None = None  # inter-token latency: one decode step of a batch
+    itl_p50_ms: float | None = None  # inter-token latency of a batch, as decode_mode says
     itl_p90_ms: float | None = None
     itl_p99_ms: float | None = None
     decode_tokens_per_s: float | None = None  # new tokens per second of decode steps, all ranks

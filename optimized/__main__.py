@@ -17,7 +17,9 @@ variant (optimized.kernels.MOE_VARIANTS; "auto" = the engine's choice by token c
 --profile BxS runs one eager forward of that shape under torch.profiler and prints its GPU kernels
 grouped by name (calls, total and share of the kernel time), PyCUDA's and cuBLAS's alike.
 --decode LIST times greedy decode steps (CUDA graph replays) at each batch size after a 16-token
-prefill: median ms per step, tokens/s and the share of the decode floor (harness.generation);
+prefill: median ms per step, tokens/s and the share of the decode floor (harness.generation), and
+beside them the streamed ms per token (harness.generation.greedy_generate over greedy_steps: the
+spacing of token arrivals with one step queued ahead on the GPU);
 --decode-profile B prints one eager decode step's kernels the way --profile does. --no-gemv
 builds the engine without the small-batch GEMV kernels (optimized/gemv.py), --no-pdl without
 programmatic dependent launch, to compare.
@@ -186,8 +188,8 @@ def time_decode(eng, cfg, B: int, steps: int, prompt_len: int = 16) -> dict:
     from harness.generation import HBM_BYTES_PER_S
     from harness.jobfiles import synthetic_prompts
     from harness.modelstats import decode_bytes_per_step
-    logits = eng.prefill(synthetic_prompts(cfg.vocab_size, B, prompt_len, seed=B + 11), max_new_tokens=steps + 1)
-    nxt = logits.argmax(1)
+    prompts = synthetic_prompts(cfg.vocab_size, B, prompt_len, seed=B + 11)
+    nxt = eng.prefill(prompts, max_new_tokens=steps + 1).argmax(1)
     times = []
     for i in range(steps + 1):
         t = time.perf_counter()
@@ -195,13 +197,23 @@ def time_decode(eng, cfg, B: int, steps: int, prompt_len: int = 16) -> dict:
         if i:  # the first step runs eagerly and records the graph
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
+    streamed = _streamed_ms(eng, prompts, steps)
     floor_s = decode_bytes_per_step(cfg, B, prompt_len + steps // 2, 4 if eng.dtype == "fp32" else 2) / HBM_BYTES_PER_S
     row = {"B": B, "ms_median": med * 1e3, "ms_min": min(times) * 1e3, "tokens_per_s": B / med,
-           "pct_of_floor": 100 * floor_s / med, "gpu_ms": _graph_ms(eng)}
-    gpu = f"; GPU alone {row['gpu_ms']:.3f} ms/step" if row["gpu_ms"] else ""
+           "pct_of_floor": 100 * floor_s / med, "streamed_ms_median": streamed, "gpu_ms": _graph_ms(eng)}
+    extra = f"; streamed {streamed:.3f} ms/token" if streamed else ""
+    extra += f"; GPU alone {row['gpu_ms']:.3f} ms/step" if row["gpu_ms"] else ""
     print(f"decode B={B:<4} {row['ms_median']:8.3f} ms/step [{row['ms_min']:.3f} min]  {row['tokens_per_s']:>9,.0f} "
-          f"tok/s  {row['pct_of_floor']:5.1f}% of the decode floor ({floor_s * 1e3:.3f} ms){gpu}", flush=True)
+          f"tok/s  {row['pct_of_floor']:5.1f}% of the decode floor ({floor_s * 1e3:.3f} ms){extra}", flush=True)
     return row
+
+
+def _streamed_ms(eng, prompts, steps: int) -> float | None:
+    """Median ms between token arrivals of the harness's streamed generation (greedy_generate over
+    greedy_steps) of `steps` decode steps; None when the engine does not stream."""
+    from harness.generation import greedy_generate
+    run = greedy_generate(eng, prompts, steps + 1)
+    return statistics.median(run.step_s) * 1e3 if run.mode == "streamed" and run.step_s else None
 
 
 def _graph_ms(eng, reps: int = 20) -> float | None:

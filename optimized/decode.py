@@ -24,6 +24,11 @@ The decode step (decode_body) is the forward's layer loop for T = B tokens with 
 + decode_attention + out GEMM); the FFN/MoE, norms
 and LM head are the engine's own helpers. Its last launch advances lengths on the device, so the
 step is captured once as a CUDA graph per decode plan and replayed.
+
+Its argmax writes the greedy ids into the step's own input ids (D.next_ids is D.work.ids), so a
+replay right after a replay decodes the tokens the GPU just chose: the engine's greedy_steps
+streams a generation that way, one step queued ahead, the host only downloading each step's ids
+(into D.ids_ring, two pinned slots: the step being read and the step in flight).
 """
 from __future__ import annotations
 
@@ -85,10 +90,15 @@ class DecodePlan:
         self.len_host = np.zeros(B, np.int64)  # the host's copy of lengths (checked before each step)
         self.part_o = torch.empty((B, nh, nsplit, hd), dtype=torch.float32, device=dev)
         self.part_ml = torch.empty((B, nh, nsplit, 2), dtype=torch.float32, device=dev)
-        self.next_ids = torch.empty(B, dtype=torch.int32, device=dev)  # each step's greedy choice
+        # each step's greedy choice lands in the next step's input ids: a replay after it decodes
+        # the chosen tokens with no host round trip (only the embedding, the step's first launch,
+        # reads ids; decode/decode_greedy upload the caller's ids over it)
+        self.next_ids = work.ids
         self.argmax = ArgmaxScratch(B, cfg.vocab_size, dev)
         self.next_ids_host = torch.empty(B, dtype=torch.int32, pin_memory=True)
+        self.ids_ring = torch.empty((2, B), dtype=torch.int32, pin_memory=True)  # streamed steps' ids, by parity
         self.active = False  # a prefill filled the caches
+        self.streaming = False  # a greedy_steps stream is open (steps may be queued on the GPU)
         self.graph = None
         self.capture_tried = False
 
@@ -126,8 +136,8 @@ class PrefillFill:
 
 def decode_body(eng, D: DecodePlan) -> None:
     """One decode step's device work, for the token ids already in D.work.ids: logits of every
-    sequence in D.work.logits_f32 and their argmax in D.next_ids, caches extended by one position,
-    lengths advanced."""
+    sequence in D.work.logits_f32 and their argmax in D.next_ids (= D.work.ids, the next step's
+    input), caches extended by one position, lengths advanced."""
     cfg, DK, P = eng.config, eng.DK, D.work
     nh, nkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.norm_eps
 

@@ -42,7 +42,11 @@ prompts (an int [B, S] array, or a list of 1-D prompts of different lengths, rig
 keeps K/V and conv state in caches sized from (B, max_len); `decode(tokens)` runs one step for
 T = B tokens (conv_step; qkv GEMM + qk_norm_rope_step + flash-decoding attention + out GEMM; the
 same FFN/MoE, norms and LM head helpers as the forward), eager the first time and then replayed
-from a CUDA graph captured per decode plan (one batch size at a time).
+from a CUDA graph captured per decode plan (one batch size at a time). `greedy_steps(ids, n)`
+streams n greedy steps: each step's argmax is the next step's input on the device, so the next
+step is queued before the host reads the current one's ids. Option stream_decode (default True)
+lets harness.generation's greedy_generate use it; False keeps one decode_greedy call per step
+(`--option stream_decode=false`, to compare).
 """
 from __future__ import annotations
 
@@ -65,6 +69,8 @@ from .weights import PackedWeights
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MAX_PLANS = 4  # (B, S) shapes whose buffers and graph are kept
+STREAM_OPEN = ("a streamed generation (greedy_steps) is still open: exhaust it or close() it before the next "
+               "decode, prefill or stream")
 
 
 @contextlib.contextmanager
@@ -127,7 +133,7 @@ class OptimizedEngine(Engine):
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", max_batch: int = 256, max_tokens: int = 16384,
                  graphs: bool = True, progress: bool = True, moe_variant: str | None = None, max_len: int = 4096,
-                 gemv: bool = True, pdl: bool = True, **options):
+                 gemv: bool = True, pdl: bool = True, stream_decode: bool = True, **options):
         super().__init__(checkpoint, device, **options)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported by the optimized engine; choose bf16 or fp32")
@@ -137,6 +143,7 @@ class OptimizedEngine(Engine):
         self.max_batch, self.max_tokens, self.use_graphs = int(max_batch), int(max_tokens), bool(graphs)
         self.max_len = int(max_len)
         self.use_gemv = bool(gemv)
+        self.stream_decode = bool(stream_decode)  # harness.generation's greedy_generate streams (greedy_steps)
         self._closed = False
         self.DK: DecodeKernels | None = None  # compiled at the first prefill
         self._dec: DecodePlan | None = None  # the current generation's caches
@@ -378,8 +385,9 @@ class OptimizedEngine(Engine):
         """Start a generation: prompts int [B, S] (or a list of 1-D prompts of any lengths) ->
         float32 [B, V] logits at each prompt's last token; the caches keep every sequence for
         `decode`. With max_new_tokens, refuses up front a generation that would outgrow max_len."""
-        if self._closed:
-            raise RuntimeError("this engine was closed; build a new one")
+        self._check_open()
+        if self._dec is not None and self._dec.streaming:
+            raise RuntimeError(STREAM_OPEN)  # its queued steps would run on the new generation's caches
         padded, lengths = pad_prompts(prompts, self.config)
         B, S = padded.shape
         if B > self.max_batch:
@@ -406,36 +414,117 @@ class OptimizedEngine(Engine):
         cross PCIe instead of B x V logits."""
         return self._decode_step(tokens, want_logits=False)
 
+    def greedy_steps(self, first_ids, steps: int):
+        """`steps` greedy decode steps streamed from the last prefill: a generator of each step's
+        int32 [B] ids (step 1 decodes first_ids, each later step the ids the step before chose).
+        The chosen ids feed the next step on the device (decode_body's argmax writes the work
+        plan's input ids), so step n + 1 is queued on the GPU before the host waits for step n:
+        the GPU does not idle while the caller handles a token. Checks first_ids and the room for
+        all `steps` now. Closing the generator early waits for the step queued ahead, which has run
+        (lengths count it; its ids are not handed over), and leaves the engine ready for decode or
+        prefill; while the generator is open, decode, prefill and another stream are refused."""
+        D = self._active_decode()
+        tokens = self._step_ids(D, first_ids)
+        steps = int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        check_room(D.len_host, self.max_len, steps, f"a stream of {steps} decode steps")
+        return self._stream(D, tokens, steps, D.len_host.copy())
+
+    def _stream(self, D: DecodePlan, tokens: np.ndarray, steps: int, start: np.ndarray):
+        """greedy_steps' generator. Slot n % 2 of D.ids_ring and done[n % 2] belong to step n + 1:
+        the step being read and the one in flight never share a slot."""
+        if self._active_decode() is not D or not np.array_equal(D.len_host, start):
+            raise RuntimeError("the generation changed between greedy_steps() and its first step; call "
+                               "greedy_steps again")
+        if steps == 0:
+            return
+        D.streaming = True
+        done = [torch.cuda.Event(), torch.cuda.Event()]
+        queued = 0  # steps enqueued on the device
+        try:
+            with torch.cuda.stream(self.tstream):
+                self._upload_ids(D, tokens)
+            self._count_io(tokens.nbytes, 0)
+            queued = self._enqueue_streamed(D, queued, done)
+            for n in range(steps):
+                self._check_open()  # closed while the caller held a token: its context is gone
+                if queued < steps:
+                    queued = self._enqueue_streamed(D, queued, done)  # step n + 2 runs while the host reads n + 1
+                done[n % 2].synchronize()
+                D.len_host += 1
+                yield D.ids_ring[n % 2].numpy().copy()
+        finally:
+            D.streaming = False
+            if not self._closed:
+                self.stream.synchronize()  # a step queued ahead of an early close has advanced lengths
+            D.len_host[:] = start + queued
+
+    def _enqueue_streamed(self, D: DecodePlan, queued: int, done: list) -> int:
+        """Queue streamed step queued + 1: the step, its ids into its ring slot, its event. Returns
+        the new count of queued steps."""
+        slot = queued % 2
+        with torch.cuda.stream(self.tstream):
+            self._run_step(D)
+            D.ids_ring[slot].copy_(D.next_ids, non_blocking=True)
+            done[slot].record(self.tstream)
+        self._count_io(0, D.ids_ring[slot].numel() * D.ids_ring.element_size())
+        return queued + 1
+
     def _decode_step(self, tokens, want_logits: bool) -> np.ndarray:
-        if self._closed:
-            raise RuntimeError("this engine was closed; build a new one")
-        D = self._dec
-        if D is None or not D.active:
-            raise ValueError("decode before prefill: call prefill(prompts) first to start a generation")
-        tokens = np.asarray(tokens)
-        if tokens.ndim == 2 and tokens.shape[1] == 1:
-            tokens = tokens[:, 0]
-        if tokens.ndim != 1 or len(tokens) != D.B:
-            raise ValueError(f"decode takes one token per sequence: int [{D.B}] for the {D.B} sequences of the last "
-                             f"prefill, got shape {tokens.shape}")
-        tokens = check_tokens(tokens[:, None], self.config)[:, 0].astype(np.int32)
+        D = self._active_decode()
+        tokens = self._step_ids(D, tokens)
         check_room(D.len_host, self.max_len, 1, "this decode step")
         P = D.work
-        P.ids_host.numpy()[:, 0] = tokens
         with torch.cuda.stream(self.tstream):
-            P.ids.copy_(P.ids_host.view(-1), non_blocking=True)
-            if D.graph is not None:
-                D.graph.replay()
-            else:
-                decode_body(self, D)
-                if self.use_graphs and self.graph_error is None and not D.capture_tried:
-                    self._capture_decode(D)  # records the next steps' launches; runs nothing now
+            self._upload_ids(D, tokens)
+            self._run_step(D)
             out = P.logits_host if want_logits else D.next_ids_host
             out.copy_(P.logits_f32 if want_logits else D.next_ids, non_blocking=True)
         self.stream.synchronize()
         D.len_host += 1
         self._count_io(tokens.nbytes, out.numel() * out.element_size())
         return out.numpy().copy()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this engine was closed; build a new one")
+
+    def _active_decode(self) -> DecodePlan:
+        """The current generation, refusing a closed engine, no prefill yet, or an open stream."""
+        self._check_open()
+        D = self._dec
+        if D is None or not D.active:
+            raise ValueError("decode before prefill: call prefill(prompts) first to start a generation")
+        if D.streaming:
+            raise RuntimeError(STREAM_OPEN)
+        return D
+
+    def _step_ids(self, D: DecodePlan, tokens) -> np.ndarray:
+        """One token per sequence of D (int [B] or [B, 1]) -> checked int32 [B]."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 2 and tokens.shape[1] == 1:
+            tokens = tokens[:, 0]
+        if tokens.ndim != 1 or len(tokens) != D.B:
+            raise ValueError(f"decode takes one token per sequence: int [{D.B}] for the {D.B} sequences of the last "
+                             f"prefill, got shape {tokens.shape}")
+        return check_tokens(tokens[:, None], self.config)[:, 0].astype(np.int32)
+
+    def _upload_ids(self, D: DecodePlan, tokens: np.ndarray) -> None:
+        """tokens -> D.work.ids through the pinned host buffer (call on self.tstream)."""
+        P = D.work
+        P.ids_host.numpy()[:, 0] = tokens
+        P.ids.copy_(P.ids_host.view(-1), non_blocking=True)
+
+    def _run_step(self, D: DecodePlan) -> None:
+        """One decode step on the ids already in D.work.ids (call on self.tstream): the graph's
+        replay, or eagerly the first time, capturing the graph for the next steps."""
+        if D.graph is not None:
+            D.graph.replay()
+            return
+        decode_body(self, D)
+        if self.use_graphs and self.graph_error is None and not D.capture_tried:
+            self._capture_decode(D)  # records the next steps' launches; runs nothing now
 
     def _decode_kernels(self) -> DecodeKernels:
         if self.DK is None:
@@ -487,14 +576,15 @@ class OptimizedEngine(Engine):
             print(f"optimized: CUDA graph capture of the decode step failed, decoding eagerly: {self.graph_error}")
 
     def _count_io(self, h2d: int, d2h: int) -> None:
-        """One pinned upload of ids and one pinned download (logits, or greedy ids)."""
+        """One pinned upload of ids and one pinned download (logits, or greedy ids); 0 bytes: no such
+        copy (a streamed step downloads without an upload)."""
         c = self.counters
         c.h2d_bytes += h2d
         c.h2d_pinned_bytes += h2d
-        c.h2d_copies += 1
+        c.h2d_copies += h2d > 0
         c.d2h_bytes += d2h
         c.d2h_pinned_bytes += d2h
-        c.d2h_copies += 1
+        c.d2h_copies += d2h > 0
 
     def synchronize(self) -> None:
         self.stream.synchronize()

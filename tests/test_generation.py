@@ -1,6 +1,11 @@
-"""The generation workload's loop and metrics, with the reference engine on the CPU."""
+"""The generation workload's loop and metrics, with the reference engine on the CPU; the streamed
+path (engine.greedy_steps) with a fake streaming engine on a fake clock, and its fallback."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+
+from harness import generation
 
 from harness.config import get_preset
 from harness.generation import first_divergence, generation_metrics, greedy_generate
@@ -22,6 +27,7 @@ def test_engine_generation_equals_reference_greedy(ckpt):
     want = np.stack(reference_generate(ckpt, list(prompts), 8).tokens)
     assert first_divergence(run.tokens, want) is None
     assert len(run.step_s) == 7 and run.ttft_s > 0
+    assert run.mode == "per-step"  # no greedy_steps: one decode_greedy call per step
 
 
 def test_metrics_and_divergence():
@@ -61,3 +67,108 @@ def test_greedy_steps_ask_the_engine_for_ids_not_logits(ckpt):
     via_ids = greedy_generate(DeviceChoice(ckpt, device="cpu"), prompts, max_new_tokens=5)
     via_logits = greedy_generate(ReferenceEngine(ckpt, device="cpu"), prompts, max_new_tokens=5)
     np.testing.assert_array_equal(via_ids.tokens, via_logits.tokens)
+
+
+# ----- the streamed path ---------------------------------------------------------------------------------
+class Clock:
+    now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class Streaming(ReferenceEngine):
+    """greedy_steps over the reference's own decode on a fake clock: prefill takes 5 s, step n
+    (from 0) reaches the host 2 + n s after the one before. `fail_at` yields a malformed step."""
+    stream_decode = True
+
+    def __init__(self, ckpt, clock, fail_at=None):
+        super().__init__(ckpt, device="cpu")
+        self.clock, self.fail_at = clock, fail_at
+        self.calls, self.closed = [], False
+
+    def prefill(self, prompts):
+        self.clock.now += 5.0
+        return super().prefill(prompts)
+
+    def decode_greedy(self, tokens):
+        raise AssertionError("a streamed generation must not call decode_greedy")
+
+    def greedy_steps(self, first_ids, steps):
+        self.calls.append((np.array(first_ids), steps))
+        return self._steps(first_ids, steps)
+
+    def _steps(self, ids, steps):
+        try:
+            for n in range(steps):
+                ids = ReferenceEngine.decode(self, ids).argmax(1).astype(np.int32)
+                self.clock.now += 2.0 + n
+                yield ids[:0] if n == self.fail_at else ids
+        finally:
+            self.closed = True
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(generation, "time", SimpleNamespace(perf_counter=c.perf_counter))
+    return c
+
+
+def test_streamed_generation_times_token_arrivals(ckpt, clock):
+    prompts = synthetic_prompts(ckpt.config.vocab_size, 2, 3, seed=6)
+    eng = Streaming(ckpt, clock)
+    run = greedy_generate(eng, prompts, max_new_tokens=6)
+    want = greedy_generate(ReferenceEngine(ckpt, device="cpu"), prompts, max_new_tokens=6)
+    assert run.mode == "streamed" and want.mode == "per-step"
+    np.testing.assert_array_equal(run.tokens, want.tokens)
+    (first, steps), = eng.calls  # one stream of every decode step, from prefill's tokens
+    assert steps == 5 and first.tolist() == run.tokens[:, 0].tolist()
+    assert run.ttft_s == 5.0  # the prefill alone
+    assert run.step_s == [2.0, 3.0, 4.0, 5.0, 6.0]  # arrival spacing, the first from prefill's token
+    assert eng.closed
+
+
+def test_streamed_generation_of_one_token_runs_no_step(ckpt, clock):
+    eng = Streaming(ckpt, clock)
+    run = greedy_generate(eng, synthetic_prompts(ckpt.config.vocab_size, 1, 2, seed=6), max_new_tokens=1)
+    assert run.step_s == [] and run.tokens.shape == (1, 1) and eng.calls[0][1] == 0
+
+
+def test_a_failed_streamed_generation_closes_the_stream(ckpt, clock):
+    eng = Streaming(ckpt, clock, fail_at=2)
+    with pytest.raises(ValueError) as failure:
+        greedy_generate(eng, synthetic_prompts(ckpt.config.vocab_size, 2, 3, seed=6), max_new_tokens=6)
+    # closed though the traceback (its frames, the generator among their locals) is still held
+    assert eng.closed and failure.traceback
+
+
+def test_streaming_off_falls_back_to_one_call_per_step(ckpt, clock):
+    class Off(Streaming):
+        stream_decode = False
+        decode_greedy = ReferenceEngine.decode_greedy
+
+    prompts = synthetic_prompts(ckpt.config.vocab_size, 2, 3, seed=6)
+    eng = Off(ckpt, clock)
+    run = greedy_generate(eng, prompts, max_new_tokens=4)
+    assert run.mode == "per-step" and eng.calls == [] and len(run.step_s) == 3
+    np.testing.assert_array_equal(run.tokens, greedy_generate(ReferenceEngine(ckpt, device="cpu"), prompts, 4).tokens)
+    assert not generation.streams(ReferenceEngine(ckpt, device="cpu"))
+
+
+def test_the_record_says_how_decode_was_timed(ckpt):
+    from harness.generation_worker import _record
+    from harness.records import EXTRA_COLUMNS
+    from harness.worker import WorkerSpec
+    spec = WorkerSpec(engine="reference", model="m", inputs="i", record="r", max_new_tokens=3)
+    eng = ReferenceEngine(ckpt, device="cpu")
+    batch = {"first": 0, "tokens": np.zeros((1, 3), np.int32), "ttft_s": 0.01, "step_s": [0.002, 0.002]}
+    streamed = _record(spec, eng, 1, 4, 1, [dict(batch, mode="streamed")], 1.0, 1)
+    assert streamed.decode_mode == "streamed" and "decode_mode" in EXTRA_COLUMNS
+    assert any("token-arrival spacing" in n for n in streamed.notes)
+    per_step = _record(spec, eng, 1, 4, 1, [batch], 1.0, 1)  # batches from before the mode existed
+    assert per_step.decode_mode == "per-step" and any("per step" in n for n in per_step.notes)
+    mixed = _record(spec, eng, 1, 4, 1, [batch, dict(batch, mode="streamed")], 1.0, 1)
+    assert mixed.decode_mode == "per-step+streamed"
+    one_token = _record(spec, eng, 1, 4, 1, [dict(batch, tokens=np.zeros((1, 1), np.int32), step_s=[])], 1.0, 1)
+    assert one_token.decode_mode is None

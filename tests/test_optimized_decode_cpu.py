@@ -102,3 +102,121 @@ def test_reference_engine_prefills_a_ragged_batch(tiny_ckpt):
     np.testing.assert_array_equal(run.tokens, np.stack(want.tokens))
     with pytest.raises(ValueError, match="prompt 1"):
         eng.prefill([np.array([3]), np.array([], np.int64)])
+
+
+# ----- streamed decode's host bookkeeping (OptimizedEngine.greedy_steps) on a fake device -----------------
+class FakeDevice:
+    """Stands in for the GPU: a step maps each id to (7 * id + 1) % V in place (the argmax feeding
+    the next step's ids, as decode_body's does) and advances lengths; what the engine asks of it
+    is logged in order."""
+
+    def __init__(self, vocab):
+        self.vocab, self.log = vocab, []
+
+    def step(self, D):
+        D.work.ids.copy_((D.work.ids * 7 + 1) % self.vocab)
+        D.lengths += 1
+        self.log.append("step")
+
+    def event(self):
+        device = self
+
+        class Event:
+            def record(self, stream):
+                device.log.append(f"record{device.events.index(self)}")
+
+            def synchronize(self):
+                device.log.append(f"wait{device.events.index(self)}")
+        ev = Event()
+        self.events.append(ev)
+        return ev
+
+
+@pytest.fixture
+def streaming(tiny_ckpt, monkeypatch):
+    """An OptimizedEngine without a GPU: a 2-sequence generation at lengths [3, 5] of max_len 12,
+    its decode steps run by a FakeDevice."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    from harness.engine import Counters
+    from optimized.engine import OptimizedEngine
+    dev = FakeDevice(tiny_ckpt.config.vocab_size)
+    dev.events = []
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", dev.event)
+    B = 2
+    work = SimpleNamespace(ids=torch.zeros(B, dtype=torch.int32), ids_host=torch.zeros((B, 1), dtype=torch.int32))
+    D = SimpleNamespace(B=B, work=work, next_ids=work.ids, ids_ring=torch.zeros((2, B), dtype=torch.int32),
+                        next_ids_host=torch.zeros(B, dtype=torch.int32), lengths=torch.tensor([3, 5]),
+                        len_host=np.array([3, 5]), active=True, streaming=False)
+    eng = object.__new__(OptimizedEngine)
+    eng.config, eng.max_len, eng.counters, eng._closed, eng._dec = tiny_ckpt.config, 12, Counters(), False, D
+    eng.tstream = None
+    eng.stream = SimpleNamespace(synchronize=lambda: dev.log.append("sync"))
+    eng._run_step = dev.step
+    eng.dev = dev
+    return eng
+
+
+def chain(first, n, vocab):
+    out, ids = [], np.asarray(first)
+    for _ in range(n):
+        ids = (ids * 7 + 1) % vocab
+        out.append(ids.tolist())
+    return out
+
+
+def test_a_stream_keeps_one_step_queued_ahead(streaming):
+    eng, D, V = streaming, streaming._dec, streaming.config.vocab_size
+    got = []
+    for ids in eng.greedy_steps([4, 9], 3):
+        got.append(ids.tolist())
+        eng.dev.log.append(f"got{len(got)}")
+        assert D.len_host.tolist() == [3 + len(got), 5 + len(got)] and D.streaming
+    assert got == chain([4, 9], 3, V)  # each step decoded the ids the one before chose, on the "device"
+    # step n + 1 is queued before the host waits for step n; slots alternate
+    assert eng.dev.log == ["step", "record0", "step", "record1", "wait0", "got1", "step", "record0", "wait1", "got2",
+                           "wait0", "got3", "sync"]
+    assert D.len_host.tolist() == [6, 8] == D.lengths.tolist() and not D.streaming
+    c = eng.counters
+    assert (c.h2d_copies, c.h2d_bytes, c.d2h_copies, c.d2h_bytes) == (1, 8, 3, 24)
+
+
+def test_closing_a_stream_early_counts_the_step_queued_ahead(streaming):
+    eng, D, V = streaming, streaming._dec, streaming.config.vocab_size
+    stream = eng.greedy_steps([4, 9], 6)
+    first_two = [next(stream).tolist() for _ in range(2)]
+    for call in (lambda: eng.decode_greedy([1, 1]), lambda: eng.prefill([[1, 2]]), lambda: eng.greedy_steps([1, 1], 1)):
+        with pytest.raises(RuntimeError, match="still open"):
+            call()
+    stream.close()
+    assert eng.dev.log.count("step") == 3 and eng.dev.log[-1] == "sync"
+    assert D.len_host.tolist() == [6, 8] == D.lengths.tolist() and not D.streaming
+    # the device's ids are step 3's choice: the generation goes on from there
+    want = chain([4, 9], 4, V)
+    assert first_two == want[:2]
+    assert eng.decode_greedy(want[2]).tolist() == want[3]
+
+
+def test_a_stream_is_refused_up_front(streaming):
+    eng, D = streaming, streaming._dec
+    with pytest.raises(ValueError, match=r"a stream of 8 decode steps needs 13 cache positions.*max_len=12"):
+        eng.greedy_steps([4, 9], 8)
+    with pytest.raises(ValueError, match="one token per sequence"):
+        eng.greedy_steps([4, 9, 1], 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        eng.greedy_steps([4, 9], -1)
+    assert list(eng.greedy_steps([4, 9], 0)) == []
+    assert eng.dev.log == [] and D.len_host.tolist() == [3, 5]
+    assert len(list(eng.greedy_steps([4, 9], 7))) == 7  # exactly max_len
+    D.len_host[:] = [3, 5]  # as if a prefill had started the generation again
+    stale = eng.greedy_steps([4, 9], 1)
+    eng.decode_greedy([4, 9])  # the generation moves on before the stream starts
+    with pytest.raises(RuntimeError, match="changed"):
+        next(stale)
+    D.active = False
+    with pytest.raises(ValueError, match="before prefill"):
+        eng.greedy_steps([4, 9], 1)

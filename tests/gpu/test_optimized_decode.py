@@ -12,6 +12,13 @@ the harness's own driver (harness.generation.greedy_generate); decode logits at 
 the reference's full forward of the prefix (1e-3); graph replay equals eager decode bit for bit;
 bf16 generation is held to what plain torch bf16 achieves (see test_bf16_decode); and the clear
 errors (decode before prefill, wrong batch, bad ids, max_len).
+
+Streamed decode (greedy_steps, the harness's default on this engine): its tokens equal one
+decode_greedy call per step bit for bit and the reference's greedy tokens (batch 1 and a ragged
+batch), with and without graphs and on an engine whose first decode step is streamed; lengths,
+counters and the next decode step are right after it; an early-closed stream leaves lengths
+counting the step queued ahead and the generation continuing; the refusals (room for every step
+up front, an open stream, a stale or closed stream).
 """
 from __future__ import annotations
 
@@ -267,21 +274,28 @@ def reference_greedy(ref, prompts, steps):
     return np.stack(toks, 1), np.stack(lgs, 1)
 
 
+def assert_greedy_matches(tokens, want, want_logits, prompts, label):
+    """The engine's greedy tokens [B, steps] equal the reference's, except from a near-tie of the
+    reference on (where the sequences part)."""
+    for b in range(len(prompts)):
+        diff = np.flatnonzero(tokens[b] != want[b])
+        if len(diff):  # allowed only at a near-tie of the reference; the sequences part there
+            t = diff[0]
+            lg = want_logits[b, t]
+            margin = lg[want[b, t]] - lg[tokens[b, t]]
+            print(f"{label} seq {b}: differs at step {t}, reference margin {margin:.3g}")
+            assert margin < TIE, (f"{label} seq {b} (prompt of {len(prompts[b])}) step {t}: engine chose "
+                                  f"{tokens[b, t]}, the reference {want[b, t]} by a margin of {margin:.3g}")
+
+
 @pytest.mark.parametrize("case", [1, 2, 3, 17, "ragged"])
 def test_greedy_tokens_match_reference(fp32, ref, ckpt, case):
     prompts = prompts_for(case, ckpt.config.vocab_size)
     run_ = greedy_generate(fp32, prompts, STEPS)  # the harness's own generation driver
+    assert run_.mode == "streamed", "the optimized engine streams its decode steps by default"
     assert len(run_.step_s) == STEPS - 1 and all(s > 0 for s in run_.step_s)
     want, want_logits = reference_greedy(ref, prompts, STEPS)
-    for b in range(len(prompts)):
-        diff = np.flatnonzero(run_.tokens[b] != want[b])
-        if len(diff):  # allowed only at a near-tie of the reference; the sequences part there
-            t = diff[0]
-            lg = want_logits[b, t]
-            margin = lg[want[b, t]] - lg[run_.tokens[b, t]]
-            print(f"{ckpt.config.name} case {case} seq {b}: differs at step {t}, reference margin {margin:.3g}")
-            assert margin < TIE, (f"seq {b} (prompt of {len(prompts[b])}) step {t}: engine chose {run_.tokens[b, t]}, "
-                                  f"the reference {want[b, t]} by a margin of {margin:.3g}")
+    assert_greedy_matches(run_.tokens, want, want_logits, prompts, f"{ckpt.config.name} case {case}")
     if fp32.graph_error is None:
         assert fp32._dec.graph is not None, "the decode step was not captured"
 
@@ -386,6 +400,143 @@ def test_bf16_decode(fp32, ref, ckpt, gpu):
         assert run_.tokens.shape == (8, 4)
     finally:
         bf16.close()
+
+
+# ----- streamed decode (greedy_steps) --------------------------------------------------------------------
+def streamed(eng, prompts, steps):
+    """Prefill + `steps` streamed greedy steps -> tokens [B, steps + 1] (the first chosen from prefill's logits)."""
+    first = eng.prefill(prompts).argmax(1).astype(np.int32)
+    return np.stack([first, *eng.greedy_steps(first, steps)], 1)
+
+
+def per_step(eng, prompts, steps):
+    """The same generation through one decode_greedy call per step."""
+    toks = [eng.prefill(prompts).argmax(1).astype(np.int32)]
+    for _ in range(steps):
+        toks.append(eng.decode_greedy(toks[-1]))
+    return np.stack(toks, 1)
+
+
+def one_or_ragged(case, vocab):
+    return synthetic_prompts(vocab, 1, 7, seed=51) if case == "one" else prompts_for("ragged", vocab)
+
+
+@pytest.mark.parametrize("case", ["one", "ragged"])
+def test_streamed_tokens_equal_per_step_and_reference(fp32, ref, ckpt, case):
+    prompts = one_or_ragged(case, ckpt.config.vocab_size)
+    got = streamed(fp32, prompts, STEPS - 1)
+    np.testing.assert_array_equal(got, per_step(fp32, prompts, STEPS - 1))  # same graph, ids fed back on the device
+    want, want_logits = reference_greedy(ref, prompts, STEPS)
+    assert_greedy_matches(got, want, want_logits, prompts, f"{ckpt.config.name} streamed {case}")
+
+
+def test_streaming_off_runs_one_call_per_step(fp32, ckpt):
+    prompts = one_or_ragged("ragged", ckpt.config.vocab_size)
+    on = greedy_generate(fp32, prompts, 8)
+    fp32.stream_decode = False
+    try:
+        off = greedy_generate(fp32, prompts, 8)
+    finally:
+        fp32.stream_decode = True
+    assert (on.mode, off.mode) == ("streamed", "per-step") and len(off.step_s) == 7
+    np.testing.assert_array_equal(on.tokens, off.tokens)
+
+
+@pytest.mark.parametrize("case", ["one", "ragged"])
+def test_a_streamed_generation_leaves_the_engine_ready(fp32, ckpt, case):
+    """Lengths count every step, one upload and one download per step crossed PCIe, and the next
+    decode step's logits equal those after the same steps run one call at a time."""
+    prompts = one_or_ragged(case, ckpt.config.vocab_size)
+    lengths = np.array([len(p) for p in prompts])
+    B, k = len(prompts), 9
+    want = per_step(fp32, prompts, k)
+    want_next = fp32.decode(want[:, -1])
+    first = fp32.prefill(prompts).argmax(1).astype(np.int32)
+    fp32.counters.reset()
+    got = np.stack(list(fp32.greedy_steps(first, k)), 1)
+    np.testing.assert_array_equal(got, want[:, 1:])
+    D, c = fp32._dec, fp32.counters
+    assert D.len_host.tolist() == (lengths + k).tolist() == D.lengths.tolist() and not D.streaming
+    assert (c.h2d_copies, c.h2d_bytes, c.d2h_copies, c.d2h_bytes) == (1, 4 * B, k, 4 * B * k)
+    np.testing.assert_array_equal(fp32.decode(got[:, -1]), want_next)
+
+
+def test_an_early_closed_stream_leaves_a_consistent_engine(fp32, ckpt):
+    prompts = synthetic_prompts(ckpt.config.vocab_size, 3, 4, seed=61)
+    want = per_step(fp32, prompts, 10)
+    first = fp32.prefill(prompts).argmax(1).astype(np.int32)
+    D = fp32._dec
+    stream = fp32.greedy_steps(first, 10)
+    got = [next(stream) for _ in range(3)]  # steps 1-3 read; step 4 is queued
+    np.testing.assert_array_equal(np.stack(got, 1), want[:, 1:4])
+    assert D.len_host.tolist() == [4 + 3] * 3
+    for call in (lambda: fp32.decode_greedy(first), lambda: fp32.prefill(prompts), lambda: fp32.greedy_steps(first, 1)):
+        with pytest.raises(RuntimeError, match="still open"):
+            call()
+    stream.close()
+    assert not D.streaming
+    assert D.len_host.tolist() == [4 + 4] * 3 == D.lengths.tolist(), "the step queued ahead ran: lengths count it"
+    # the caches hold those 4 steps: the generation goes on from step 4's token, per call or streamed
+    np.testing.assert_array_equal(fp32.decode_greedy(want[:, 4]), want[:, 5])
+    np.testing.assert_array_equal(np.stack(list(fp32.greedy_steps(want[:, 5], 5)), 1), want[:, 6:])
+
+
+def test_streamed_decode_without_graphs(fp32, ckpt, gpu):
+    """An eager engine streams the same tokens (and the harness option stream_decode=False only
+    stops greedy_generate from streaming)."""
+    from optimized.engine import OptimizedEngine
+    eager = OptimizedEngine(ckpt, device=gpu.index, dtype="fp32", progress=False, graphs=False, max_len=MAX_LEN,
+                            stream_decode=False)
+    try:
+        prompts = one_or_ragged("ragged", ckpt.config.vocab_size)
+        np.testing.assert_array_equal(streamed(eager, prompts, 8), per_step(fp32, prompts, 8))
+        assert eager._dec.graph is None
+        assert greedy_generate(eager, prompts, 3).mode == "per-step"
+    finally:
+        eager.close()
+
+
+def test_streamed_generation_errors(gpu, tiny_ckpt):
+    """Refusals come at the greedy_steps call, before any step runs; a fresh engine's first decode
+    step is a streamed one (eager, then captured)."""
+    from optimized.engine import OptimizedEngine
+    V = tiny_ckpt.config.vocab_size
+    eng = OptimizedEngine(tiny_ckpt, device=gpu.index, dtype="fp32", progress=False, max_batch=4, max_len=8)
+    ones = lambda *shape: np.ones(shape, np.int32)  # noqa: E731
+    try:
+        with pytest.raises(ValueError, match="before prefill"):
+            eng.greedy_steps(ones(2), 1)
+        first = eng.prefill(ones(2, 5)).argmax(1)  # room for 3 more positions
+        with pytest.raises(ValueError, match=r"a stream of 4 decode steps needs 9 cache positions.*max_len=8"):
+            eng.greedy_steps(first, 4)
+        with pytest.raises(ValueError, match="one token per sequence"):
+            eng.greedy_steps(ones(3), 1)
+        with pytest.raises(ValueError, match="vocabulary"):
+            eng.greedy_steps(np.full(2, V, np.int32), 1)
+        with pytest.raises(ValueError, match=">= 0"):
+            eng.greedy_steps(first, -1)
+        assert list(eng.greedy_steps(first, 0)) == []
+        assert eng._dec.len_host.tolist() == [5, 5], "a refused stream ran nothing"
+        got = list(eng.greedy_steps(first, 3))  # fills max_len exactly
+        assert len(got) == 3 and all(g.dtype == np.int32 and g.shape == (2,) for g in got)
+        assert eng._dec.len_host.tolist() == [8, 8] == eng._dec.lengths.tolist()
+        if eng.graph_error is None:
+            assert eng._dec.graph is not None, "the streamed first step did not capture the decode graph"
+        with pytest.raises(ValueError, match="max_len=8"):
+            eng.greedy_steps(got[-1], 1)
+
+        first = eng.prefill(ones(2, 3)).argmax(1)
+        stale = eng.greedy_steps(first, 2)
+        eng.decode_greedy(first)  # the generation moves on before the stream starts
+        with pytest.raises(RuntimeError, match="changed"):
+            next(stale)
+        open_ = eng.greedy_steps(eng.decode_greedy(first), 2)
+        next(open_)
+        eng.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            next(open_)
+    finally:
+        eng.close()
 
 
 def test_generation_errors(gpu, tiny_ckpt):
