@@ -48,7 +48,10 @@ __device__ __forceinline__ void pdl_trigger()
 }
 
 // ----- the sum of one value per thread over the block (blockDim a multiple of 32, <= 1024) -------
-// Every thread gets the total; `partial` is the caller's __shared__ float[32].
+// Every thread gets the total; `partial` is the caller's __shared__ float[32]. The last barrier lets
+// a caller sum again with the same `partial` (norm_route_split, one sum per token): without it a
+// fast warp's next partial[0] overwrote the total before a slow warp had read it (session 6, seen
+// as a wrong second row in a batch-2 test of a fused norm).
 __device__ __forceinline__ float block_sum(float v, float* partial)
 {
     v = warp_sum(v);
@@ -60,7 +63,9 @@ __device__ __forceinline__ float block_sum(float v, float* partial)
         if (threadIdx.x == 0) partial[0] = s;
     }
     __syncthreads();
-    return partial[0];
+    const float total = partial[0];
+    __syncthreads();
+    return total;
 }
 
 __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g)); }
