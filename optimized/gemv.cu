@@ -171,6 +171,34 @@ __device__ void conv_in_step(const T* h, const T* w_in, const T* conv_w, T* stat
 // the first pass of its first router row in flight. Replaces add_norm + router_topk: one launch
 // and one dependent round trip fewer between the mixer and the experts on every MoE layer.
 #define NR_MAX_H 2048
+// Lane `lane`'s N float4 chunks of an fp32 router row from chunk `base` on (chunk base + u * 32 + lane,
+// zeros past nch), and their dot product with the same chunks of the normed row h (shared memory).
+template <int N>
+__device__ __forceinline__ void load_row_f4(float4 (&dst)[N], const float4* row, int base, int nch, int lane)
+{
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+        const int c = base + u * 32 + lane;
+        dst[u] = c < nch ? __ldg(row + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+}
+template <int N>
+__device__ __forceinline__ void fma_row_f4(float& acc, const float4 (&wc)[N], const float4* h, int base, int nch,
+                                           int lane)
+{
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+        const int c = base + u * 32 + lane;
+        if (c < nch) {
+            const float4 hv = h[c];
+            acc = fmaf(wc[u].x, hv.x, acc);
+            acc = fmaf(wc[u].y, hv.y, acc);
+            acc = fmaf(wc[u].z, hv.z, acc);
+            acc = fmaf(wc[u].w, hv.w, acc);
+        }
+    }
+}
+
 template <typename T>
 __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias,
                            int H, int E, int k, int norm_topk, float scale, int* idx, float* wts)
@@ -181,12 +209,7 @@ __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, co
     const int nch = H / 4;  // float4 chunks of a router row
     const float4* gate4 = reinterpret_cast<const float4*>(gate);
     float4 pre[GV_U];
-    const float4* first = gate4 + (size_t)min(warp, E - 1) * nch;
-#pragma unroll
-    for (int u = 0; u < GV_U; ++u) {
-        const int c = u * 32 + lane;
-        pre[u] = c < nch ? __ldg(first + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+    load_row_f4(pre, gate4 + (size_t)min(warp, E - 1) * nch, 0, nch, lane);
     pdl_wait();
     pdl_trigger();
 
@@ -204,35 +227,18 @@ __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, co
     __syncthreads();
 
     const float4* r4 = reinterpret_cast<const float4*>(row32);
-    auto fma_pass = [&](float& acc, const float4 (&wc)[GV_U], int base) {
-#pragma unroll
-        for (int u = 0; u < GV_U; ++u) {
-            const int cc = base + u * 32 + lane;
-            if (cc < nch) {
-                const float4 hv = r4[cc];
-                acc = fmaf(wc[u].x, hv.x, acc);
-                acc = fmaf(wc[u].y, hv.y, acc);
-                acc = fmaf(wc[u].z, hv.z, acc);
-                acc = fmaf(wc[u].w, hv.w, acc);
-            }
-        }
-    };
     for (int e = warp; e < E; e += nwarps) {
         const float4* g = gate4 + (size_t)e * nch;
         float acc = 0.f;
         int base = 0;
         if (e == warp) {  // the prefetched first pass
-            fma_pass(acc, pre, 0);
+            fma_row_f4(acc, pre, r4, 0, nch, lane);
             base = 32 * GV_U;
         }
         for (; base < nch; base += 32 * GV_U) {
             float4 wc[GV_U];
-#pragma unroll
-            for (int u = 0; u < GV_U; ++u) {
-                const int cc = base + u * 32 + lane;
-                wc[u] = cc < nch ? __ldg(g + cc) : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-            fma_pass(acc, wc, base);
+            load_row_f4(wc, g, base, nch, lane);
+            fma_row_f4(acc, wc, r4, base, nch, lane);
         }
         const float s = warp_sum(acc);
         if (lane == 0) logits[e] = s;
@@ -262,13 +268,8 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
     __shared__ bool last;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int e = blockIdx.x * (blockDim.x >> 5) + warp, nch = H / 4, c0 = tid * 8;
-    const float4* g4 = reinterpret_cast<const float4*>(gate) + (size_t)min(e, E - 1) * nch;
     float4 wr[NRS_Q];
-#pragma unroll
-    for (int u = 0; u < NRS_Q; ++u) {
-        const int c = u * 32 + lane;
-        wr[u] = c < nch ? __ldg(g4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+    load_row_f4(wr, reinterpret_cast<const float4*>(gate) + (size_t)min(e, E - 1) * nch, 0, nch, lane);
     pdl_wait();
     pdl_trigger();
 
@@ -295,19 +296,8 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
 #pragma unroll
         for (int t = 0; t < NRS_MAXT; ++t) {
             if (t < ntok) {
-                const float4* r4 = reinterpret_cast<const float4*>(nrm[t]);
                 float acc = 0.f;
-#pragma unroll
-                for (int u = 0; u < NRS_Q; ++u) {
-                    const int c = u * 32 + lane;
-                    if (c < nch) {
-                        const float4 hv = r4[c];
-                        acc = fmaf(wr[u].x, hv.x, acc);
-                        acc = fmaf(wr[u].y, hv.y, acc);
-                        acc = fmaf(wr[u].z, hv.z, acc);
-                        acc = fmaf(wr[u].w, hv.w, acc);
-                    }
-                }
+                fma_row_f4(acc, wr, reinterpret_cast<const float4*>(nrm[t]), 0, nch, lane);
                 acc = warp_sum(acc);
                 if (lane == 0) logits_g[t * E + e] = acc;
             }
