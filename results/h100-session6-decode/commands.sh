@@ -186,3 +186,7 @@ done
 for f in r/*/summary.csv; do python -c "
 import pandas as pd
 d = pd.read_csv('$f'); print(d[['engine','batch','decode_mode','itl_p50_ms','itl_p99_ms','decode_tokens_per_s','pct_of_decode_floor','greedy_first_divergence','git_commit']].to_string())"; done
+# ===== gpu_call7.sh (on 7806247: norm_route and norm_route_split sharing load_row_f4 / fma_row_f4)
+source ../.devwheels/setup.sh && export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+python -m pytest -q tests/gpu/test_optimized_gemv.py tests/gpu/test_optimized_decode.py -p no:cacheprovider -rfE 2>&1 | tail -15 > $OUT/gpu-tests.log
+tail -3 $OUT/gpu-tests.log
