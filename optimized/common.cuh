@@ -150,3 +150,34 @@ template <> __device__ __forceinline__ void store8<bf16>(bf16* p, const float* i
     for (int i = 0; i < 8; ++i) v[i] = __float2bfloat16_rn(in[i]);
     *reinterpret_cast<uint4*>(p) = raw;
 }
+
+// ----- add_norm's arithmetic on one thread's 8 contiguous columns (add_norm_vec8, norm_route_split) --
+// v = x + (the NADD addend rows at `y`, `ystride` apart, summed in order first); returns this
+// thread's share of the sum of squares. Every load is issued before the first add.
+template <typename T, int NADD>
+__device__ __forceinline__ float add_rows8(const float* xr, const T* y, size_t ystride, float (&v)[8])
+{
+    float add[NADD > 0 ? NADD : 1][8];
+    load8<float>(xr, v);
+#pragma unroll
+    for (int j = 0; j < NADD; ++j) load8<T>(y + j * ystride, add[j]);
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        float a = 0.f;
+#pragma unroll
+        for (int j = 0; j < NADD; ++j) a += add[j][i];
+        v[i] += a;
+        ss += v[i] * v[i];
+    }
+    return ss;
+}
+// h = w * (v * rstd rounded to T), rounded to T: the normed row as HF rounds it
+template <typename T>
+__device__ __forceinline__ void store_normed8(T* h, const float (&wv)[8], const float (&v)[8], float rstd)
+{
+    float out[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = wv[i] * rnd<T>(v[i] * rstd);
+    store8<T>(h, out);
+}

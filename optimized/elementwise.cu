@@ -75,27 +75,14 @@ __device__ void add_norm_vec8(float* __restrict__ x, const T* y, const T* __rest
     const size_t row = blockIdx.x;
     const int c0 = threadIdx.x * 8;
     float* xr = x + row * H + c0;
-    float v[8], wv[8], add[NADD > 0 ? NADD : 1][8];
+    float v[8], wv[8];
     load8<T>(w + c0, wv);
-    load8<float>(xr, v);
-#pragma unroll
-    for (int j = 0; j < NADD; ++j) load8<T>(y + (row * NADD + j) * H + c0, add[j]);
-    float ss = 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        float a = 0.f;
-#pragma unroll
-        for (int j = 0; j < NADD; ++j) a += add[j][i];
-        v[i] += a;
-        ss += v[i] * v[i];
-    }
+    const float ss = add_rows8<T, NADD>(xr, y + row * NADD * H + c0, H, v);
     const float rstd = rsqrtf(block_sum(ss, partial) / H + eps);
-    float out[8];
     if (NADD) store8<float>(xr, v);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = wv[i] * rnd<T>(v[i] * rstd);
-    store8<T>(h + row * H + c0, out);
+    store_normed8<T>(h + row * H + c0, wv, v, rstd);
     if (h32) {
+        float out[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) out[i] = wv[i] * (v[i] * rstd);
         store8<float>(h32 + row * H + c0, out);

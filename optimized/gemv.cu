@@ -278,14 +278,7 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
 #pragma unroll
     for (int t = 0; t < NRS_MAXT; ++t) {
         if (t < ntok) {
-            float a[8], ss = 0.f;
-            load8<float>(x + (size_t)t * H + c0, v[t]);
-            load8<T>(y + (size_t)t * H + c0, a);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                v[t][i] += a[i];
-                ss += v[t][i] * v[t][i];
-            }
+            const float ss = add_rows8<T, 1>(x + (size_t)t * H + c0, y + (size_t)t * H + c0, H, v[t]);
             rstd[t] = rsqrtf(block_sum(ss, partial) / H + eps);
 #pragma unroll
             for (int i = 0; i < 8; ++i) nrm[t][c0 + i] = wv[i] * (v[t][i] * rstd[t]);
@@ -312,11 +305,8 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
 #pragma unroll
     for (int t = 0; t < NRS_MAXT; ++t) {
         if (t < ntok) {
-            float out[8];
-#pragma unroll
-            for (int i = 0; i < 8; ++i) out[i] = wv[i] * rnd<T>(v[t][i] * rstd[t]);
             store8<float>(x + (size_t)t * H + c0, v[t]);
-            store8<T>(h + (size_t)t * H + c0, out);
+            store_normed8<T>(h + (size_t)t * H + c0, wv, v[t], rstd[t]);
         }
     }
     if (warp < ntok) {

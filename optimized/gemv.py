@@ -163,24 +163,18 @@ class GemvKernels:
               f"x, h must be [T, {H}], y at least that, w [{H}]")
         _need(idx.numel() == T * k and wts.numel() == T * k, f"idx, wts must be [{T}, {k}]")
         _need(_aligned(gate) and _aligned(x), "x and the router weight need 16-byte rows")
-        if self._split_takes(T, H, y, w, h):
-            self._norm_route_split(x, y, w, h, eps, gate, bias, k, norm_topk, scale, idx, wts, T, E, H)
-            return
-        self._go(self.k_norm_route, (T,), (H // 2,), (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias),
-                                                       i32(H), i32(E), i32(k), i32(bool(norm_topk)), f32(scale),
-                                                       ptr(idx), ptr(wts)), T=T, E=E, H=H)
+        args = (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias), i32(H), i32(E), i32(k),
+                i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts))
+        if self._split_takes(T, H, y, w, h):  # a warp per expert, H / 256 of them per block
+            self._go(self.k_norm_route_split, (-(-E // (H // 256)),), (H // 8,),
+                     (*args, i32(T), ptr(self._split_logits), ptr(self._split_count)), T=T, E=E, H=H)
+        else:
+            self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
 
     def _split_takes(self, T: int, H: int, *vectors) -> bool:
         """norm_route_split: 1-2 tokens, H / 8 threads in whole warps, 16-byte rows of y, w and h."""
         return (self.norm_route_split and T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0
                 and all(_aligned(t) for t in vectors))
-
-    def _norm_route_split(self, x, y, w, h, eps, gate, bias, k, norm_topk, scale, idx, wts, T, E, H) -> None:
-        warps = H // 256
-        self._go(self.k_norm_route_split, (-(-E // warps),), (H // 8,),
-                 (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias), i32(H), i32(E), i32(k),
-                  i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts), i32(T), ptr(self._split_logits), ptr(self._split_count)),
-                 T=T, E=E, H=H)
 
     # ----- router ------------------------------------------------------------------------------------------
     def router_topk(self, h32, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:
