@@ -190,3 +190,8 @@ d = pd.read_csv('$f'); print(d[['engine','batch','decode_mode','itl_p50_ms','itl
 source ../.devwheels/setup.sh && export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
 python -m pytest -q tests/gpu/test_optimized_gemv.py tests/gpu/test_optimized_decode.py -p no:cacheprovider -rfE 2>&1 | tail -15 > $OUT/gpu-tests.log
 tail -3 $OUT/gpu-tests.log
+# ===== gpu_call8.sh (on the add_rows8 / store_normed8 refactor, committed after it passed)
+source ../.devwheels/setup.sh && export PYTHONUNBUFFERED=1 LFM2_CACHE=$PWD/.cache LFM2_GIT_COMMIT=$(cat .commit)
+python -m pytest -q tests/gpu/test_optimized_kernels.py tests/gpu/test_optimized_gemv.py tests/gpu/test_optimized_decode.py tests/gpu/test_optimized_engine.py -p no:cacheprovider -rfE 2>&1 | tail -15 > $OUT/gpu-tests.log
+tail -3 $OUT/gpu-tests.log
+python -m optimized --preset lfm2-8b-a1b --weights gpu --shapes "" --decode 1 2>&1 | grep "decode B"
