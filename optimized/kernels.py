@@ -43,32 +43,41 @@ class MoeVariant:
 
 
 def _stream(rows: int, mt: int, wm: int, bkb: int, stages: int, tag: str = "",
-            dtypes=(torch.bfloat16, torch.float32)) -> MoeVariant:
-    """moe_stream.cu's table: STAGES x (64 weight rows + BM tile rows) x (BKB + 16) bytes."""
-    assert rows == 16 * mt and mt % wm == 0
+            dtypes=(torch.bfloat16, torch.float32), wn: int | None = None, bn: int = 64) -> MoeVariant:
+    """moe_stream.cu's table: WM x WN warps (WN = 4 / WM unless given), STAGES x (BN weight rows +
+    BM tile rows) x (BKB + 16) bytes of shared memory; gate/up covers BN / 2 act columns per block."""
+    wn = 4 // wm if wn is None else wn
+    assert rows == 16 * mt and mt % wm == 0 and bn % (16 * wn) == 0
     name = f"mma{rows}{tag}"
-    return MoeVariant(name, "moe_stream", f"{name}_{{sfx}}", tuple(dtypes), rows, 128,
-                      stages * (64 + rows) * (bkb + 16), 32, 64)
+    return MoeVariant(name, "moe_stream", f"{name}_{{sfx}}", tuple(dtypes), rows, 32 * wm * wn,
+                      stages * (bn + rows) * (bkb + 16), bn // 2, bn)
 
 
+F32 = (torch.float32,)
 MOE_VARIANTS = {v.name: v for v in (
     MoeVariant("wmma128", "moe_gemm", "bf16", (torch.bfloat16,), 128, 256, BF16_GEMM_SMEM, 64, 128),
-    MoeVariant("simt64", "moe_gemm", "f32", (torch.float32,), 64, 256, 0, 32, 64),
+    MoeVariant("simt64", "moe_gemm", "f32", F32, 64, 256, 0, 32, 64),
     _stream(16, 1, 1, 256, 4),
     _stream(16, 1, 1, 256, 3, "b", (torch.bfloat16,)),  # pipeline-depth alternatives (3 blocks/SM)
     _stream(16, 1, 1, 128, 6, "c", (torch.bfloat16,)),
     _stream(32, 2, 1, 256, 4),
     _stream(64, 4, 1, 256, 3),
     _stream(128, 8, 2, 128, 4),
+    # fp32 only, moe_stream.cu's FAST main loop; mma128f: 2 x 4 warps on 128 columns, 256 B stages
+    _stream(16, 1, 1, 256, 4, "f", F32),
+    _stream(64, 4, 1, 256, 3, "f", F32),
+    _stream(128, 8, 2, 256, 3, "f", F32, wn=4, bn=128),
 )}
 LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # (most tokens per forward, variant), first match wins. From the microbenchmarks of step 2 in
 # /work/helper-notes/optimized-notes.md: 16-row tiles stream best up to 64 tokens; 64-row tiles
 # at 256; mma128 ties WMMA at 1024 tokens in isolation and wins by ~1 ms in the 64x16 forward;
-# WMMA stays ahead at 4096. fp32: 3xTF32 mma beats SIMT everywhere measured.
+# WMMA stays ahead at 4096. fp32: 3xTF32 mma beats SIMT everywhere measured, and the FAST
+# variants beat the plain ones at every token count measured, 16 to 4096 (session 7,
+# results/h100-session7/fp32-moe-notes.md, call 4: at 1024 tokens 3.31 -> 1.84 ms, at 16 0.66 -> 0.46 ms).
 MOE_POLICY = {
     torch.bfloat16: ((64, "mma16"), (512, "mma64"), (2048, "mma128"), (None, "wmma128")),
-    torch.float32: ((64, "mma16"), (256, "mma64"), (None, "mma128")),
+    torch.float32: ((64, "mma16f"), (256, "mma64f"), (None, "mma128f")),
 }
 
 

@@ -3,33 +3,40 @@
 // Same contract as moe_gemm.cu (the tile table of moe_sort_pairs, MODE_GATEUP with SiLU*up in the
 // epilogue, MODE_DOWN writing ys[pair] scaled by the routing weight), but built for experts with
 // few rows, where the cost is reading the expert weights once:
-// - a block owns one row tile (16 * MT rows of one expert) and a slab of 64 GEMM columns (GATEUP:
-//   32 gate + the matching 32 up rows of w13, i.e. 32 act columns; DOWN: 64 output columns);
-//   with few rows per expert the grid is (touched experts) x (N / 64 slabs), over a thousand
-//   blocks, two per SM, each streaming its slab once;
+// - a block owns one row tile (16 * MT rows of one expert) and a slab of BN = 64 GEMM columns
+//   (GATEUP: 32 gate + the matching 32 up rows of w13, i.e. 32 act columns; DOWN: 64 output
+//   columns; mma128f: BN = 128); with few rows per expert the grid is (touched experts) x (N / 64
+//   slabs), over a thousand blocks, two per SM, each streaming its slab once;
 // - the slab and the tile's rows go through shared memory in a STAGES-deep cp.async pipeline of
 //   16-byte coalesced copies (BKB bytes of K per stage: a 256 B run of each weight row);
-// - 4 warps read fragments with ldmatrix and multiply with mma.sync m16n8k16 (bf16) or, for fp32
+// - the warps read fragments with ldmatrix and multiply with mma.sync m16n8k16 (bf16) or, for fp32
 //   weights, m16n8k8 TF32 three times (3xTF32: a = hi + lo, a*b ~ hi*hi + hi*lo + lo*hi, close to
 //   fp32 accuracy). Row tiles of a 16-row group that holds no rows skip their MMAs (the tile's
 //   row count is read on the device), so a tile that is mostly padding costs little.
 // Both element types share the code because the fragments have the same byte geometry: an MMA
 // step covers 32 bytes of K (16 bf16 or 8 fp32) and ldmatrix moves 8 rows x 16 bytes.
 // Variants (extern "C" names moe_{gateup,down}_<variant>_{bf16,f32}; kernels.py mirrors the table):
-//   variant  BM  MT WM BKB STAGES   dynamic smem = STAGES * (64 + BM) * (BKB + 16)   blocks/SM
-//   mma16    16   1  1 256   4      87,040                                          2
-//   mma16b   16   1  1 256   3      65,280                                          3
-//   mma16c   16   1  1 128   6      69,120                                          3
-//   mma32    32   2  1 256   4      104,448                                         2
-//   mma64    64   4  1 256   3      104,448                                         2
-//   mma128  128   8  2 128   4      110,592                                         2
-// WM: warps along M (the 4 warps are WM x 4/WM); each warp holds MT/WM m16 tiles x 2*WM n8 tiles.
+//   variant  BM  MT WM WN  BN BKB STAGES FAST  dynamic smem = STAGES * (BN + BM) * (BKB + 16)  blocks/SM
+//   mma16    16   1  1  4  64 256   4     -    87,040                                           2
+//   mma16b   16   1  1  4  64 256   3     -    65,280                                           3
+//   mma16c   16   1  1  4  64 128   6     -    69,120                                           3
+//   mma32    32   2  1  4  64 256   4     -    104,448                                          2
+//   mma64    64   4  1  4  64 256   3     -    104,448                                          2
+//   mma128  128   8  2  2  64 128   4     -    110,592                                          2
+//   mma16f   16   1  1  4  64 256   4   fp32   87,040                                           2
+//   mma64f   64   4  1  4  64 256   3   fp32   104,448                                          2
+//   mma128f 128   8  2  4 128 256   3   fp32   208,896                                          1
+// WM x WN warps (32 * WM * WN threads); BN GEMM columns per block (GATEUP: BN / 2 gate rows of w13
+// and the matching BN / 2 up rows); each warp holds MT/WM m16 tiles x NC = BN / (16 WN) B calls of
+// two n8 tiles each.
+// FAST (fp32 only; see fast_split and the FAST main loop): a 3-instruction TF32 split instead of
+// the compiler's cvt.rna emulation (7), one fresh partial sum per stage (BKB / 32 K steps) instead
+// of per K step, and the k loop compiled once per count of the warp's m16 tiles that hold rows,
+// so that a stage is one basic block the scheduler can interleave (no branch per m16 tile).
 #include "common.cuh"
 
 #define MODE_GATEUP 0
 #define MODE_DOWN 1
-#define ST_THREADS 128
-#define ST_BN 64  // GEMM columns per block
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -102,6 +109,34 @@ __device__ __forceinline__ void mma_step(float (&c)[4], const Operand<T>& a, con
     }
 }
 
+// FAST's TF32 split of an fp32 value (its raw bits): hi = x rounded to TF32 (ties away, as
+// cvt.rna; low 13 bits zero), lo = x - hi, exact. lo goes to the MMA unrounded: the tensor core
+// reads a TF32 operand's top 19 bits, so lo is truncated there, an error of < 2^-21 of x with the
+// sign of lo (random), as CUTLASS's fast 3xTF32 does. 3 instructions instead of cvt.rna's 7
+// (sm_90 has no TF32 convert; ptxas emulates it with an Inf check). Not for |x| within 2^-11 of
+// FLT_MAX (hi would round to Inf).
+__device__ __forceinline__ void fast_split(unsigned x, unsigned& hi, unsigned& lo)
+{
+    hi = (x + 0x1000u) & 0xffffe000u;
+    lo = __float_as_uint(__uint_as_float(x) - __uint_as_float(hi));
+}
+
+// f(IntC<n>{}) for a run-time n in 0..N: one compiled copy of f per count.
+template <int N> struct IntC {
+    static constexpr int value = N;
+};
+template <int N, typename F> __device__ __forceinline__ void with_count(int n, F& f)
+{
+    if constexpr (N == 0) {
+        f(IntC<0>{});
+    } else {
+        if (n >= N)
+            f(IntC<N>{});
+        else
+            with_count<N - 1>(n, f);
+    }
+}
+
 // Two adjacent outputs (col, col + 1) of one row; vector store when both exist and are aligned.
 template <typename T> __device__ __forceinline__ void store_pair(T* row, int col, int N, float v0, float v1)
 {
@@ -116,18 +151,22 @@ template <typename T> __device__ __forceinline__ void store_pair(T* row, int col
     }
 }
 
-template <typename T, int MODE, int MT, int WM, int BKB, int STAGES>
+template <typename T, int MODE, int MT, int WM, int WN, int BN, int BKB, int STAGES, bool FAST>
 __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pair, const int* tiles,
                            const int* num_tiles, const float* pair_w, int N, int K, int topk)
 {
+    constexpr int THREADS = 32 * WM * WN;
     constexpr int BM = 16 * MT;
     constexpr int LDB = BKB + 16;                  // smem row pitch (bytes): ldmatrix rows hit distinct banks
     constexpr int CPR = BKB / 16;                  // 16-byte chunks of one row per stage
-    constexpr int RPP = ST_THREADS / CPR;          // rows covered by one pass of the block
-    constexpr int WCH = ST_BN / RPP, ACH = BM / RPP;  // chunks per thread per stage: weights, rows
-    constexpr int STAGE_BYTES = (ST_BN + BM) * LDB;
-    constexpr int WN = 4 / WM, MTW = MT / WM;      // warps along N; m16 tiles per warp
-    static_assert(ST_BN % RPP == 0 && BM % RPP == 0 && MT % WM == 0 && 4 % WM == 0, "bad stream variant");
+    constexpr int RPP = THREADS / CPR;             // rows covered by one pass of the block
+    constexpr int WCH = BN / RPP, ACH = BM / RPP;  // chunks per thread per stage: weights, rows
+    constexpr int STAGE_BYTES = (BN + BM) * LDB;
+    constexpr int MTW = MT / WM;                   // m16 tiles per warp
+    constexpr int NC = BN / (16 * WN);             // B ldmatrix calls per warp and K step (2 n8 tiles each)
+    static_assert(BN % RPP == 0 && BM % RPP == 0 && MT % WM == 0 && BN % (16 * WN) == 0 && (BN & (BN - 1)) == 0,
+                  "bad stream variant");
+    static_assert(!FAST || sizeof(T) == 4, "FAST is the fp32 path");
 
     extern __shared__ __align__(128) unsigned char smem[];
     if ((int)blockIdx.x >= *num_tiles) return;
@@ -138,7 +177,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
     }
     const int e = tiles[3 * blockIdx.x], row0 = tiles[3 * blockIdx.x + 1];
     const int rows = min(tiles[3 * blockIdx.x + 2] - row0, BM);
-    const int n0 = blockIdx.y * (MODE == MODE_GATEUP ? ST_BN / 2 : ST_BN);
+    const int n0 = blockIdx.y * (MODE == MODE_GATEUP ? BN / 2 : BN);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const size_t kbytes = (size_t)K * sizeof(T);
     const int ktiles = (int)((kbytes + BKB - 1) / BKB);
@@ -151,9 +190,9 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
 #pragma unroll
     for (int i = 0; i < WCH; ++i) {
         const int j = lrow + i * RPP;  // GEMM column of the slab
-        const int col = n0 + (MODE == MODE_GATEUP ? (j & (ST_BN / 2 - 1)) : j);
+        const int col = n0 + (MODE == MODE_GATEUP ? (j & (BN / 2 - 1)) : j);
         w_ok[i] = col < N;
-        const int wrow = MODE == MODE_GATEUP ? (j < ST_BN / 2 ? col : N + col) : col;
+        const int wrow = MODE == MODE_GATEUP ? (j < BN / 2 ? col : N + col) : col;
         w_src[i] = We + (size_t)(w_ok[i] ? wrow : 0) * kbytes + kc;
     }
     auto load_w = [&](int stage, int kt) {
@@ -179,7 +218,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
         a_src[i] = reinterpret_cast<const char*>(src) + kc;
     }
     auto load_a = [&](int stage, int kt) {
-        unsigned char* s = smem + stage * STAGE_BYTES + (ST_BN + lrow) * LDB + kc;
+        unsigned char* s = smem + stage * STAGE_BYTES + (BN + lrow) * LDB + kc;
         const size_t kb = (size_t)kt * BKB;
         const bool kok = kb + kc < kbytes;
 #pragma unroll
@@ -197,24 +236,25 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
     // ---- fragment addresses. B (weights) for call cc: two n8 tiles, lanes 0-15 address the first
     // (GATEUP: gate rows), lanes 16-31 the second (GATEUP: the matching up rows; DOWN: the next 8).
     const int wm = warp / WN, wn = warp % WN;
-    const int wb = wn * (MODE == MODE_GATEUP ? 8 * WM : 16 * WM);  // warp's first act / output column
-    const int b_row = MODE == MODE_GATEUP ? (lane >> 4) * (ST_BN / 2) + wb + (lane & 7) : wb + (lane >> 4) * 8 + (lane & 7);
+    const int wb = wn * (MODE == MODE_GATEUP ? 8 * NC : 16 * NC);  // warp's first act / output column
+    const int b_row = MODE == MODE_GATEUP ? (lane >> 4) * (BN / 2) + wb + (lane & 7) : wb + (lane >> 4) * 8 + (lane & 7);
     constexpr int B_CALL_ROWS = MODE == MODE_GATEUP ? 8 : 16;
     const unsigned b_off = b_row * LDB + ((lane >> 3) & 1) * 16;
-    const unsigned a_off = (ST_BN + wm * MTW * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB + (lane >> 4) * 16;
+    const unsigned a_off = (BN + wm * MTW * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB + (lane >> 4) * 16;
     const unsigned sbase = smem_addr(smem);
 
-    float acc[MTW][WM][2][4];
+    float acc[MTW][NC][2][4];
 #pragma unroll
     for (int m = 0; m < MTW; ++m)
 #pragma unroll
-        for (int c = 0; c < WM; ++c)
+        for (int c = 0; c < NC; ++c)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) acc[m][c][h][i] = 0.f;
 
-    for (int kt = 0; kt < ktiles; ++kt) {
+    // stage kt: wait for its copies, refill the stage freed one step ago; its shared address
+    auto enter_stage = [&](int kt) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // stage kt is visible to all; everyone is done with the stage refilled next
         const int nk = kt + STAGES - 1;
@@ -223,31 +263,98 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
             load_a(nk % STAGES, nk);
         }
         cp_async_commit();
-        const unsigned st = sbase + (kt % STAGES) * STAGE_BYTES;
+        return sbase + (kt % STAGES) * STAGE_BYTES;
+    };
+
+    if constexpr (!FAST) {
+        for (int kt = 0; kt < ktiles; ++kt) {
+            const unsigned st = enter_stage(kt);
 #pragma unroll
-        for (int ks = 0; ks < BKB; ks += 32) {
-            Operand<T> b[WM];
+            for (int ks = 0; ks < BKB; ks += 32) {
+                Operand<T> b[NC];
 #pragma unroll
-            for (int c = 0; c < WM; ++c) {
-                unsigned raw[4];
-                ldsm_x4(st + b_off + c * B_CALL_ROWS * LDB + ks, raw);
-                b[c].set(raw);
-            }
-#pragma unroll
-            for (int m = 0; m < MTW; ++m) {
-                if ((wm * MTW + m) * 16 < rows) {  // warp-uniform: skip m16 tiles with no rows
+                for (int c = 0; c < NC; ++c) {
                     unsigned raw[4];
-                    ldsm_x4(st + a_off + m * 16 * LDB + ks, raw);
-                    Operand<T> a;
-                    a.set(raw);
+                    ldsm_x4(st + b_off + c * B_CALL_ROWS * LDB + ks, raw);
+                    b[c].set(raw);
+                }
 #pragma unroll
-                    for (int c = 0; c < WM; ++c) {
-                        mma_step<T>(acc[m][c][0], a, b[c], 0);
-                        mma_step<T>(acc[m][c][1], a, b[c], 1);
+                for (int m = 0; m < MTW; ++m) {
+                    if ((wm * MTW + m) * 16 < rows) {  // warp-uniform: skip m16 tiles with no rows
+                        unsigned raw[4];
+                        ldsm_x4(st + a_off + m * 16 * LDB + ks, raw);
+                        Operand<T> a;
+                        a.set(raw);
+#pragma unroll
+                        for (int c = 0; c < NC; ++c) {
+                            mma_step<T>(acc[m][c][0], a, b[c], 0);
+                            mma_step<T>(acc[m][c][1], a, b[c], 1);
+                        }
                     }
                 }
             }
         }
+    } else {
+        // The k loop for NM m16 tiles with rows (a compile-time count, so a stage is one basic block).
+        // The 3 * BKB / 32 MMAs of a stage (24 at BKB = 256) chain into a fresh partial, added to acc
+        // with round-to-nearest FADDs once per stage: the tensor core's truncating accumulation then
+        // biases a partial of 24 MMAs (~1e-6 of it), not the whole sum (see mma_step). Measured at
+        // the real shape (K = 2048 and 1792): max error 9e-7 of the output scale, the per-K-step
+        // partial of mma128_f32 7.9e-7 (results/h100-session7/fp32-moe-notes.md).
+        auto loop = [&](auto nm_c) {
+            constexpr int NM = decltype(nm_c)::value;
+            for (int kt = 0; kt < ktiles; ++kt) {
+                const unsigned st = enter_stage(kt);
+                if constexpr (NM > 0) {
+                    float part[NM][NC][2][4];
+#pragma unroll
+                    for (int m = 0; m < NM; ++m)
+#pragma unroll
+                        for (int c = 0; c < NC; ++c)
+#pragma unroll
+                            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                                for (int i = 0; i < 4; ++i) part[m][c][h][i] = 0.f;
+#pragma unroll
+                    for (int ks = 0; ks < BKB; ks += 32) {
+                        unsigned bh[NC][4], bl[NC][4];
+#pragma unroll
+                        for (int c = 0; c < NC; ++c) {
+                            unsigned raw[4];
+                            ldsm_x4(st + b_off + c * B_CALL_ROWS * LDB + ks, raw);
+#pragma unroll
+                            for (int i = 0; i < 4; ++i) fast_split(raw[i], bh[c][i], bl[c][i]);
+                        }
+#pragma unroll
+                        for (int m = 0; m < NM; ++m) {
+                            unsigned raw[4], ah[4], al[4];
+                            ldsm_x4(st + a_off + m * 16 * LDB + ks, raw);
+#pragma unroll
+                            for (int i = 0; i < 4; ++i) fast_split(raw[i], ah[i], al[i]);
+#pragma unroll
+                            for (int c = 0; c < NC; ++c)
+#pragma unroll
+                                for (int h = 0; h < 2; ++h) {
+                                    float(&t)[4] = part[m][c][h];
+                                    mma_tf32(t, al, bh[c][2 * h], bh[c][2 * h + 1]);  // small terms first
+                                    mma_tf32(t, ah, bl[c][2 * h], bl[c][2 * h + 1]);
+                                    mma_tf32(t, ah, bh[c][2 * h], bh[c][2 * h + 1]);
+                                }
+                        }
+                    }
+#pragma unroll
+                    for (int m = 0; m < NM; ++m)
+#pragma unroll
+                        for (int c = 0; c < NC; ++c)
+#pragma unroll
+                            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                                for (int i = 0; i < 4; ++i) acc[m][c][h][i] += part[m][c][h][i];
+                }
+            }
+        };
+        const int nm = min(max((rows - wm * MTW * 16 + 15) / 16, 0), MTW);  // warp-uniform
+        with_count<MTW>(nm, loop);
     }
     cp_async_wait<0>();
 
@@ -263,7 +370,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
             if (MODE == MODE_GATEUP) {
                 T* dst = out + (size_t)pos * N;
 #pragma unroll
-                for (int c = 0; c < WM; ++c) {
+                for (int c = 0; c < NC; ++c) {
                     float v[2];
 #pragma unroll
                     for (int q = 0; q < 2; ++q) {
@@ -277,7 +384,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
                 const float s = rnd<T>(pair_w[p]);
                 T* dst = out + (size_t)p * N;
 #pragma unroll
-                for (int c = 0; c < WM; ++c)
+                for (int c = 0; c < NC; ++c)
 #pragma unroll
                     for (int h = 0; h < 2; ++h)
                         store_pair<T>(dst, n0 + wb + c * 16 + h * 8 + t2, N, rnd<T>(acc[m][c][h][2 * hr]) * s,
@@ -286,28 +393,34 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
         }
 }
 
-#define STREAM_VARIANT(NAME, T, MT, WM, BKB, STAGES)                                                             \
-    extern "C" __global__ void __launch_bounds__(ST_THREADS) moe_gateup_##NAME(                                   \
-        const T* h, const T* w13, T* act, const int* sorted_pair, const int* tiles, const int* num_tiles, int N,   \
-        int K, int topk)                                                                                           \
-    {                                                                                                              \
-        moe_stream<T, MODE_GATEUP, MT, WM, BKB, STAGES>(h, w13, act, sorted_pair, tiles, num_tiles, nullptr, N, K, \
-                                                        topk);                                                     \
-    }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(ST_THREADS) moe_down_##NAME(                                     \
-        const T* act, const T* w2, T* ys, const int* sorted_pair, const int* tiles, const int* num_tiles,          \
-        const float* pair_w, int N, int K)                                                                         \
-    {                                                                                                              \
-        moe_stream<T, MODE_DOWN, MT, WM, BKB, STAGES>(act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, N, K, 1); \
+// NAME, element type, MT, WM, WN, BN, BKB, STAGES, FAST, then __launch_bounds__'s arguments (threads =
+// 32 WM WN, and for some the blocks per SM the registers must allow; an explicit 1 changes ptxas's code)
+#define STREAM_VARIANT(NAME, T, MT, WM, WN, BN, BKB, STAGES, FAST, ...)                                              \
+    extern "C" __global__ void __launch_bounds__(__VA_ARGS__) moe_gateup_##NAME(                                     \
+        const T* h, const T* w13, T* act, const int* sorted_pair, const int* tiles, const int* num_tiles, int N,     \
+        int K, int topk)                                                                                             \
+    {                                                                                                                \
+        moe_stream<T, MODE_GATEUP, MT, WM, WN, BN, BKB, STAGES, FAST>(h, w13, act, sorted_pair, tiles, num_tiles,    \
+                                                                      nullptr, N, K, topk);                          \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(__VA_ARGS__) moe_down_##NAME(                                       \
+        const T* act, const T* w2, T* ys, const int* sorted_pair, const int* tiles, const int* num_tiles,            \
+        const float* pair_w, int N, int K)                                                                           \
+    {                                                                                                                \
+        moe_stream<T, MODE_DOWN, MT, WM, WN, BN, BKB, STAGES, FAST>(act, w2, ys, sorted_pair, tiles, num_tiles,      \
+                                                                    pair_w, N, K, 1);                                \
     }
 
-STREAM_VARIANT(mma16_bf16, bf16, 1, 1, 256, 4)
-STREAM_VARIANT(mma16b_bf16, bf16, 1, 1, 256, 3)
-STREAM_VARIANT(mma16c_bf16, bf16, 1, 1, 128, 6)
-STREAM_VARIANT(mma32_bf16, bf16, 2, 1, 256, 4)
-STREAM_VARIANT(mma64_bf16, bf16, 4, 1, 256, 3)
-STREAM_VARIANT(mma128_bf16, bf16, 8, 2, 128, 4)
-STREAM_VARIANT(mma16_f32, float, 1, 1, 256, 4)
-STREAM_VARIANT(mma32_f32, float, 2, 1, 256, 4)
-STREAM_VARIANT(mma64_f32, float, 4, 1, 256, 3)
-STREAM_VARIANT(mma128_f32, float, 8, 2, 128, 4)
+STREAM_VARIANT(mma16_bf16, bf16, 1, 1, 4, 64, 256, 4, false, 128)
+STREAM_VARIANT(mma16b_bf16, bf16, 1, 1, 4, 64, 256, 3, false, 128)
+STREAM_VARIANT(mma16c_bf16, bf16, 1, 1, 4, 64, 128, 6, false, 128)
+STREAM_VARIANT(mma32_bf16, bf16, 2, 1, 4, 64, 256, 4, false, 128)
+STREAM_VARIANT(mma64_bf16, bf16, 4, 1, 4, 64, 256, 3, false, 128)
+STREAM_VARIANT(mma128_bf16, bf16, 8, 2, 2, 64, 128, 4, false, 128)
+STREAM_VARIANT(mma16_f32, float, 1, 1, 4, 64, 256, 4, false, 128)
+STREAM_VARIANT(mma32_f32, float, 2, 1, 4, 64, 256, 4, false, 128)
+STREAM_VARIANT(mma64_f32, float, 4, 1, 4, 64, 256, 3, false, 128)
+STREAM_VARIANT(mma128_f32, float, 8, 2, 2, 64, 128, 4, false, 128)
+STREAM_VARIANT(mma16f_f32, float, 1, 1, 4, 64, 256, 4, true, 128)
+STREAM_VARIANT(mma64f_f32, float, 4, 1, 4, 64, 256, 3, true, 128)
+STREAM_VARIANT(mma128f_f32, float, 8, 2, 4, 128, 256, 3, true, 256)

@@ -189,10 +189,12 @@ def _variant_names():
 
 
 # odd shapes (widths not multiples of the 32/64-column slabs or the K stages), experts with many
-# tiles (E=1: all rows in one expert), and the real model's 1x16 and 20-token shapes
+# tiles (E=1: all rows in one expert; E=2, 260 rows each: two full 128-row tiles and one of 4 rows,
+# whose warps have 1 and 0 m16 tiles with rows), and the real model's 1x16 and 20-token shapes
 @pytest.mark.parametrize("variant", _variant_names())
 @pytest.mark.parametrize("T,E,k,H,Im", [(1, 8, 2, 64, 32), (37, 8, 3, 96, 48), (150, 32, 4, 256, 192),
                                         (9, 4, 2, 72, 40), (50, 1, 1, 96, 48), (300, 8, 2, 64, 24),
+                                        (260, 2, 2, 520, 72),
                                         (16, 32, 4, 2048, 1792), (20, 32, 4, 2048, 1792)])
 def test_moe_grouped_gemms(K, T, E, k, H, Im, variant):
     if variant not in K.moe:
