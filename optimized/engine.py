@@ -26,16 +26,30 @@ are one launch (norm_route; where H > 2048, add_norm then router_topk). Option g
 add_norm, cuBLAS and the grouped GEMM there (for comparison).
 
 cuBLAS (torch.mm) does the plain dense GEMMs; in fp32 with TF32 off, in bf16 with fp32
-accumulation (reduced-precision reductions off). The residual stream stays fp32 in both dtypes
-(HF keeps it bf16: a deliberate, more accurate difference). The engine's stream is a PyCUDA
-stream wrapped for torch (ExternalStream), so both libraries' work is ordered on it and captured
-into one torch.cuda.CUDAGraph. Options: dtype "bf16" (default) | "fp32", max_batch (default 256),
-max_tokens per internal forward (default 16384; larger calls are split by sequences),
-graphs (default True), moe_variant (default None: chosen by token count; or a name from
-kernels.MOE_VARIANTS, for every shape), max_len (default 4096: cache positions per sequence
-for generation), gemv (default True: the small-batch kernels above), pdl (default True on
-sm_90: the kernels that support it are launched with programmatic dependent launch,
-harness/gpu/pdl.py, so each starts while the one before it finishes).
+accumulation (reduced-precision reductions off). With option tf32x3 (fp32, off by default),
+from TF32X3_MIN_ROWS rows on the dense projections (conv in/out, attention qkv/out, dense FFN
+w13/w2; not the router or the LM head) run as 3xTF32 instead (optimized/split_tf32.py): the
+activations split by a kernel into a TF32 hi and an fp32 lo part, cuBLAS GEMMs on TF32 tensor
+cores against the weights' split made at load (2x their fp32 bytes more): the two small
+products in one, the big one in tf32x3_chunks K chunks (the tensor core's truncating
+accumulation, kept short); TF32 is on only around those calls. H100, 64 x 16: 98.2 -> 91.1 ms
+per forward. Off by default because the job's answers on a GPU machine come from the float32
+GPU reference, whose dense GEMMs are fp32 cuBLAS as the plain path's are: on 256 prompts of 16
+tokens that reference and the plain engine both sit on the float64-wrong side of one routing
+near-tie (0.13 off float64), 3xTF32 on the right side, so against float32 answers it is the one
+INVALID (against float64: VALID, max error 3.2e-5): results/h100-session7/fp32-dense-notes.md.
+The residual stream stays fp32 in both dtypes (HF keeps it bf16: a deliberate, more accurate
+difference). The engine's stream is a PyCUDA stream wrapped for torch (ExternalStream), so both
+libraries' work is ordered on it and captured into one torch.cuda.CUDAGraph. Options: dtype
+"bf16" (default) | "fp32", max_batch (default 256), max_tokens per internal forward (default
+16384; larger calls are split by sequences), graphs (default True), moe_variant (default None:
+chosen by token count; or a name from kernels.MOE_VARIANTS, for every shape), max_len (default
+4096: cache positions per sequence for generation), gemv (default True: the small-batch kernels
+above), pdl (default True on sm_90: the kernels that support it are launched with programmatic
+dependent launch, harness/gpu/pdl.py, so each starts while the one before it finishes), tf32x3
+(default False; fp32 only, ignored in bf16: the 3xTF32 dense GEMMs above, `--option
+tf32x3=true`), tf32x3_min_rows (default split_tf32.TF32X3_MIN_ROWS: the fewest rows of a GEMM,
+and tokens of a plan, that take 3xTF32), tf32x3_chunks (default split_tf32.TF32X3_CHUNKS).
 
 Generation (issue 12, optimized/decode.py): `prefill(prompts)` runs this forward body over the
 prompts (an int [B, S] array, or a list of 1-D prompts of different lengths, right-padded) and
@@ -65,6 +79,7 @@ from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompt
 from .decode_kernels import DecodeKernels, attention_splits
 from .gemv import GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
+from .split_tf32 import TF32X3_CHUNKS, TF32X3_MIN_ROWS, SplitTF32
 from .weights import PackedWeights
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -92,7 +107,7 @@ def capturing(g: torch.cuda.CUDAGraph, stream):
 class Plan:
     """Every buffer of one forward shape (allocated once), and its CUDA graph once captured."""
 
-    def __init__(self, cfg, B: int, S: int, dtype, dev, moe_variant):
+    def __init__(self, cfg, B: int, S: int, dtype, dev, moe_variant, x3_cols: int = 0):
         T, H, k = B * S, cfg.hidden_size, cfg.num_experts_per_tok
         self.moe_variant = moe_variant  # kernels.MoeVariant: its tile rows size the tile table
         nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -123,6 +138,8 @@ class Plan:
         self.logits_f32 = self.logits if dtype == torch.float32 else e(B, cfg.vocab_size, dt=torch.float32)
         self.ids_host = torch.empty((B, S), dtype=torch.int32, pin_memory=True)
         self.logits_host = torch.empty((B, cfg.vocab_size), dtype=torch.float32, pin_memory=True)
+        # the 3xTF32 GEMMs' split activations ([hi | lo] of up to T rows of the widest K); None: plain GEMMs
+        self.x3 = e(T * x3_cols, dt=torch.float32) if x3_cols else None
         self.graph = None
 
 
@@ -133,7 +150,8 @@ class OptimizedEngine(Engine):
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", max_batch: int = 256, max_tokens: int = 16384,
                  graphs: bool = True, progress: bool = True, moe_variant: str | None = None, max_len: int = 4096,
-                 gemv: bool = True, pdl: bool = True, stream_decode: bool = True, **options):
+                 gemv: bool = True, pdl: bool = True, stream_decode: bool = True, tf32x3: bool = False,
+                 tf32x3_min_rows: int = TF32X3_MIN_ROWS, tf32x3_chunks: int = TF32X3_CHUNKS, **options):
         super().__init__(checkpoint, device, **options)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported by the optimized engine; choose bf16 or fp32")
@@ -164,7 +182,11 @@ class OptimizedEngine(Engine):
         self.K.pdl = self.G.pdl = self.use_pdl
         self.forced_moe_variant = None
         self.set_moe_variant(moe_variant)
-        self.W = PackedWeights(checkpoint, self.tdtype, self.tdev, self.counters, progress)
+        # 3xTF32 dense GEMMs (fp32 only): the split kernel, the weights' split, the current plan's scratch
+        self.X3 = SplitTF32(self.gpu, self.stream, tf32x3_chunks) if tf32x3 and dtype == "fp32" else None
+        self.tf32x3_min_rows = max(1, int(tf32x3_min_rows))
+        self._x3: torch.Tensor | None = None
+        self.W = PackedWeights(checkpoint, self.tdtype, self.tdev, self.counters, progress, tf32x3=self.X3 is not None)
         torch.cuda.synchronize(self.tdev)
         self.counters.extra["resident_weight_bytes"] = self.W.nbytes()
         self.head_out_fp32 = self._probe_mm_out_dtype()
@@ -188,10 +210,20 @@ class OptimizedEngine(Engine):
 
     # ----- the forward's device work (captured into a graph) ----------------------------------------
     def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        """out = a @ w^T: the GEMV for a few rows, 3xTF32 for a split weight from tf32x3_min_rows
+        rows on (into the current plan's scratch, self._x3), else plain cuBLAS."""
         if self.use_gemv and self.G.takes(a, w, out):
             self.G.gemv(a, w, out)
+            return
+        wx = self.W.split_of(w) if self._x3 is not None and a.shape[0] >= self.tf32x3_min_rows else None
+        if wx is not None:
+            self.X3.mm(a, wx, out, self._x3)
         else:
             torch.mm(a, w.t(), out=out)
+
+    def _x3_cols(self, T: int) -> int:
+        """Scratch columns per token of a plan of T tokens for the 3xTF32 GEMMs (0: none)."""
+        return 2 * self.W.split_max_k if self.X3 is not None and T >= self.tf32x3_min_rows else 0
 
     def _moe_gemv(self, P: Plan) -> bool:
         """The MoE of P runs as one GEMV per (token, expert) pair (no sort; a forced grouped GEMM
@@ -232,6 +264,7 @@ class OptimizedEngine(Engine):
         """Embedding, every layer (add_norm, the mixer `mix(i, L)` writing P.y[:T], the FFN) and the
         final norm into P.h: the part the forward and the decode step share."""
         cfg, K, W = self.config, self.K, self.W
+        self._x3 = P.x3  # _mm's scratch for this plan (the LM head after this runs on the same plan)
         K.embedding(P.ids, W.embed, P.x)
         nadd = 0
         for i, L in enumerate(W.layers):
@@ -317,7 +350,8 @@ class OptimizedEngine(Engine):
             return self.plans[key]
         while len(self.plans) >= MAX_PLANS:
             self.plans.popitem(last=False)
-        P = Plan(self.config, B, S, self.tdtype, self.tdev, self.K.moe_variant(self.moe_variant_name(B * S)))
+        P = Plan(self.config, B, S, self.tdtype, self.tdev, self.K.moe_variant(self.moe_variant_name(B * S)),
+                 self._x3_cols(B * S))
         self.plans[key] = P
         return P
 
@@ -542,7 +576,8 @@ class OptimizedEngine(Engine):
             self.synchronize()
             self._dec = None
             torch.cuda.empty_cache()
-        work = Plan(self.config, B, 1, self.tdtype, self.tdev, self.K.moe_variant(self.moe_variant_name(B)))
+        work = Plan(self.config, B, 1, self.tdtype, self.tdev, self.K.moe_variant(self.moe_variant_name(B)),
+                    self._x3_cols(B))
         sms = torch.cuda.get_device_properties(self.tdev).multi_processor_count
         nsplit = attention_splits(B, self.config.num_key_value_heads, self.max_len, sms)
         self._dec = DecodePlan(self.config, work, self.max_len, nsplit)
@@ -595,6 +630,7 @@ class OptimizedEngine(Engine):
             self.synchronize()
             self.plans.clear()
             self._dec = None
+            self._x3 = None
             self.W = None
             torch.cuda.empty_cache()
             release_context(self.gpu)

@@ -9,6 +9,13 @@ for its kernels (expert_bias stays fp32, model.md pitfall 3):
 | L.w13 (MoE)                | [E, 2 Im, H], per expert cat(w1_e, w3_e) | grouped gate/up GEMM         |
 | L.w2 (MoE)                 | [E, H, Im]                               | grouped down GEMM            |
 | L.conv_w                   | [H, Lc]                                  | shortconv                    |
+
+With tf32x3 (fp32 engines only) every dense projection that cuBLAS runs for more than a few rows
+(conv in/out, attention qkv/out, the dense FFN's w13/w2) is also kept split for the 3xTF32 GEMM,
+as split_tf32.split_weight's [wl | wh] [N, 2K] (2x its fp32 bytes more, 3.6 GB for the real
+model; the originals stay for the small-batch GEMVs and plain cuBLAS): `split_of(w)` finds it.
+The router (routing precision) and the tied LM head (at 64 rows 3xTF32 lost to plain fp32, and
+its split would cost 1.1 GB) stay plain fp32 (results/h100-session7/fp32-dense-notes.md).
 """
 from __future__ import annotations
 
@@ -17,14 +24,23 @@ from tqdm import tqdm
 
 from harness.checkpoint import keeps_fp32
 
+from .split_tf32 import split_weight
+
+SPLIT_KEYS = ("in", "out", "qkv")  # per layer; plus the dense FFN's w13 and w2
+
 
 class PackedWeights:
-    def __init__(self, checkpoint, dtype: torch.dtype, device: torch.device, counters=None, progress=True):
+    def __init__(self, checkpoint, dtype: torch.dtype, device: torch.device, counters=None, progress=True,
+                 tf32x3: bool = False):
+        if tf32x3 and dtype != torch.float32:
+            raise ValueError(f"tf32x3 splits fp32 weights; the engine dtype is {dtype}")
         self.cfg = cfg = checkpoint.config
         self.dtype, self.device = dtype, device
         self.layers: list[dict[str, torch.Tensor]] = []
         self.uploaded = 0
         self._ckpt, self._counters = checkpoint, counters
+        self._split: dict[int, torch.Tensor] = {}  # data_ptr of a weight -> its split_weight
+        self.split_max_k = 0  # widest K among the split weights (sizes the activations' scratch)
 
         self.embed = self._get("embed_tokens.weight")
         self.final_norm = self._get("embedding_norm.weight")
@@ -61,6 +77,10 @@ class PackedWeights:
             else:
                 L["w13"] = self._cat([f + "w1.weight", f + "w3.weight"])
                 L["w2"] = self._get(f + "w2.weight")
+            if tf32x3:
+                for key in (*SPLIT_KEYS, *(() if cfg.is_moe(i) else ("w13", "w2"))):
+                    if key in L:
+                        self._add_split(L[key])
             self.layers.append(L)
         self._ckpt = None
 
@@ -81,8 +101,17 @@ class PackedWeights:
         parts = [self._fetch(n) for n in names]
         return torch.cat(parts, dim=0).contiguous()
 
+    def _add_split(self, w: torch.Tensor) -> None:
+        self._split[w.data_ptr()] = split_weight(w)
+        self.split_max_k = max(self.split_max_k, w.shape[1])
+
+    def split_of(self, w: torch.Tensor) -> torch.Tensor | None:
+        """The 3xTF32 split [wl | wh] of weight w (one of this object's tensors), or None."""
+        wx = self._split.get(w.data_ptr())
+        return wx if wx is not None and tuple(wx.shape) == (w.shape[0], 2 * w.shape[1]) else None
+
     def nbytes(self) -> int:
         n = self.embed.numel() * self.embed.element_size() + self.final_norm.numel() * self.final_norm.element_size()
         for L in self.layers:
             n += sum(t.numel() * t.element_size() for t in L.values())
-        return n
+        return n + sum(t.numel() * t.element_size() for t in self._split.values())
