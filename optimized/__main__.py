@@ -22,7 +22,8 @@ beside them the streamed ms per token (harness.generation.greedy_generate over g
 spacing of token arrivals with one step queued ahead on the GPU);
 --decode-profile B prints one eager decode step's kernels the way --profile does. --no-gemv
 builds the engine without the small-batch GEMV kernels (optimized/gemv.py), --no-pdl without
-programmatic dependent launch, to compare.
+programmatic dependent launch, to compare. --option KEY=VALUE passes any other engine option
+(optimized/engine.py's docstring lists them), e.g. --option tf32x3=true for 3xTF32 dense GEMMs.
 """
 from __future__ import annotations
 
@@ -66,7 +67,15 @@ def main(argv=None) -> int:
     ap.add_argument("--decode", metavar="LIST", default="", help="batch sizes whose decode steps to time, e.g. 1,64")
     ap.add_argument("--decode-profile", metavar="B", type=int, action="append", default=[],
                     help="print the GPU kernels of one eager decode step at batch B (repeatable)")
+    ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
+                    help="an engine option, value read as JSON when it parses (e.g. tf32x3=true; repeatable)")
     args = ap.parse_args(argv)
+    from harness.cli_job_args import UsageError, parse_options
+    try:
+        options = parse_options(args.option)
+    except UsageError as e:
+        raise SystemExit(str(e)) from None
+    check_variants(args.moe_variants, args.dtype)  # before the minute a full model takes to load
 
     import numpy as np
     import torch
@@ -85,7 +94,7 @@ def main(argv=None) -> int:
         from harness.synthetic import synthetic_checkpoint
         ckpt = synthetic_checkpoint(cfg, seed=0)
     result = {"preset": args.preset, "dtype": args.dtype, "graphs": not args.no_graphs, "gemv": not args.no_gemv, "pdl": not args.no_pdl,
-              "device": torch.cuda.get_device_name(0), "shapes": []}
+              "options": options, "device": torch.cuda.get_device_name(0), "shapes": []}
 
     ref = None
     if args.accuracy:
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     eng = OptimizedEngine(ckpt, 0, dtype=args.dtype, graphs=not args.no_graphs, gemv=not args.no_gemv,
-                          pdl=not args.no_pdl, progress=False)
+                          pdl=not args.no_pdl, progress=False, **options)
     load_s = time.perf_counter() - t
     print(f"engine {args.dtype} loaded in {load_s:.1f} s; weights {eng.W.nbytes() / 1e9:.2f} GB on the GPU", flush=True)
     result["load_s"] = load_s
@@ -159,6 +168,17 @@ def main(argv=None) -> int:
             json.dump(result, fh, indent=2)
         os.replace(tmp, args.json)
     return 0
+
+
+def check_variants(text: str, dtype: str) -> None:
+    """Refuse (SystemExit) --moe-variants names that do not exist or are not built for `dtype`."""
+    from optimized.kernels import MOE_VARIANTS
+    import torch
+    want = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    built = [n for n, v in MOE_VARIANTS.items() if want in v.dtypes]
+    for name in filter(None, (v.strip() for v in text.split(","))):
+        if name != "auto" and name not in built:
+            raise SystemExit(f"--moe-variants: {name!r} is not built for {dtype}; choose auto or one of {built}")
 
 
 def time_shape(eng, cfg, stats, B: int, S: int, iters: int, variant: str) -> dict:

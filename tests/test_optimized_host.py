@@ -47,3 +47,13 @@ def test_gemv_constants_match_the_kernel_source():
     assert defines["GV_WARPS"] == gemv.GEMV_WARPS
     assert defines["RT_THREADS"] == gemv.ROUTER_THREADS
     assert gemv.MOE_GEMV_MAX_PAIRS <= 65535 and gemv.ROUTER_MAX_TOKENS >= gemv.GEMV_MAX_TOKENS
+
+
+def test_cli_refuses_a_moe_variant_not_built_for_the_dtype():
+    """`python -m optimized` checks --moe-variants before loading a model (a bf16-only variant at
+    fp32 once ended the run with a segmentation fault after the other variants' timings)."""
+    from optimized.__main__ import main
+    with pytest.raises(SystemExit, match="'wmma128' is not built for fp32"):
+        main(["--dtype", "fp32", "--moe-variants", "auto,wmma128"])
+    with pytest.raises(SystemExit, match="'nope' is not built for bf16"):
+        main(["--moe-variants", "nope"])
