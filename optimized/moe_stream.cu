@@ -137,6 +137,19 @@ template <int N, typename F> __device__ __forceinline__ void with_count(int n, F
     }
 }
 
+// Accumulator tiles [m16 tiles][B calls][2 n8 tiles][4] set to 0.
+template <int M, int C> __device__ __forceinline__ void zero_tiles(float (&t)[M][C][2][4])
+{
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int c = 0; c < C; ++c)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) t[m][c][h][i] = 0.f;
+}
+
 // Two adjacent outputs (col, col + 1) of one row; vector store when both exist and are aligned.
 template <typename T> __device__ __forceinline__ void store_pair(T* row, int col, int N, float v0, float v1)
 {
@@ -244,14 +257,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
     const unsigned sbase = smem_addr(smem);
 
     float acc[MTW][NC][2][4];
-#pragma unroll
-    for (int m = 0; m < MTW; ++m)
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[m][c][h][i] = 0.f;
+    zero_tiles(acc);
 
     // stage kt: wait for its copies, refill the stage freed one step ago; its shared address
     auto enter_stage = [&](int kt) {
@@ -307,14 +313,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
                 const unsigned st = enter_stage(kt);
                 if constexpr (NM > 0) {
                     float part[NM][NC][2][4];
-#pragma unroll
-                    for (int m = 0; m < NM; ++m)
-#pragma unroll
-                        for (int c = 0; c < NC; ++c)
-#pragma unroll
-                            for (int h = 0; h < 2; ++h)
-#pragma unroll
-                                for (int i = 0; i < 4; ++i) part[m][c][h][i] = 0.f;
+                    zero_tiles(part);
 #pragma unroll
                     for (int ks = 0; ks < BKB; ks += 32) {
                         unsigned bh[NC][4], bl[NC][4];
