@@ -172,10 +172,9 @@ def main(argv=None) -> int:
 
 def check_variants(text: str, dtype: str) -> None:
     """Refuse (SystemExit) --moe-variants names that do not exist or are not built for `dtype`."""
-    from optimized.kernels import MOE_VARIANTS
-    import torch
-    want = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    built = [n for n, v in MOE_VARIANTS.items() if want in v.dtypes]
+    from optimized.engine import DTYPES
+    from optimized.kernels import variants_built_for
+    built = variants_built_for(DTYPES[dtype])
     for name in filter(None, (v.strip() for v in text.split(","))):
         if name != "auto" and name not in built:
             raise SystemExit(f"--moe-variants: {name!r} is not built for {dtype}; choose auto or one of {built}")

@@ -18,6 +18,11 @@ template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __flo
 // Round a float to what storage type T can hold (HF rounds after each bf16 op; fp32: identity).
 template <typename T> __device__ __forceinline__ float rnd(float v) { return to_f<T>(from_f<T>(v)); }
 
+// The bits of a finite fp32 value rounded to the nearest TF32 value (10 mantissa bits, ties away
+// from zero, as cvt.rna.tf32.f32): add half a TF32 ulp to the magnitude, clear the low 13 bits.
+// The 3xTF32 splits (moe_stream.cu's fast_split, split_tf32.cu) take hi from it.
+__device__ __forceinline__ unsigned tf32_round_bits(unsigned u) { return (u + 0x1000u) & 0xffffe000u; }
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

@@ -81,6 +81,11 @@ MOE_POLICY = {
 }
 
 
+def variants_built_for(dtype) -> list[str]:
+    """Names of the grouped GEMM variants compiled for storage dtype `dtype` (Kernels.moe's keys)."""
+    return [name for name, v in MOE_VARIANTS.items() if dtype in v.dtypes]
+
+
 def moe_variant_for(dtype, tokens: int) -> str:
     """The grouped GEMM variant for a forward of `tokens` tokens."""
     for most, name in MOE_POLICY[dtype]:
@@ -144,9 +149,7 @@ class Kernels:
         from harness.gpu.context import import_driver
         attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
         self.moe: dict[str, tuple] = {}  # variant name -> (variant, gate/up kernel, down kernel)
-        for v in MOE_VARIANTS.values():
-            if dtype not in v.dtypes:
-                continue
+        for v in map(MOE_VARIANTS.get, variants_built_for(dtype)):
             mod, stem = modules[v.module], v.stem.format(sfx=sfx)
             pair = (mod.kernel(f"moe_gateup_{stem}"), mod.kernel(f"moe_down_{stem}"))
             if v.smem > 48 * 1024:  # above the default limit a block must ask for its shared memory

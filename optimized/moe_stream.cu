@@ -117,7 +117,7 @@ __device__ __forceinline__ void mma_step(float (&c)[4], const Operand<T>& a, con
 // FLT_MAX (hi would round to Inf).
 __device__ __forceinline__ void fast_split(unsigned x, unsigned& hi, unsigned& lo)
 {
-    hi = (x + 0x1000u) & 0xffffe000u;
+    hi = tf32_round_bits(x);
     lo = __float_as_uint(__uint_as_float(x) - __uint_as_float(hi));
 }
 

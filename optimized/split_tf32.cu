@@ -6,13 +6,13 @@
 // or rounds its fp32 inputs. Non-finite values: hi keeps an infinity, a NaN becomes the canonical
 // 0x7fffffff; lo = 0 (a - hi would be NaN for both).
 // split_tf32() in split_tf32.py is the same arithmetic in torch (the GPU tests compare bit for bit).
-#include <stdint.h>
+#include "common.cuh"
 
 __device__ __forceinline__ float tf32_hi(float x)
 {
     const unsigned u = __float_as_uint(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? __uint_as_float(0x7fffffffu) : x;
-    return __uint_as_float((u + 0x1000u) & 0xffffe000u);  // add half a TF32 ulp to the magnitude, drop 13 bits
+    return __uint_as_float(tf32_round_bits(u));
 }
 
 __device__ __forceinline__ float tf32_lo(float x, float hi)
