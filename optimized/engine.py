@@ -79,6 +79,7 @@ from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompt
 from .decode_kernels import DecodeKernels, attention_splits
 from .gemv import GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
+from .logits_download import LogitsDownload
 from .split_tf32 import TF32X3_CHUNKS, TF32X3_MIN_ROWS, SplitTF32
 from .weights import PackedWeights
 
@@ -138,6 +139,7 @@ class Plan:
         self.logits_f32 = self.logits if dtype == torch.float32 else e(B, cfg.vocab_size, dt=torch.float32)
         self.ids_host = torch.empty((B, S), dtype=torch.int32, pin_memory=True)
         self.logits_host = torch.empty((B, cfg.vocab_size), dtype=torch.float32, pin_memory=True)
+        self.download = LogitsDownload(self.logits_host)
         # the 3xTF32 GEMMs' split activations ([hi | lo] of up to T rows of the widest K); None: plain GEMMs
         self.x3 = e(T * x3_cols, dt=torch.float32) if x3_cols else None
         self.graph = None
@@ -383,10 +385,11 @@ class OptimizedEngine(Engine):
                 P.graph.replay()
             else:
                 self._body(P)
-            P.logits_host.copy_(P.logits_f32, non_blocking=True)
-        self.stream.synchronize()
-        self._count_io(tokens.nbytes, P.logits_host.numel() * 4)
-        return P.logits_host.numpy().copy()
+            P.download.enqueue(P.logits_f32)
+        P.download.prepare()  # the answer's host pages, touched while the GPU runs the forward
+        logits = P.download.collect()
+        self._count_io(tokens.nbytes, P.logits_host.numel() * 4, copies=len(P.download.chunks))
+        return logits
 
     def profile(self, tokens: np.ndarray, on_gpu: bool = True) -> list[dict]:
         """The forward's launches of the first internal chunk, run eagerly under torch.profiler (a
@@ -592,12 +595,13 @@ class OptimizedEngine(Engine):
             P.ids.view(B, S).copy_(P.ids_host, non_blocking=True)
             fill = PrefillFill(self.DK, D, b0, lengths, S)
             self._body(P, fill)  # eager: the fill's cache slices differ per call
-            P.logits_host.copy_(P.logits_f32, non_blocking=True)
-        self.stream.synchronize()
-        self._count_io(tokens.nbytes, P.logits_host.numel() * 4)
+            P.download.enqueue(P.logits_f32)
+        P.download.prepare()
+        logits = P.download.collect()
+        self._count_io(tokens.nbytes, P.logits_host.numel() * 4, copies=len(P.download.chunks))
         self.counters.h2d_bytes += (4 + 8) * B  # lengths and the last-row index, small pageable copies
         self.counters.h2d_copies += 2
-        return P.logits_host.numpy().copy()
+        return logits
 
     def _capture_decode(self, D: DecodePlan) -> None:
         D.capture_tried = True
@@ -610,16 +614,16 @@ class OptimizedEngine(Engine):
             self.graph_error = f"{type(e).__name__}: {e}"
             print(f"optimized: CUDA graph capture of the decode step failed, decoding eagerly: {self.graph_error}")
 
-    def _count_io(self, h2d: int, d2h: int) -> None:
-        """One pinned upload of ids and one pinned download (logits, or greedy ids); 0 bytes: no such
-        copy (a streamed step downloads without an upload)."""
+    def _count_io(self, h2d: int, d2h: int, copies: int = 1) -> None:
+        """One pinned upload of ids and a pinned download in `copies` DMAs (logits, or greedy ids);
+        0 bytes: no such copy (a streamed step downloads without an upload)."""
         c = self.counters
         c.h2d_bytes += h2d
         c.h2d_pinned_bytes += h2d
         c.h2d_copies += h2d > 0
         c.d2h_bytes += d2h
         c.d2h_pinned_bytes += d2h
-        c.d2h_copies += d2h > 0
+        c.d2h_copies += copies if d2h > 0 else 0
 
     def synchronize(self) -> None:
         self.stream.synchronize()

@@ -1,6 +1,6 @@
 """CPU tests of the optimized engine's host logic: the grouped GEMM's tile bound (the grid is sized
 from it with no host sync, so it must cover every routing), the bench tool's shape parser, and
-the dtype option's refusal message."""
+the dtype option's refusal message and the logits download's row chunks."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,3 +57,21 @@ def test_cli_refuses_a_moe_variant_not_built_for_the_dtype():
         main(["--dtype", "fp32", "--moe-variants", "auto,wmma128"])
     with pytest.raises(SystemExit, match="'nope' is not built for bf16"):
         main(["--moe-variants", "nope"])
+
+
+def test_row_chunks_cover_every_row_once_in_order():
+    from optimized.logits_download import row_chunks
+    V4 = 65536 * 4  # one fp32 logits row of the real vocabulary
+    assert row_chunks(64, V4, 2 << 20) == [(r, r + 8) for r in range(0, 64, 8)]
+    assert row_chunks(1, V4, 2 << 20) == [(0, 1)]
+    assert row_chunks(5, 3 << 20, 2 << 20) == [(r, r + 1) for r in range(5)]  # a row above a chunk: one per DMA
+    assert row_chunks(10, 100, 350) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert row_chunks(0, 100) == []
+    with pytest.raises(ValueError):
+        row_chunks(3, 0)
+
+
+def test_logits_download_refuses_a_pageable_buffer():
+    from optimized.logits_download import LogitsDownload
+    with pytest.raises(ValueError, match="pinned"):
+        LogitsDownload(torch.empty(2, 8))
