@@ -63,10 +63,19 @@ MOE_VARIANTS = {v.name: v for v in (
     _stream(32, 2, 1, 256, 4),
     _stream(64, 4, 1, 256, 3),
     _stream(128, 8, 2, 128, 4),
+    # bf16 only, session 8, with LATE_REFILL: 2 x 4 warps on 128 columns (mma128f's warp grid), and
+    # 256-row tiles of 4 x 4 warps for the large batches
+    _stream(128, 8, 2, 128, 4, "xl", (torch.bfloat16,), wn=4, bn=128),
+    _stream(256, 16, 4, 128, 3, "wl", (torch.bfloat16,), wn=4, bn=128),
     # fp32 only, moe_stream.cu's FAST main loop; mma128f: 2 x 4 warps on 128 columns, 256 B stages
     _stream(16, 1, 1, 256, 4, "f", F32),
     _stream(64, 4, 1, 256, 3, "f", F32),
     _stream(128, 8, 2, 256, 3, "f", F32, wn=4, bn=128),
+    # FAST with moe_stream.cu's FLAGS (l: LATE_REFILL, t: SPLIT_TRUNC) on the f geometries, and mma128r
+    # (both flags) = 4 x 2 warps on 64 columns, 128 B stages, 2 blocks/SM (16 warps/SM in 128 registers)
+    _stream(64, 4, 1, 256, 3, "fl", F32),
+    _stream(128, 8, 2, 256, 3, "tl", F32, wn=4, bn=128),
+    _stream(128, 8, 4, 128, 4, "r", F32, wn=2, bn=64),
 )}
 LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # (most tokens per forward, variant), first match wins. From the microbenchmarks of step 2 in
@@ -75,9 +84,18 @@ LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # WMMA stays ahead at 4096. fp32: 3xTF32 mma beats SIMT everywhere measured, and the FAST
 # variants beat the plain ones at every token count measured, 16 to 4096 (session 7,
 # results/h100-session7/fp32-moe-notes.md, call 4: at 1024 tokens 3.31 -> 1.84 ms, at 16 0.66 -> 0.46 ms).
+# Session 8 (results/h100-session8/fp32-moe-notes.md, device calls 3-4): at 256 tokens mma64fl 0.79 -> 0.72 ms
+# (same numerics as mma64f); the fp32 64x16 forward 62.4-62.7 ms with mma128f, 59.2-59.3 with
+# mma128r, 59.6-59.8 with mma128tl (error 9e-7 -> 1.2e-6 / 1.5e-6 of the output scale; both VALID
+# at --accuracy 64x16). At 4096 tokens (microbench only) mma128tl 6.04 ms, mma128r 6.36, mma128f 6.34;
+# at 8x512 (forward, call 8) mma128tl 207.6 ms, mma128r 217.4, mma128f 220.5.
+# bf16, session 8 (results/h100-session8, call 8, forward medians): 64x16 mma128 18.77 ms, wmma128
+# 19.77, mma128xl 17.41 (mma256wl 17.84); 16x128 mma128 31.29, mma256wl 26.11 (mma128xl 28.87); 8x512
+# wmma128 61.02, mma256wl 49.38; 16x512 wmma128 119.3, mma256wl 96.6. LATE_REFILL was worth 2-5 %
+# on both new bf16 geometries (without it: mma128x 17.80 / 57.34, mma256w 19.33 / 51.67 at 64x16 / 8x512).
 MOE_POLICY = {
-    torch.bfloat16: ((64, "mma16"), (512, "mma64"), (2048, "mma128"), (None, "wmma128")),
-    torch.float32: ((64, "mma16f"), (256, "mma64f"), (None, "mma128f")),
+    torch.bfloat16: ((64, "mma16"), (512, "mma64"), (1024, "mma128xl"), (None, "mma256wl")),
+    torch.float32: ((64, "mma16f"), (256, "mma64fl"), (2048, "mma128r"), (None, "mma128tl")),
 }
 
 

@@ -26,6 +26,11 @@
 //   mma16f   16   1  1  4  64 256   4   fp32   87,040                                           2
 //   mma64f   64   4  1  4  64 256   3   fp32   104,448                                          2
 //   mma128f 128   8  2  4 128 256   3   fp32   208,896                                          1
+//   mma64fl  as mma64f, FLAGS LATE_REFILL                                                        2
+//   mma128tl as mma128f, FLAGS SPLIT_TRUNC | LATE_REFILL                                         1
+//   mma128r 128   8  4  2  64 128   4   fp32   110,592, FLAGS SPLIT_TRUNC | LATE_REFILL          2
+//   mma128xl 128  8  2  4 128 128   4     -    147,456, FLAGS LATE_REFILL                       1
+//   mma256wl 256 16  4  4 128 128   3     -    165,888, FLAGS LATE_REFILL                       1
 // WM x WN warps (32 * WM * WN threads); BN GEMM columns per block (GATEUP: BN / 2 gate rows of w13
 // and the matching BN / 2 up rows); each warp holds MT/WM m16 tiles x NC = BN / (16 WN) B calls of
 // two n8 tiles each.
@@ -33,6 +38,7 @@
 // the compiler's cvt.rna emulation (7), one fresh partial sum per stage (BKB / 32 K steps) instead
 // of per K step, and the k loop compiled once per count of the warp's m16 tiles that hold rows,
 // so that a stage is one basic block the scheduler can interleave (no branch per m16 tile).
+// FLAGS (see SPLIT_TRUNC, fp32 FAST only, and LATE_REFILL): a cheaper split, a later refill.
 #include "common.cuh"
 
 #define MODE_GATEUP 0
@@ -121,6 +127,29 @@ __device__ __forceinline__ void fast_split(unsigned x, unsigned& hi, unsigned& l
     lo = __float_as_uint(__uint_as_float(x) - __uint_as_float(hi));
 }
 
+// Options (a variant's FLAGS; session 8, results/h100-session8/fp32-moe-notes.md; LATE_REFILL is also
+// an option of the bf16 loop):
+// SPLIT_TRUNC: hi = x itself (the MMA reads its top 19 bits, i.e. x truncated to TF32), lo = x -
+// trunc(x), exact: 2 instructions per value instead of fast_split's 3, and hi needs no register of
+// its own (mma128r's 16 warps per SM fit 128 registers only so). |lo| < 2^-10 |x| instead of 2^-11,
+// so the truncated lo and the dropped lo*lo term cost ~1.7x fast_split's error (real shape: 1.5e-6
+// of the output scale instead of 9e-7; the tests' bound is 2e-5).
+// LATE_REFILL: the refill of the freed stage is issued after the stage's first K step and without
+// a branch (copies past K zero-fill, as the K tail's do), so that after the barrier the warps go
+// to ldmatrix and MMAs instead of first spending ~70 instructions on copy addresses.
+#define SPLIT_TRUNC 1
+#define LATE_REFILL 2
+
+template <int FLAGS> __device__ __forceinline__ void tf32_split(unsigned x, unsigned& hi, unsigned& lo)
+{
+    if constexpr (FLAGS & SPLIT_TRUNC) {
+        hi = x;
+        lo = __float_as_uint(__uint_as_float(x) - __uint_as_float(x & 0xffffe000u));
+    } else {
+        fast_split(x, hi, lo);
+    }
+}
+
 // f(IntC<n>{}) for a run-time n in 0..N: one compiled copy of f per count.
 template <int N> struct IntC {
     static constexpr int value = N;
@@ -164,7 +193,7 @@ template <typename T> __device__ __forceinline__ void store_pair(T* row, int col
     }
 }
 
-template <typename T, int MODE, int MT, int WM, int WN, int BN, int BKB, int STAGES, bool FAST>
+template <typename T, int MODE, int MT, int WM, int WN, int BN, int BKB, int STAGES, bool FAST, int FLAGS>
 __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pair, const int* tiles,
                            const int* num_tiles, const float* pair_w, int N, int K, int topk)
 {
@@ -180,6 +209,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
     static_assert(BN % RPP == 0 && BM % RPP == 0 && MT % WM == 0 && BN % (16 * WN) == 0 && (BN & (BN - 1)) == 0,
                   "bad stream variant");
     static_assert(!FAST || sizeof(T) == 4, "FAST is the fp32 path");
+    static_assert(!(FLAGS & SPLIT_TRUNC) || FAST, "SPLIT_TRUNC is an option of the FAST loop");
 
     extern __shared__ __align__(128) unsigned char smem[];
     if ((int)blockIdx.x >= *num_tiles) return;
@@ -263,13 +293,21 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
     auto enter_stage = [&](int kt) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // stage kt is visible to all; everyone is done with the stage refilled next
-        const int nk = kt + STAGES - 1;
-        if (nk < ktiles) {
-            load_w(nk % STAGES, nk);
-            load_a(nk % STAGES, nk);
+        if constexpr (!(FLAGS & LATE_REFILL)) {
+            const int nk = kt + STAGES - 1;
+            if (nk < ktiles) {
+                load_w(nk % STAGES, nk);
+                load_a(nk % STAGES, nk);
+            }
+            cp_async_commit();
         }
-        cp_async_commit();
         return sbase + (kt % STAGES) * STAGE_BYTES;
+    };
+    auto late_refill = [&](int kt) {  // (LATE_REFILL) for stages past K every copy zero-fills: no branch
+        const int nk = kt + STAGES - 1;
+        load_w(nk % STAGES, nk);
+        load_a(nk % STAGES, nk);
+        cp_async_commit();
     };
 
     if constexpr (!FAST) {
@@ -298,6 +336,8 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
                         }
                     }
                 }
+                if constexpr ((FLAGS & LATE_REFILL) != 0)
+                    if (ks == 0) late_refill(kt);
             }
         }
     } else {
@@ -322,14 +362,14 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
                             unsigned raw[4];
                             ldsm_x4(st + b_off + c * B_CALL_ROWS * LDB + ks, raw);
 #pragma unroll
-                            for (int i = 0; i < 4; ++i) fast_split(raw[i], bh[c][i], bl[c][i]);
+                            for (int i = 0; i < 4; ++i) tf32_split<FLAGS>(raw[i], bh[c][i], bl[c][i]);
                         }
 #pragma unroll
                         for (int m = 0; m < NM; ++m) {
                             unsigned raw[4], ah[4], al[4];
                             ldsm_x4(st + a_off + m * 16 * LDB + ks, raw);
 #pragma unroll
-                            for (int i = 0; i < 4; ++i) fast_split(raw[i], ah[i], al[i]);
+                            for (int i = 0; i < 4; ++i) tf32_split<FLAGS>(raw[i], ah[i], al[i]);
 #pragma unroll
                             for (int c = 0; c < NC; ++c)
 #pragma unroll
@@ -340,6 +380,8 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
                                     mma_tf32(t, ah, bh[c][2 * h], bh[c][2 * h + 1]);
                                 }
                         }
+                        if constexpr ((FLAGS & LATE_REFILL) != 0)
+                            if (ks == 0) late_refill(kt);
                     }
 #pragma unroll
                     for (int m = 0; m < NM; ++m)
@@ -349,6 +391,8 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
                             for (int h = 0; h < 2; ++h)
 #pragma unroll
                                 for (int i = 0; i < 4; ++i) acc[m][c][h][i] += part[m][c][h][i];
+                } else if constexpr ((FLAGS & LATE_REFILL) != 0) {
+                    late_refill(kt);
                 }
             }
         };
@@ -392,34 +436,39 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
         }
 }
 
-// NAME, element type, MT, WM, WN, BN, BKB, STAGES, FAST, then __launch_bounds__'s arguments (threads =
-// 32 WM WN, and for some the blocks per SM the registers must allow; an explicit 1 changes ptxas's code)
-#define STREAM_VARIANT(NAME, T, MT, WM, WN, BN, BKB, STAGES, FAST, ...)                                              \
+// NAME, element type, MT, WM, WN, BN, BKB, STAGES, FAST, FLAGS, then __launch_bounds__'s arguments (threads
+// = 32 WM WN, and for some the blocks per SM the registers must allow; an explicit 1 changes ptxas's code)
+#define STREAM_VARIANT(NAME, T, MT, WM, WN, BN, BKB, STAGES, FAST, FLAGS, ...)                                       \
     extern "C" __global__ void __launch_bounds__(__VA_ARGS__) moe_gateup_##NAME(                                     \
         const T* h, const T* w13, T* act, const int* sorted_pair, const int* tiles, const int* num_tiles, int N,     \
         int K, int topk)                                                                                             \
     {                                                                                                                \
-        moe_stream<T, MODE_GATEUP, MT, WM, WN, BN, BKB, STAGES, FAST>(h, w13, act, sorted_pair, tiles, num_tiles,    \
-                                                                      nullptr, N, K, topk);                          \
+        moe_stream<T, MODE_GATEUP, MT, WM, WN, BN, BKB, STAGES, FAST, FLAGS>(h, w13, act, sorted_pair, tiles,        \
+                                                                             num_tiles, nullptr, N, K, topk);        \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(__VA_ARGS__) moe_down_##NAME(                                       \
         const T* act, const T* w2, T* ys, const int* sorted_pair, const int* tiles, const int* num_tiles,            \
         const float* pair_w, int N, int K)                                                                           \
     {                                                                                                                \
-        moe_stream<T, MODE_DOWN, MT, WM, WN, BN, BKB, STAGES, FAST>(act, w2, ys, sorted_pair, tiles, num_tiles,      \
-                                                                    pair_w, N, K, 1);                                \
+        moe_stream<T, MODE_DOWN, MT, WM, WN, BN, BKB, STAGES, FAST, FLAGS>(act, w2, ys, sorted_pair, tiles,          \
+                                                                           num_tiles, pair_w, N, K, 1);              \
     }
 
-STREAM_VARIANT(mma16_bf16, bf16, 1, 1, 4, 64, 256, 4, false, 128)
-STREAM_VARIANT(mma16b_bf16, bf16, 1, 1, 4, 64, 256, 3, false, 128)
-STREAM_VARIANT(mma16c_bf16, bf16, 1, 1, 4, 64, 128, 6, false, 128)
-STREAM_VARIANT(mma32_bf16, bf16, 2, 1, 4, 64, 256, 4, false, 128)
-STREAM_VARIANT(mma64_bf16, bf16, 4, 1, 4, 64, 256, 3, false, 128)
-STREAM_VARIANT(mma128_bf16, bf16, 8, 2, 2, 64, 128, 4, false, 128)
-STREAM_VARIANT(mma16_f32, float, 1, 1, 4, 64, 256, 4, false, 128)
-STREAM_VARIANT(mma32_f32, float, 2, 1, 4, 64, 256, 4, false, 128)
-STREAM_VARIANT(mma64_f32, float, 4, 1, 4, 64, 256, 3, false, 128)
-STREAM_VARIANT(mma128_f32, float, 8, 2, 2, 64, 128, 4, false, 128)
-STREAM_VARIANT(mma16f_f32, float, 1, 1, 4, 64, 256, 4, true, 128)
-STREAM_VARIANT(mma64f_f32, float, 4, 1, 4, 64, 256, 3, true, 128)
-STREAM_VARIANT(mma128f_f32, float, 8, 2, 4, 128, 256, 3, true, 256)
+STREAM_VARIANT(mma16_bf16, bf16, 1, 1, 4, 64, 256, 4, false, 0, 128)
+STREAM_VARIANT(mma16b_bf16, bf16, 1, 1, 4, 64, 256, 3, false, 0, 128)
+STREAM_VARIANT(mma16c_bf16, bf16, 1, 1, 4, 64, 128, 6, false, 0, 128)
+STREAM_VARIANT(mma32_bf16, bf16, 2, 1, 4, 64, 256, 4, false, 0, 128)
+STREAM_VARIANT(mma64_bf16, bf16, 4, 1, 4, 64, 256, 3, false, 0, 128)
+STREAM_VARIANT(mma128_bf16, bf16, 8, 2, 2, 64, 128, 4, false, 0, 128)
+STREAM_VARIANT(mma128xl_bf16, bf16, 8, 2, 4, 128, 128, 4, false, LATE_REFILL, 256)
+STREAM_VARIANT(mma256wl_bf16, bf16, 16, 4, 4, 128, 128, 3, false, LATE_REFILL, 512)
+STREAM_VARIANT(mma16_f32, float, 1, 1, 4, 64, 256, 4, false, 0, 128)
+STREAM_VARIANT(mma32_f32, float, 2, 1, 4, 64, 256, 4, false, 0, 128)
+STREAM_VARIANT(mma64_f32, float, 4, 1, 4, 64, 256, 3, false, 0, 128)
+STREAM_VARIANT(mma128_f32, float, 8, 2, 2, 64, 128, 4, false, 0, 128)
+STREAM_VARIANT(mma16f_f32, float, 1, 1, 4, 64, 256, 4, true, 0, 128)
+STREAM_VARIANT(mma64f_f32, float, 4, 1, 4, 64, 256, 3, true, 0, 128)
+STREAM_VARIANT(mma128f_f32, float, 8, 2, 4, 128, 256, 3, true, 0, 256)
+STREAM_VARIANT(mma64fl_f32, float, 4, 1, 4, 64, 256, 3, true, LATE_REFILL, 128)
+STREAM_VARIANT(mma128tl_f32, float, 8, 2, 4, 128, 256, 3, true, SPLIT_TRUNC | LATE_REFILL, 256)
+STREAM_VARIANT(mma128r_f32, float, 8, 4, 2, 64, 128, 4, true, SPLIT_TRUNC | LATE_REFILL, 256, 2)
