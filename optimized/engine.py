@@ -8,7 +8,8 @@ forward replayed from a CUDA graph per (B, S).
 | residual add + RMSNorm     | one kernel per norm (add_norm): x += sum of addends; h = norm(x) * w  |
 | ShortConv                  | in_proj (cuBLAS), fused B*x / causal conv3 / C* kernel, out_proj      |
 | attention                  | fused qkv GEMM (cuBLAS), q/k norm + RoPE kernel, flash-style causal   |
-|                            | GQA kernel, out_proj (cuBLAS)                                         |
+|                            | GQA kernel (bf16 head_dim 64: tensor cores, attention_mma.cu; else    |
+|                            | attention.cu), out_proj (cuBLAS)                                      |
 | dense FFN (layers < 2)     | fused w1|w3 GEMM (cuBLAS), silu_mul kernel, w2 (cuBLAS)               |
 | MoE                        | router GEMM (cuBLAS), route kernel (fp32 biased top-k), sort of the   |
 |                            | (token, slot) pairs by expert on the device, grouped gate/up GEMM     |

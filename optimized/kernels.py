@@ -3,7 +3,7 @@
 Each method checks what it is given (dtype, shape, contiguity) and launches one kernel on
 `stream` (a pycuda Stream; the engine wraps the same handle for torch, so PyCUDA launches and
 torch ops are ordered on one stream and are captured into one CUDA graph together).
-Kernel sources: elementwise.cu, attention.cu, moe_gemm.cu, moe_stream.cu beside this file.
+Kernel sources: elementwise.cu, attention.cu, attention_mma.cu, moe_gemm.cu, moe_stream.cu beside this file.
 With `pdl` set (the engine does on sm_90), the kernels in `pdl_kernels` (they start with
 pdl_wait, common.cuh) are launched with programmatic dependent launch (harness.gpu.pdl).
 
@@ -112,6 +112,12 @@ def moe_variant_for(dtype, tokens: int) -> str:
     raise AssertionError("MOE_POLICY must end with a catch-all")
 ATTN_QT = 32  # = QT in attention.cu
 ATTN_HEAD_DIMS = (16, 32, 64)
+ATTN_MMA_QT = 64  # = AM_QT in attention_mma.cu (query rows per block)
+# Kernels.attn_variant: "mma" = attention_mma.cu's tensor-core kernel for bf16 with head_dim 64 (every
+# other dtype and head_dim stays on attention.cu); "simt" = attention.cu always, for A/B comparisons.
+# Session 8, H100, nh 32 / nkv 8, kernel-only (CUDA graph): 8x512 772.9 -> 50.9 us per layer, 16x128
+# 150.6 -> 13.9, 64x16 67.3 -> 12.4, 1x16 17.7 -> 3.3 (torch sdpa: 38.9 / 13.4 / 45.7 / 6.8).
+ATTN_VARIANTS = ("mma", "simt")
 NORM_MAXV = 16
 SORT_MAX_E = 256
 
@@ -162,6 +168,10 @@ class Kernels:
         self.k_route = {t: ew.kernel(f"route_{SUFFIX[t]}") for t in SUFFIX}  # by the router logits' dtype
         self.k_sort = ew.kernel("moe_sort_pairs")
         self.k_attn = {hd: at.kernel(f"attention_{sfx}_hd{hd}") for hd in ATTN_HEAD_DIMS}
+        # head_dim -> tensor-core kernel (bf16 only)
+        self.k_attn_mma = ({64: load_module(HERE / "attention_mma.cu", gpu).kernel("attention_mma_bf16_hd64")}
+                           if dtype == torch.bfloat16 else {})
+        self.attn_variant = "mma"  # a test or benchmark may set "simt" to compare
         self.pdl = False  # the engine's choice: launch the kernels that wait for it with PDL
         self.pdl_kernels = {self.k_embed, self.k_add_norm, self.k_add_norm_vec8}
         from harness.gpu.context import import_driver
@@ -228,11 +238,19 @@ class Kernels:
         for t, n in ((q, "q"), (k, "k"), (v, "v"), (o, "o")):
             _dev(t, self.dtype, n)
         _need(hd in self.k_attn, f"head_dim {hd} not built; attention.cu has {ATTN_HEAD_DIMS}")
+        _need(self.attn_variant in ATTN_VARIANTS,
+              f"attn_variant {self.attn_variant!r} unknown; choose one of {ATTN_VARIANTS}")
+        _need(nkv >= 1 and nh % nkv == 0, f"nh={nh} must be a multiple of nkv={nkv}")
+        args = (ptr(q), ptr(k), ptr(v), ptr(o), i32(seq_len), i32(nh), i32(nkv), f32(hd ** -0.5))
+        if (self.attn_variant == "mma" and hd in self.k_attn_mma
+                and all(t.data_ptr() % 16 == 0 for t in (q, k, v, o))):  # cp.async / uint4 stores: 16-byte rows
+            grid = (nh, batch, (seq_len + ATTN_MMA_QT - 1) // ATTN_MMA_QT)
+            self._go(self.k_attn_mma[hd], grid, (128,), args, B=batch, S=seq_len)
+            return
         G = nh // nkv
         _need(G * ATTN_QT <= 256, f"GQA group {G} too large for one block")
         grid = ((seq_len + ATTN_QT - 1) // ATTN_QT, nkv, batch)
-        self._go(self.k_attn[hd], grid, (G * ATTN_QT,), (ptr(q), ptr(k), ptr(v), ptr(o), i32(seq_len), i32(nh),
-                                                          i32(nkv), f32(hd ** -0.5)), B=batch, S=seq_len)
+        self._go(self.k_attn[hd], grid, (G * ATTN_QT,), args, B=batch, S=seq_len)
 
     # ----- feed-forward --------------------------------------------------------------------------------
     def silu_mul(self, gu, act) -> None:

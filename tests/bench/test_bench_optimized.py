@@ -99,8 +99,12 @@ def _event_ms(fn, reps: int = 20) -> float:
     return sorted(trials)[len(trials) // 2]
 
 
-@pytest.mark.parametrize("B,S", [(64, 16), (8, 512)])
-def test_bench_attention(benchmark, K, B, S):
+@pytest.mark.parametrize("variant", ["simt", "mma"])  # Kernels.attn_variant: attention.cu or attention_mma.cu
+@pytest.mark.parametrize("B,S", [(64, 16), (16, 128), (8, 512)])
+def test_bench_attention(benchmark, K, B, S, variant):
+    if variant == "mma" and 64 not in K.k_attn_mma:
+        pytest.skip(f"no tensor-core attention kernel for {K.dtype}")
+    K.attn_variant = variant
     nh, nkv, hd = 32, 8, 64
     q, kk, v = _rand(B, nh, S, hd, dtype=K.dtype), _rand(B, nkv, S, hd, dtype=K.dtype), _rand(B, nkv, S, hd, dtype=K.dtype)
     o = torch.empty(B * S, nh * hd, dtype=K.dtype, device="cuda")
@@ -113,6 +117,9 @@ def test_bench_attention(benchmark, K, B, S):
     benchmark(go)
     flops = B * 4 * nh * hd * S * (S + 1) / 2
     benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+    ms = _event_ms(lambda: K.attention(q, kk, v, o, B, S, nh, nkv, hd))
+    benchmark.extra_info["event_ms"], benchmark.extra_info["event_tflops"] = ms, flops / ms / 1e9
+    K.attn_variant = "mma"
 
 
 @pytest.fixture(scope="module")
