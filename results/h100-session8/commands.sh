@@ -48,3 +48,16 @@ timeout 150 $H compare --phases none --engines optimized,hf --seq-len 512 --samp
   --batch 8 --warmup 3 --budget-s 30 --out r --run-id h100-opt-hf-8x512-s8 --no-progress > $OUT/compare-8x512.log 2>&1
 $H compare --phases none --engines optimized,hf --seq-len 16 --samples 256 \
   --batch 64 --warmup 3 --budget-s 30 --out r --run-id h100-opt-hf-64x16-s8 --no-progress > $OUT/compare-64x16.log 2>&1
+# ===== gpu_call11.sh (.snapB = 0d9ea08 + experimental bf16 geometries with 64-column warp tiles: mma128zl
+# (8,2,4,256,128,3), mma128ql (8,2,4,256,64,5), mma256ql (16,4,2,128,128,3), all LATE_REFILL; not committed)
+timeout 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_optimized_kernels.py -k "test_moe_grouped_gemms and (mma128zl or mma128ql or mma256ql)" > $OUT/tests.log 2>&1
+python -m optimized --preset lfm2-8b-a1b --weights gpu --dtype bf16 --shapes 64x16,16x128,8x512 --iters 10 --moe-variants auto,mma128zl,mma128ql,mma256ql,auto > $OUT/fwd-bf16.log 2>&1
+# ===== gpu_call12.sh (0d9ea08 + the attention helper's attention_mma.cu, kernels.py dispatch, tests, bench = the
+# next commit): GPU tests, bf16 8 x 512 beside hf (results/h100-opt-hf-8x512-s8b), the bf16 forward shapes
+$H make-model --preset lfm2-8b-a1b --quiet > $OUT/make-model.log 2>&1 &
+timeout 300 python -m pytest -q -p no:cacheprovider tests/gpu/test_optimized_attention_mma.py tests/gpu/test_optimized_engine.py tests/gpu/test_optimized_decode.py -rfE > $OUT/tests.log 2>&1
+timeout 60 python -m pytest -q -p no:cacheprovider tests/gpu/test_optimized_kernels.py -k attention > $OUT/tests-attn.log 2>&1
+wait
+$H compare --phases none --engines optimized,hf --seq-len 512 --samples 32 \
+  --batch 8 --warmup 3 --budget-s 30 --out r --run-id h100-opt-hf-8x512-s8b --no-progress > $OUT/compare-8x512.log 2>&1
+python -m optimized --preset lfm2-8b-a1b --weights gpu --dtype bf16 --shapes 1x16,64x16,16x128,8x512,16x512 --iters 20 > $OUT/bf16-shapes.log 2>&1
