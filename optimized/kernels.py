@@ -110,6 +110,7 @@ def moe_variant_for(dtype, tokens: int) -> str:
         if most is None or tokens <= most:
             return name
     raise AssertionError("MOE_POLICY must end with a catch-all")
+CONV_TILED_TOKENS, CONV_TILED_TAPS = 8, 3  # = SC_TOKENS, SC_L in elementwise.cu (shortconv_tiled)
 ATTN_QT = 32  # = QT in attention.cu
 ATTN_HEAD_DIMS = (16, 32, 64)
 ATTN_MMA_QT = 64  # = AM_QT in attention_mma.cu (query rows per block)
@@ -164,6 +165,11 @@ class Kernels:
         self.k_add_norm_vec8 = ew.kernel(f"add_norm_vec8_{sfx}")
         self.k_silu_mul = ew.kernel(f"silu_mul_{sfx}")
         self.k_conv = ew.kernel(f"shortconv_{sfx}")
+        self.k_conv_tiled = ew.kernel(f"shortconv_tiled_{sfx}")
+        # shortconv_tiled where it applies (3 taps, even H), bf16 only: same bits as shortconv, and in the
+        # session-8 A/B (results/h100-session8, call 14) bf16 8x512 47.89 -> 47.03 ms, 64x16 17.61 -> 17.22 ms,
+        # but fp32 64x16 59.22 -> 61.08 ms (not understood; left on the per-channel kernel). Tests flip it.
+        self.conv_tiled = dtype == torch.bfloat16
         self.k_rope = ew.kernel(f"qk_norm_rope_{sfx}")
         self.k_route = {t: ew.kernel(f"route_{SUFFIX[t]}") for t in SUFFIX}  # by the router logits' dtype
         self.k_sort = ew.kernel("moe_sort_pairs")
@@ -221,6 +227,11 @@ class Kernels:
         H, L = conv_w.shape
         ntok = bcx.numel() // (3 * H)
         _need(ntok % seq_len == 0, "token count is not a multiple of seq_len")
+        if self.conv_tiled and L == CONV_TILED_TAPS and H % 2 == 0:  # channel pairs: 4- or 8-byte aligned loads
+            grid = (-(-H // (2 * 128)), -(-ntok // CONV_TILED_TOKENS))
+            self._go(self.k_conv_tiled, grid, (128,), (ptr(bcx), ptr(conv_w), ptr(y), i32(ntok), i32(seq_len), i32(H)),
+                     ntok=ntok, H=H)
+            return
         n = ntok * H
         self._go(self.k_conv, ((n + 255) // 256,), (256,), (ptr(bcx), ptr(conv_w), ptr(y), i32(ntok), i32(seq_len),
                                                            i32(H), i32(L)), ntok=ntok, H=H)

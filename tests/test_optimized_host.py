@@ -49,6 +49,17 @@ def test_gemv_constants_match_the_kernel_source():
     assert gemv.MOE_GEMV_MAX_PAIRS <= 65535 and gemv.ROUTER_MAX_TOKENS >= gemv.GEMV_MAX_TOKENS
 
 
+def test_tiled_shortconv_constants_match_the_kernel_source():
+    """kernels.py sizes shortconv_tiled's grid from these; elementwise.cu's #defines must say the same."""
+    import re
+    from pathlib import Path
+
+    from optimized import kernels
+    src = (Path(kernels.__file__).parent / "elementwise.cu").read_text()
+    defines = {m[0]: int(m[1]) for m in re.findall(r"#define (\w+) (\d+)", src)}
+    assert (defines["SC_TOKENS"], defines["SC_L"]) == (kernels.CONV_TILED_TOKENS, kernels.CONV_TILED_TAPS)
+
+
 def test_cli_refuses_a_moe_variant_not_built_for_the_dtype():
     """`python -m optimized` checks --moe-variants before loading a model (a bf16-only variant at
     fp32 once ended the run with a segmentation fault after the other variants' timings)."""

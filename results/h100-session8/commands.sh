@@ -61,3 +61,14 @@ wait
 $H compare --phases none --engines optimized,hf --seq-len 512 --samples 32 \
   --batch 8 --warmup 3 --budget-s 30 --out r --run-id h100-opt-hf-8x512-s8b --no-progress > $OUT/compare-8x512.log 2>&1
 python -m optimized --preset lfm2-8b-a1b --weights gpu --dtype bf16 --shapes 1x16,64x16,16x128,8x512,16x512 --iters 20 > $OUT/bf16-shapes.log 2>&1
+# ===== gpu_call13.sh (60a00f4 + perf-notes): the whole optimized GPU suite, the bf16 8 x 512 profile
+timeout 330 python -m pytest -q -p no:cacheprovider tests/gpu/test_optimized_kernels.py tests/gpu/test_optimized_attention_mma.py tests/gpu/test_optimized_split_tf32.py tests/gpu/test_optimized_engine.py tests/gpu/test_optimized_gemv.py tests/gpu/test_optimized_decode.py tests/gpu/test_optimized_logits_download.py -rfE > $OUT/gpu-tests.log 2>&1
+python -m optimized --preset lfm2-8b-a1b --weights gpu --dtype bf16 --shapes 8x512 --iters 5 --profile 8x512 > $OUT/bf16-8x512-profile.log 2>&1
+# ===== gpu_call14.sh (fb93a09 + shortconv_tiled, then on for both dtypes): shortconv GPU tests (the -k filter also
+# deselected the engine tests named beside it), forward A/B of the two ShortConv kernels
+timeout 200 python -m pytest -q -p no:cacheprovider tests/gpu/test_optimized_kernels.py -k "shortconv" tests/gpu/test_optimized_engine.py -rfE > $OUT/tests.log 2>&1
+python ab_conv.py bf16 8x512,64x16 > $OUT/ab-conv-bf16.log 2>&1
+python ab_conv.py fp32 64x16 > $OUT/ab-conv-fp32.log 2>&1
+# ===== gpu_call15.sh (the next commit: shortconv_tiled on for bf16 only): engine and shortconv GPU tests
+timeout 200 python -m pytest -q -p no:cacheprovider tests/gpu/test_optimized_engine.py -rfE > $OUT/tests-engine.log 2>&1
+timeout 100 python -m pytest -q -p no:cacheprovider tests/gpu/test_optimized_kernels.py -k shortconv > $OUT/tests-conv.log 2>&1

@@ -81,12 +81,23 @@ def test_silu_mul(K, rows, I):
     close(act, torch.nn.functional.silu(g) * u, K.dtype, "silu_mul")
 
 
-@pytest.mark.parametrize("B,S,H", [(1, 1, 64), (3, 2, 96), (2, 17, 2048), (4, 5, 64)])
-def test_shortconv(K, B, S, H):
+# S = 9, 17: sequences across shortconv_tiled's 8-token chunks; H = 97: odd, the per-channel kernel
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("B,S,H", [(1, 1, 64), (3, 2, 96), (2, 17, 2048), (4, 5, 64), (2, 9, 130), (2, 3, 97)])
+def test_shortconv(K, B, S, H, tiled):
     bcx = rand(B * S, 3 * H, dtype=K.dtype)
     conv_w = rand(H, 3, dtype=K.dtype, scale=0.5)
     y = poisoned(B * S, H, dtype=K.dtype)
-    run(lambda: K.shortconv(bcx, conv_w, y, S))
+    default, K.conv_tiled = K.conv_tiled, tiled
+    try:
+        run(lambda: K.shortconv(bcx, conv_w, y, S))
+        if tiled:  # the same arithmetic in the same order as the per-channel kernel: the same bits
+            y1 = poisoned(B * S, H, dtype=K.dtype)
+            K.conv_tiled = False
+            run(lambda: K.shortconv(bcx, conv_w, y1, S))
+            assert torch.equal(y, y1)
+    finally:
+        K.conv_tiled = default
     for b in range(B):  # model.md 2.4: B, C, x chunks; causal cross-correlation over time, zero history
         Bm, C, xv = bcx[b * S:(b + 1) * S].double().split(H, dim=1)
         bx = torch.cat([torch.zeros(2, H, dtype=torch.float64, device="cuda"), Bm * xv])
