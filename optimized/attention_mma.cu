@@ -38,14 +38,6 @@ __device__ __forceinline__ void am_ldsm_x4_trans(unsigned (&r)[4], const bf16* p
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
-// c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate
-__device__ __forceinline__ void am_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ unsigned am_pack(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo: the lower column
@@ -124,8 +116,8 @@ extern "C" __global__ void __launch_bounds__(AM_THREADS, 4) attention_mma_bf16_h
                 for (int h = 0; h < 2; ++h) {
                     unsigned kb[4];
                     am_ldsm_x4(kb, Kb + (j * 8 + (lane & 7)) * AM_LD + h * 32 + (lane >> 3) * 8);
-                    am_mma(s[j], qf[2 * h], kb[0], kb[1]);
-                    am_mma(s[j], qf[2 * h + 1], kb[2], kb[3]);
+                    mma_bf16(s[j], qf[2 * h], kb[0], kb[1]);
+                    mma_bf16(s[j], qf[2 * h + 1], kb[2], kb[3]);
                 }
             }
             if (kt == qt) {  // the diagonal tile: keys after the row, and keys >= S, are masked
@@ -170,8 +162,8 @@ extern "C" __global__ void __launch_bounds__(AM_THREADS, 4) attention_mma_bf16_h
                 for (int dp = 0; dp < 4; ++dp) {
                     unsigned vb[4];
                     am_ldsm_x4_trans(vb, Vb + (kk * 16 + (lane & 15)) * AM_LD + dp * 16 + (lane >> 4) * 8);
-                    am_mma(acc[2 * dp], pa, vb[0], vb[1]);
-                    am_mma(acc[2 * dp + 1], pa, vb[2], vb[3]);
+                    mma_bf16(acc[2 * dp], pa, vb[0], vb[1]);
+                    mma_bf16(acc[2 * dp + 1], pa, vb[2], vb[3]);
                 }
             }
         }

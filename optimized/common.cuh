@@ -77,6 +77,15 @@ __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g));
 
 // cp.async (sm_80+): 16-byte global -> shared copies that bypass registers and L1 (.cg), in
 // commit groups; wait_group<N> returns once at most N of this thread's groups are in flight.
+// c += a (16x16, row-major) * b (16x8, col-major): bf16 in, fp32 accumulators (moe_stream.cu, attention_mma.cu)
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
 {
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
