@@ -387,6 +387,10 @@ class OptimizedEngine(Engine):
             else:
                 self._body(P)
             P.download.enqueue(P.logits_f32)
+        return self._collect_logits(P, tokens)
+
+    def _collect_logits(self, P: Plan, tokens: np.ndarray) -> np.ndarray:
+        """The logits of the forward just queued (P.download enqueued), as a new array; counts the copies."""
         P.download.prepare()  # the answer's host pages, touched while the GPU runs the forward
         logits = P.download.collect()
         self._count_io(tokens.nbytes, P.logits_host.numel() * 4, copies=len(P.download.chunks))
@@ -597,9 +601,7 @@ class OptimizedEngine(Engine):
             fill = PrefillFill(self.DK, D, b0, lengths, S)
             self._body(P, fill)  # eager: the fill's cache slices differ per call
             P.download.enqueue(P.logits_f32)
-        P.download.prepare()
-        logits = P.download.collect()
-        self._count_io(tokens.nbytes, P.logits_host.numel() * 4, copies=len(P.download.chunks))
+        logits = self._collect_logits(P, tokens)
         self.counters.h2d_bytes += (4 + 8) * B  # lengths and the last-row index, small pageable copies
         self.counters.h2d_copies += 2
         return logits
