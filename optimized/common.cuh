@@ -75,8 +75,6 @@ __device__ __forceinline__ float block_sum(float v, float* partial)
 
 __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g)); }
 
-// cp.async (sm_80+): 16-byte global -> shared copies that bypass registers and L1 (.cg), in
-// commit groups; wait_group<N> returns once at most N of this thread's groups are in flight.
 // c += a (16x16, row-major) * b (16x8, col-major): bf16 in, fp32 accumulators (moe_stream.cu, attention_mma.cu)
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
 {
@@ -86,6 +84,8 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// cp.async (sm_80+): 16-byte global -> shared copies that bypass registers and L1 (.cg), in
+// commit groups; wait_group<N> returns once at most N of this thread's groups are in flight.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
 {
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
@@ -137,6 +137,22 @@ __device__ void norm_rope_head(const T* src, const T* w, T* dst, int hd, float e
 }
 
 // ----- 8 contiguous values of T <-> 8 floats, one or two 16-byte accesses (add_norm_vec8, norm_route_split) --
+// Two adjacent values, one 4- or 8-byte access (p aligned to two elements).
+template <typename T> __device__ __forceinline__ float2 load2(const T* p);
+template <> __device__ __forceinline__ float2 load2<float>(const float* p) { return *reinterpret_cast<const float2*>(p); }
+template <> __device__ __forceinline__ float2 load2<bf16>(const bf16* p)
+{
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+template <typename T> __device__ __forceinline__ void store2(T* p, float a, float b);
+template <> __device__ __forceinline__ void store2<float>(float* p, float a, float b)
+{
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+template <> __device__ __forceinline__ void store2<bf16>(bf16* p, float a, float b)
+{
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
 template <typename T> __device__ __forceinline__ void load8(const T* p, float* out);
 template <> __device__ __forceinline__ void load8<float>(const float* p, float* out)
 {

@@ -130,22 +130,6 @@ __device__ void shortconv(const T* bcx, const T* conv_w, T* y, int ntok, int S, 
 // and skipped the same way before a sequence's start, so both kernels give the same bits.
 #define SC_TOKENS 8
 #define SC_L 3
-template <typename T> struct Pair;
-template <> struct Pair<float> { using type = float2; };
-template <> struct Pair<bf16> { using type = __nv_bfloat162; };
-template <typename T> __device__ __forceinline__ float2 load_pair(const T* p)
-{
-    const typename Pair<T>::type v = *reinterpret_cast<const typename Pair<T>::type*>(p);
-    return make_float2(to_f<T>(v.x), to_f<T>(v.y));
-}
-template <typename T> __device__ __forceinline__ void store_pair(T* p, float a, float b)
-{
-    typename Pair<T>::type v;
-    v.x = from_f<T>(a);
-    v.y = from_f<T>(b);
-    *reinterpret_cast<typename Pair<T>::type*>(p) = v;
-}
-
 template <typename T>
 __device__ void shortconv_tiled(const T* bcx, const T* conv_w, T* y, int ntok, int S, int H)
 {
@@ -164,7 +148,7 @@ __device__ void shortconv_tiled(const T* bcx, const T* conv_w, T* y, int ntok, i
         bx[i] = make_float2(0.f, 0.f);
         if (t >= 0 && t < ntok) {
             const T* r = bcx + (size_t)t * 3 * H;
-            const float2 b = load_pair<T>(r + c), x = load_pair<T>(r + 2 * H + c);
+            const float2 b = load2<T>(r + c), x = load2<T>(r + 2 * H + c);
             bx[i] = make_float2(rnd<T>(b.x * x.x), rnd<T>(b.y * x.y));
         }
     }
@@ -181,8 +165,8 @@ __device__ void shortconv_tiled(const T* bcx, const T* conv_w, T* y, int ntok, i
             a0 += w[0][j] * bx[i + j].x;
             a1 += w[1][j] * bx[i + j].y;
         }
-        const float2 C = load_pair<T>(bcx + (size_t)t * 3 * H + H + c);
-        store_pair<T>(y + (size_t)t * H + c, C.x * rnd<T>(a0), C.y * rnd<T>(a1));
+        const float2 C = load2<T>(bcx + (size_t)t * 3 * H + H + c);
+        store2<T>(y + (size_t)t * H + c, C.x * rnd<T>(a0), C.y * rnd<T>(a1));
     }
 }
 

@@ -175,10 +175,7 @@ template <int M, int C> __device__ __forceinline__ void zero_tiles(float (&t)[M]
 template <typename T> __device__ __forceinline__ void store_pair(T* row, int col, int N, float v0, float v1)
 {
     if (col + 1 < N && (N & 1) == 0) {
-        if constexpr (sizeof(T) == 4)
-            *reinterpret_cast<float2*>(row + col) = make_float2(v0, v1);
-        else
-            *reinterpret_cast<__nv_bfloat162*>(row + col) = __floats2bfloat162_rn(v0, v1);
+        store2<T>(row + col, v0, v1);
     } else {
         if (col < N) row[col] = from_f<T>(v0);
         if (col + 1 < N) row[col + 1] = from_f<T>(v1);
