@@ -49,15 +49,21 @@ def test_gemv_constants_match_the_kernel_source():
     assert gemv.MOE_GEMV_MAX_PAIRS <= 65535 and gemv.ROUTER_MAX_TOKENS >= gemv.GEMV_MAX_TOKENS
 
 
-def test_tiled_shortconv_constants_match_the_kernel_source():
-    """kernels.py sizes shortconv_tiled's grid from these; elementwise.cu's #defines must say the same."""
+def test_grid_constants_match_the_kernel_sources():
+    """kernels.py sizes the grids of shortconv_tiled and the two attention kernels from these; the
+    .cu files' #defines must say the same."""
     import re
     from pathlib import Path
 
     from optimized import kernels
-    src = (Path(kernels.__file__).parent / "elementwise.cu").read_text()
-    defines = {m[0]: int(m[1]) for m in re.findall(r"#define (\w+) (\d+)", src)}
-    assert (defines["SC_TOKENS"], defines["SC_L"]) == (kernels.CONV_TILED_TOKENS, kernels.CONV_TILED_TAPS)
+
+    def defines(name):
+        src = (Path(kernels.__file__).parent / name).read_text()
+        return {m[0]: int(m[1]) for m in re.findall(r"#define (\w+) (\d+)", src)}
+    ew = defines("elementwise.cu")
+    assert (ew["SC_TOKENS"], ew["SC_L"]) == (kernels.CONV_TILED_TOKENS, kernels.CONV_TILED_TAPS)
+    assert defines("attention.cu")["QT"] == kernels.ATTN_QT
+    assert defines("attention_mma.cu")["AM_QT"] == kernels.ATTN_MMA_QT
 
 
 def test_cli_refuses_a_moe_variant_not_built_for_the_dtype():
