@@ -17,7 +17,8 @@ forward replayed from a CUDA graph per (B, S).
 |                            | routing weight; the k slots are summed by the next add_norm. The      |
 |                            | GEMM variant is picked per forward shape from its token count:        |
 |                            | weight-streaming mma.sync tiles of 16-64 rows for small batches,      |
-|                            | 128-row tiles for large ones (kernels.moe_variant_for)                |
+|                            | 128-row tiles for large ones, on the H100 with wgmma (moe_wgmma.cu;   |
+|                            | kernels.moe_variant_for)                                              |
 | LM head                    | last position of each sequence only (cuBLAS)                          |
 
 At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head are weight-
@@ -344,7 +345,7 @@ class OptimizedEngine(Engine):
             self._dec = None
 
     def moe_variant_name(self, tokens: int) -> str:
-        return self.forced_moe_variant or moe_variant_for(self.tdtype, tokens)
+        return self.forced_moe_variant or moe_variant_for(self.tdtype, tokens, self.K.arch)
 
     def _plan(self, B: int, S: int) -> Plan:
         key = (B, S)

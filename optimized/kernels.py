@@ -3,7 +3,8 @@
 Each method checks what it is given (dtype, shape, contiguity) and launches one kernel on
 `stream` (a pycuda Stream; the engine wraps the same handle for torch, so PyCUDA launches and
 torch ops are ordered on one stream and are captured into one CUDA graph together).
-Kernel sources: elementwise.cu, attention.cu, attention_mma.cu, moe_gemm.cu, moe_stream.cu beside this file.
+Kernel sources: elementwise.cu, attention.cu, attention_mma.cu, moe_gemm.cu, moe_stream.cu and
+moe_wgmma.cu (sm_90a, built on the H100 only) beside this file.
 With `pdl` set (the engine does on sm_90), the kernels in `pdl_kernels` (they start with
 pdl_wait, common.cuh) are launched with programmatic dependent launch (harness.gpu.pdl).
 
@@ -40,6 +41,7 @@ class MoeVariant:
     smem: int                 # dynamic shared memory per block
     gateup_cols: int          # act columns per block
     down_cols: int            # output columns per block
+    arch: str | None = None   # built only for this GPU arch, compiled for its "a" target (wgmma: sm_90 -> sm_90a)
 
 
 def _stream(rows: int, mt: int, wm: int, bkb: int, stages: int, tag: str = "",
@@ -51,6 +53,13 @@ def _stream(rows: int, mt: int, wm: int, bkb: int, stages: int, tag: str = "",
     name = f"mma{rows}{tag}"
     return MoeVariant(name, "moe_stream", f"{name}_{{sfx}}", tuple(dtypes), rows, 32 * wm * wn,
                       stages * (bn + rows) * (bkb + 16), bn // 2, bn)
+
+
+def _wgmma(name: str, bn: int, stages: int) -> MoeVariant:
+    """moe_wgmma.cu's table: 2 warpgroups on 128 rows x BN columns, STAGES x (128 + BN) rows of 128 bytes
+    (+ 1024 bytes to align the swizzle atoms)."""
+    return MoeVariant(name, "moe_wgmma", f"{name}_{{sfx}}", (torch.bfloat16,), 128, 256,
+                      stages * (128 + bn) * 128 + 1024, bn // 2, bn, arch="sm_90")
 
 
 F32 = (torch.float32,)
@@ -76,6 +85,8 @@ MOE_VARIANTS = {v.name: v for v in (
     _stream(64, 4, 1, 256, 3, "fl", F32),
     _stream(128, 8, 2, 256, 3, "tl", F32, wn=4, bn=128),
     _stream(128, 8, 4, 128, 4, "r", F32, wn=2, bn=64),
+    # bf16 on the H100 only, session 9: moe_wgmma.cu's warpgroup MMAs, 128-row tiles x BN columns
+    *(_wgmma(name, bn, stages) for name, bn, stages in (("wg128", 128, 3), ("wg128d", 128, 6), ("wg256", 256, 4))),
 )}
 LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # (most tokens per forward, variant), first match wins. From the microbenchmarks of step 2 in
@@ -93,23 +104,32 @@ LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # 19.77, mma128xl 17.41 (mma256wl 17.84); 16x128 mma128 31.29, mma256wl 26.11 (mma128xl 28.87); 8x512
 # wmma128 61.02, mma256wl 49.38; 16x512 wmma128 119.3, mma256wl 96.6. LATE_REFILL was worth 2-5 %
 # on both new bf16 geometries (without it: mma128x 17.80 / 57.34, mma256w 19.33 / 51.67 at 64x16 / 8x512).
+# Session 9 (results/h100-session9, call 1): moe_wgmma.cu's wg256 at 4096 tokens 0.92 ms per layer
+# (gate/up + down) against mma256wl's 1.64 and at 1024 tokens 0.40 against mma128xl's 0.64; forwards
+# 8x512 44.4 -> 30.1 ms, 16x512 84.4 -> 55.8, 16x128 25.0 -> 17.0 (wg128 / wg128d in between). A policy
+# entry names the variants in order of preference: the first one built for the GPU's arch is used.
 MOE_POLICY = {
-    torch.bfloat16: ((64, "mma16"), (512, "mma64"), (1024, "mma128xl"), (None, "mma256wl")),
-    torch.float32: ((64, "mma16f"), (256, "mma64fl"), (2048, "mma128r"), (None, "mma128tl")),
+    torch.bfloat16: ((64, ("mma16",)), (512, ("mma64",)), (1024, ("wg256", "mma128xl")), (None, ("wg256", "mma256wl"))),
+    torch.float32: ((64, ("mma16f",)), (256, ("mma64fl",)), (2048, ("mma128r",)), (None, ("mma128tl",))),
 }
 
 
-def variants_built_for(dtype) -> list[str]:
-    """Names of the grouped GEMM variants compiled for storage dtype `dtype` (Kernels.moe's keys)."""
-    return [name for name, v in MOE_VARIANTS.items() if dtype in v.dtypes]
+def variants_built_for(dtype, arch: str | None = None) -> list[str]:
+    """Names of the grouped GEMM variants compiled for storage dtype `dtype` on a GPU of `arch`
+    (Kernels.moe's keys; arch None: every variant of the dtype)."""
+    return [name for name, v in MOE_VARIANTS.items()
+            if dtype in v.dtypes and (arch is None or v.arch in (None, arch))]
 
 
-def moe_variant_for(dtype, tokens: int) -> str:
-    """The grouped GEMM variant for a forward of `tokens` tokens."""
-    for most, name in MOE_POLICY[dtype]:
+def moe_variant_for(dtype, tokens: int, arch: str | None = None) -> str:
+    """The grouped GEMM variant for a forward of `tokens` tokens on a GPU of `arch` (None: any)."""
+    built = set(variants_built_for(dtype, arch))
+    for most, names in MOE_POLICY[dtype]:
         if most is None or tokens <= most:
-            return name
+            return next(n for n in names if n in built)
     raise AssertionError("MOE_POLICY must end with a catch-all")
+
+
 CONV_TILED_TOKENS, CONV_TILED_TAPS = 8, 3  # = SC_TOKENS, SC_L in elementwise.cu (shortconv_tiled)
 ATTN_QT = 32  # = QT in attention.cu
 ATTN_HEAD_DIMS = (16, 32, 64)
@@ -160,6 +180,7 @@ class Kernels:
         ew = load_module(HERE / "elementwise.cu", gpu)
         at = load_module(HERE / "attention.cu", gpu)
         modules = {m: load_module(HERE / f"{m}.cu", gpu) for m in ("moe_gemm", "moe_stream")}
+        self.arch = gpu.arch
         self.k_embed = ew.kernel(f"embedding_gather_{sfx}")
         self.k_add_norm = ew.kernel(f"add_norm_{sfx}")
         self.k_add_norm_vec8 = ew.kernel(f"add_norm_vec8_{sfx}")
@@ -183,7 +204,9 @@ class Kernels:
         from harness.gpu.context import import_driver
         attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
         self.moe: dict[str, tuple] = {}  # variant name -> (variant, gate/up kernel, down kernel)
-        for v in map(MOE_VARIANTS.get, variants_built_for(dtype)):
+        for v in map(MOE_VARIANTS.get, variants_built_for(dtype, gpu.arch)):
+            if v.module not in modules:  # arch-specific sources, compiled only where they run
+                modules[v.module] = load_module(HERE / f"{v.module}.cu", gpu, arch=f"{v.arch}a" if v.arch else None)
             mod, stem = modules[v.module], v.stem.format(sfx=sfx)
             pair = (mod.kernel(f"moe_gateup_{stem}"), mod.kernel(f"moe_down_{stem}"))
             if v.smem > 48 * 1024:  # above the default limit a block must ask for its shared memory

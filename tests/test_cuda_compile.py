@@ -42,6 +42,18 @@ def test_compiles_for_sm90(cu, tmp_path):
 
 
 @needs_nvcc
+def test_wgmma_kernels_compile_for_sm90a_without_serialized_wgmma(tmp_path):
+    """moe_wgmma.cu is built for sm_90a (kernels.py); ptxas must not serialize its wgmmas (warning
+    C7518, e.g. after a branch around them), which would quietly cost most of their speed."""
+    cu = ROOT / "optimized" / "moe_wgmma.cu"
+    cmd = ["nvcc", "--cubin", "-arch=sm_90a", "-O3", f"-I{cu.parent}", "-o", str(tmp_path / "k.cubin"), str(cu)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stderr}"
+    assert "C7518" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert b"moe_gateup_wg256_bf16" in (tmp_path / "k.cubin").read_bytes()
+
+
+@needs_nvcc
 def test_cubin_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     monkeypatch.setenv("LFM2_CUBIN_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "k.cu"

@@ -92,3 +92,32 @@ def test_logits_download_refuses_a_pageable_buffer():
     from optimized.logits_download import LogitsDownload
     with pytest.raises(ValueError, match="pinned"):
         LogitsDownload(torch.empty(2, 8))
+
+
+def test_moe_policy_falls_back_off_the_h100():
+    """The wgmma variants exist for sm_90 only; elsewhere the policy must name a variant every GPU has,
+    and every policy entry must end with one."""
+    from optimized.kernels import MOE_POLICY, MOE_VARIANTS, moe_variant_for
+    assert moe_variant_for(torch.bfloat16, 4096, "sm_90") == "wg256"
+    assert moe_variant_for(torch.bfloat16, 4096, "sm_80") == "mma256wl"
+    assert moe_variant_for(torch.bfloat16, 1024, "sm_89") == "mma128xl"
+    for dtype, entries in MOE_POLICY.items():
+        for _, names in entries:
+            assert MOE_VARIANTS[names[-1]].arch is None and all(dtype in MOE_VARIANTS[n].dtypes for n in names)
+
+
+def test_wgmma_variant_table_matches_the_kernel_source():
+    """kernels.py's wg rows (BN, STAGES, shared memory) against moe_wgmma.cu's WGMMA_VARIANT lines and the
+    smem the kernel checks for (STAGES * (128 + BN) * 128 + 1024)."""
+    import re
+    from pathlib import Path
+
+    from optimized import kernels
+    src = (Path(kernels.__file__).parent / "moe_wgmma.cu").read_text()
+    built = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"WGMMA_VARIANT\((\w+)_bf16, (\d+), (\d+), \d+\)", src)}
+    table = {n: v for n, v in kernels.MOE_VARIANTS.items() if v.module == "moe_wgmma"}
+    assert set(built) == set(table) and built
+    for name, (bn, stages) in built.items():
+        v = table[name]
+        assert (v.down_cols, v.gateup_cols, v.tile_rows, v.threads) == (bn, bn // 2, 128, 256)
+        assert v.smem == stages * (128 + bn) * 128 + 1024 <= 227 * 1024

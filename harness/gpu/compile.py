@@ -138,16 +138,18 @@ class KernelModule:
         return self._kernels[name]
 
 
-def load_module(cu_path, ctx=None, options=DEFAULT_OPTIONS, include_dirs=()) -> KernelModule:
-    """Compile (or fetch from the cache) and load `cu_path` for the current GPU's architecture."""
+def load_module(cu_path, ctx=None, options=DEFAULT_OPTIONS, include_dirs=(), arch: str | None = None) -> KernelModule:
+    """Compile (or fetch from the cache) and load `cu_path` for the current GPU's architecture, or
+    for `arch` (e.g. "sm_90a", the H100's arch-specific target that wgmma needs)."""
     from .context import get_context, import_driver
     ctx = ctx or get_context()
-    cubin = compile_cubin(cu_path, ctx.arch, options, include_dirs)
+    arch = arch or ctx.arch
+    cubin = compile_cubin(cu_path, arch, options, include_dirs)
     cuda = import_driver()
     try:
         module = cuda.module_from_buffer(cubin)
     except cuda.Error as e:
-        raise KernelCompileError(f"the driver could not load the cubin of {cu_path} for {ctx.arch}: {e}") from None
+        raise KernelCompileError(f"the driver could not load the cubin of {cu_path} for {arch}: {e}") from None
     return KernelModule(module, Path(cu_path), cubin)
 
 

@@ -81,7 +81,7 @@ def test_bench_moe_grouped_gemms(benchmark, K, moe_weights, tokens, variant):
     ms = _event_ms(lambda: (K.moe_gateup(h, w13, act, sp, tiles, nt, npairs, k, variant=variant),
                             K.moe_down(act, w2, ys, sp, tiles, nt, wts, npairs, variant=variant)))
     info["event_ms"], info["event_tflops"], info["event_weight_GBps"] = ms, flops / ms / 1e9, weight_bytes / ms / 1e6
-    info["engine_choice"] = moe_variant_for(K.dtype, tokens) == variant
+    info["engine_choice"] = moe_variant_for(K.dtype, tokens, K.arch) == variant
 
 
 def _event_ms(fn, reps: int = 20) -> float:

@@ -245,8 +245,8 @@ def test_moe_grouped_gemms(K, T, E, k, H, Im, variant):
 def test_moe_variant_table_matches_the_kernels(K):
     """Every variant built for the dtype launches; an unknown one is refused with the choices."""
     from optimized.kernels import MOE_VARIANTS, moe_variant_for
-    assert set(K.moe) == {n for n, v in MOE_VARIANTS.items() if K.dtype in v.dtypes}
+    assert set(K.moe) == {n for n, v in MOE_VARIANTS.items() if K.dtype in v.dtypes and v.arch in (None, K.arch)}
     for tokens in (1, 16, 17, 64, 1024, 8192):
-        assert moe_variant_for(K.dtype, tokens) in K.moe
+        assert moe_variant_for(K.dtype, tokens, K.arch) in K.moe
     with pytest.raises(ValueError, match="choose one of"):
         K.moe_variant("nope")
