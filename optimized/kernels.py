@@ -55,11 +55,11 @@ def _stream(rows: int, mt: int, wm: int, bkb: int, stages: int, tag: str = "",
                       stages * (bn + rows) * (bkb + 16), bn // 2, bn)
 
 
-def _wgmma(name: str, bn: int, stages: int) -> MoeVariant:
-    """moe_wgmma.cu's table: 2 warpgroups on 128 rows x BN columns, STAGES x (128 + BN) rows of 128 bytes
+def _wgmma(name: str, bn: int, stages: int, swz: int = 128) -> MoeVariant:
+    """moe_wgmma.cu's table: 2 warpgroups on 128 rows x BN columns, STAGES x (128 + BN) rows of SWZ bytes
     (+ 1024 bytes to align the swizzle atoms)."""
     return MoeVariant(name, "moe_wgmma", f"{name}_{{sfx}}", (torch.bfloat16,), 128, 256,
-                      stages * (128 + bn) * 128 + 1024, bn // 2, bn, arch="sm_90")
+                      stages * (128 + bn) * swz + 1024, bn // 2, bn, arch="sm_90")
 
 
 F32 = (torch.float32,)
@@ -86,7 +86,8 @@ MOE_VARIANTS = {v.name: v for v in (
     _stream(128, 8, 2, 256, 3, "tl", F32, wn=4, bn=128),
     _stream(128, 8, 4, 128, 4, "r", F32, wn=2, bn=64),
     # bf16 on the H100 only, session 9: moe_wgmma.cu's warpgroup MMAs, 128-row tiles x BN columns
-    *(_wgmma(name, bn, stages) for name, bn, stages in (("wg128", 128, 3), ("wg128d", 128, 6), ("wg256", 256, 4))),
+    *(_wgmma(*row) for row in (("wg128", 128, 3), ("wg128d", 128, 6), ("wg256", 256, 4), ("wg256c", 256, 3),
+                                 ("wg256k", 256, 8, 64), ("wg256j", 256, 6, 64))),
 )}
 LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # (most tokens per forward, variant), first match wins. From the microbenchmarks of step 2 in
@@ -106,10 +107,12 @@ LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # on both new bf16 geometries (without it: mma128x 17.80 / 57.34, mma256w 19.33 / 51.67 at 64x16 / 8x512).
 # Session 9 (results/h100-session9, call 1): moe_wgmma.cu's wg256 at 4096 tokens 0.92 ms per layer
 # (gate/up + down) against mma256wl's 1.64 and at 1024 tokens 0.40 against mma128xl's 0.64; forwards
-# 8x512 44.4 -> 30.1 ms, 16x512 84.4 -> 55.8, 16x128 25.0 -> 17.0 (wg128 / wg128d in between). A policy
-# entry names the variants in order of preference: the first one built for the GPU's arch is used.
+# 8x512 44.4 -> 30.1 ms, 16x512 84.4 -> 55.8, 16x128 25.0 -> 17.0 (wg128 / wg128d in between); call 2:
+# 64x16 mma128xl 17.2 -> wg256 12.0 ms, 8x64 (512 tokens) mma64 12.8 -> wg256 9.5. A policy entry names
+# the variants in order of preference: the first one built for the GPU's arch is used.
 MOE_POLICY = {
-    torch.bfloat16: ((64, ("mma16",)), (512, ("mma64",)), (1024, ("wg256", "mma128xl")), (None, ("wg256", "mma256wl"))),
+    torch.bfloat16: ((64, ("mma16",)), (256, ("mma64",)), (512, ("wg256", "mma64")), (1024, ("wg256", "mma128xl")),
+                     (None, ("wg256", "mma256wl"))),
     torch.float32: ((64, ("mma16f",)), (256, ("mma64fl",)), (2048, ("mma128r",)), (None, ("mma128tl",))),
 }
 
