@@ -46,10 +46,11 @@ __device__ __forceinline__ unsigned wg_smem_addr(const void* p) { return (unsign
 // K-major layouts. Bits: start address >> 4 [0,14), LBO >> 4 [16,30), SBO >> 4 [32,46), layout
 // [62,64) = 1 (128B swizzle). The atom must be 1024-byte aligned; the k16 steps inside the 128-byte
 // row advance the start address by 32 bytes (the hardware applies the XOR to the final address).
-__device__ __forceinline__ uint64_t sw128_desc(unsigned saddr)
+// SWZ = 64: the 64-byte swizzle, rows of 64 bytes, 8-row groups 512 bytes apart, layout 2.
+template <int SWZ> __device__ __forceinline__ uint64_t swizzle_desc(unsigned saddr)
 {
-    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
-           ((uint64_t)1 << 62);
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(8 * SWZ >> 4) << 32) |
+           ((uint64_t)(SWZ == 128 ? 1 : 2) << 62);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -116,18 +117,20 @@ template <int BN> __device__ __forceinline__ void wgmma_bn(float (&d)[BN / 2], u
         wgmma_n256(d, desc_a, desc_b, scale_d);
 }
 
-template <int MODE, int BN, int STAGES>
+template <int MODE, int BN, int STAGES, int SWZ>
 __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* sorted_pair, const int* tiles,
                           const int* num_tiles, const float* pair_w, int N, int K, int topk)
 {
 #if WG_ARCH_OK
-    constexpr int BM = 128, THREADS = 256, ROW_BYTES = 128;  // 128 B of K per row and stage = 64 bf16
+    constexpr int BM = 128, THREADS = 256, ROW_BYTES = SWZ;  // bytes of K per row and stage (128: 64 bf16)
     constexpr int A_BYTES = BM * ROW_BYTES, STAGE_BYTES = (BM + BN) * ROW_BYTES;
-    constexpr int RPP = THREADS / 8;                          // rows per pass: 8 threads x 16 B per row
+    constexpr int CPR = ROW_BYTES / 16;                       // 16-byte chunks per row
+    constexpr int RPP = THREADS / CPR;                        // rows per pass
     constexpr int ACH = BM / RPP, WCH = BN / RPP;              // copies per thread and stage
     constexpr int NACC = BN / 2;                               // accumulator registers per thread
     static_assert(BN == 128 || BN == 256, "wgmma variants have 128 or 256 columns");
     static_assert(STAGES >= 3, "loads run STAGES - 2 steps ahead");
+    static_assert(SWZ == 128 || SWZ == 64, "128- or 64-byte swizzle");
 
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     if ((int)blockIdx.x >= *num_tiles) return;
@@ -145,10 +148,10 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
     const int tid = threadIdx.x;
     const size_t kbytes = (size_t)K * sizeof(bf16);
     const int ktiles = (int)((kbytes + ROW_BYTES - 1) / ROW_BYTES);
-    // this thread's copies: chunk kc of rows lrow + i * RPP, stored at the swizzled chunk (lrow & 7 is
-    // the same for all of them, RPP being a multiple of 8)
-    const int kc = (tid & 7) * 16, lrow = tid >> 3;
-    const int dst_off = lrow * ROW_BYTES + (((tid & 7) ^ (lrow & 7)) * 16);
+    // this thread's copies: chunk kc of rows lrow + i * RPP, stored at the swizzled chunk: chunk ^ (row & 7)
+    // (SWZ 128), chunk ^ ((row >> 1) & 3) (SWZ 64); the same for all of them, RPP being a multiple of 8
+    const int chunk = tid % CPR, kc = chunk * 16, lrow = tid / CPR;
+    const int dst_off = lrow * ROW_BYTES + ((chunk ^ ((SWZ == 128 ? lrow : lrow >> 1) & (CPR - 1))) * 16);
 
     const char* We = reinterpret_cast<const char*>(W + (size_t)e * (MODE == MODE_GATEUP ? 2 * N : N) * K);
     const char* w_src[WCH];
@@ -196,11 +199,11 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
         __syncthreads();              // everyone's copies of step kt; wgmmas of step kt - 2 done everywhere
         load_stage((kt + STAGES - 2) % STAGES, kt + STAGES - 2);
         const unsigned st = sbase + (kt % STAGES) * STAGE_BYTES;
-        const uint64_t da = sw128_desc(st + wg * 64 * ROW_BYTES), db = sw128_desc(st + A_BYTES);
+        const uint64_t da = swizzle_desc<SWZ>(st + wg * 64 * ROW_BYTES), db = swizzle_desc<SWZ>(st + A_BYTES);
         fence_regs(acc);
         wgmma_fence();
 #pragma unroll
-        for (int k16 = 0; k16 < 4; ++k16)  // 32 bytes of K each: +2 in the descriptor's address field
+        for (int k16 = 0; k16 < ROW_BYTES / 32; ++k16)  // 32 bytes of K each: +2 in the descriptor's address
             wgmma_bn<BN>(acc, da + 2 * k16, db + 2 * k16, 1);
         wgmma_commit();
         wgmma_wait<1>();
@@ -259,21 +262,24 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
 #endif
 }
 
-// NAME, BN, STAGES, blocks per SM (__launch_bounds__)
-#define WGMMA_VARIANT(NAME, BN, STAGES, BLOCKS)                                                                   \
+// NAME, BN, STAGES, SWZ, blocks per SM (__launch_bounds__)
+#define WGMMA_VARIANT(NAME, BN, STAGES, SWZ, BLOCKS)                                                                   \
     extern "C" __global__ void __launch_bounds__(256, BLOCKS) moe_gateup_##NAME(                                 \
         const bf16* h, const bf16* w13, bf16* act, const int* sorted_pair, const int* tiles, const int* num_tiles, \
         int N, int K, int topk)                                                                                  \
     {                                                                                                            \
-        moe_wgmma<MODE_GATEUP, BN, STAGES>(h, w13, act, sorted_pair, tiles, num_tiles, nullptr, N, K, topk);     \
+        moe_wgmma<MODE_GATEUP, BN, STAGES, SWZ>(h, w13, act, sorted_pair, tiles, num_tiles, nullptr, N, K, topk);     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256, BLOCKS) moe_down_##NAME(                                   \
         const bf16* act, const bf16* w2, bf16* ys, const int* sorted_pair, const int* tiles, const int* num_tiles, \
         const float* pair_w, int N, int K)                                                                       \
     {                                                                                                            \
-        moe_wgmma<MODE_DOWN, BN, STAGES>(act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, N, K, 1);           \
+        moe_wgmma<MODE_DOWN, BN, STAGES, SWZ>(act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, N, K, 1);           \
     }
 
-WGMMA_VARIANT(wg128_bf16, 128, 3, 2)
-WGMMA_VARIANT(wg128d_bf16, 128, 6, 1)
-WGMMA_VARIANT(wg256_bf16, 256, 4, 1)
+WGMMA_VARIANT(wg128_bf16, 128, 3, 128, 2)
+WGMMA_VARIANT(wg128d_bf16, 128, 6, 128, 1)
+WGMMA_VARIANT(wg256_bf16, 256, 4, 128, 1)
+WGMMA_VARIANT(wg256c_bf16, 256, 3, 128, 1)
+WGMMA_VARIANT(wg256k_bf16, 256, 8, 64, 1)
+WGMMA_VARIANT(wg256j_bf16, 256, 6, 64, 1)
