@@ -55,11 +55,11 @@ def _stream(rows: int, mt: int, wm: int, bkb: int, stages: int, tag: str = "",
                       stages * (bn + rows) * (bkb + 16), bn // 2, bn)
 
 
-def _wgmma(name: str, bn: int, stages: int, swz: int = 128) -> MoeVariant:
-    """moe_wgmma.cu's table: 2 warpgroups on 128 rows x BN columns, STAGES x (128 + BN) rows of SWZ bytes
+def _wgmma(name: str, bn: int, stages: int) -> MoeVariant:
+    """moe_wgmma.cu's table: 2 warpgroups on 128 rows x BN columns, STAGES x (128 + BN) rows of 128 bytes
     (+ 1024 bytes to align the swizzle atoms)."""
     return MoeVariant(name, "moe_wgmma", f"{name}_{{sfx}}", (torch.bfloat16,), 128, 256,
-                      stages * (128 + bn) * swz + 1024, bn // 2, bn, arch="sm_90")
+                      stages * (128 + bn) * 128 + 1024, bn // 2, bn, arch="sm_90")
 
 
 F32 = (torch.float32,)
@@ -86,8 +86,7 @@ MOE_VARIANTS = {v.name: v for v in (
     _stream(128, 8, 2, 256, 3, "tl", F32, wn=4, bn=128),
     _stream(128, 8, 4, 128, 4, "r", F32, wn=2, bn=64),
     # bf16 on the H100 only, session 9: moe_wgmma.cu's warpgroup MMAs, 128-row tiles x BN columns
-    *(_wgmma(*row) for row in (("wg128", 128, 3), ("wg128d", 128, 6), ("wg256", 256, 4), ("wg256c", 256, 3),
-                                 ("wg256k", 256, 8, 64), ("wg256j", 256, 6, 64))),
+    _wgmma("wg128", 128, 3), _wgmma("wg256", 256, 4),
 )}
 LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # (most tokens per forward, variant), first match wins. From the microbenchmarks of step 2 in
@@ -107,7 +106,7 @@ LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
 # on both new bf16 geometries (without it: mma128x 17.80 / 57.34, mma256w 19.33 / 51.67 at 64x16 / 8x512).
 # Session 9 (results/h100-session9, call 1): moe_wgmma.cu's wg256 at 4096 tokens 0.92 ms per layer
 # (gate/up + down) against mma256wl's 1.64 and at 1024 tokens 0.40 against mma128xl's 0.64; forwards
-# 8x512 44.4 -> 30.1 ms, 16x512 84.4 -> 55.8, 16x128 25.0 -> 17.0 (wg128 / wg128d in between); call 2:
+# 8x512 44.4 -> 30.1 ms, 16x512 84.4 -> 55.8, 16x128 25.0 -> 17.0 (wg128 in between); call 2:
 # 64x16 mma128xl 17.2 -> wg256 12.0 ms, 8x64 (512 tokens) mma64 12.8 -> wg256 9.5. A policy entry names
 # the variants in order of preference: the first one built for the GPU's arch is used.
 MOE_POLICY = {
@@ -173,6 +172,13 @@ def max_gemm_tiles(npairs: int, num_experts: int, dtype, tile_rows: int | None =
     """Upper bound of the grouped GEMM's row tiles: sum_e ceil(c_e / BM) <= npairs // BM + E
     (BM = tile_rows, by default the dtype's large-batch variant's)."""
     return npairs // (tile_rows or GEMM_TILE_ROWS[dtype]) + num_experts
+
+
+def _moe_grid(v: MoeVariant, tiles: int, slabs: int) -> tuple[int, int]:
+    """The grouped GEMM's grid. moe_wgmma.cu puts the column slabs on x, so that the slabs of one row
+    tile run side by side and read its rows from L2 (session 9: the down GEMM's act rows, 59 MB at 4096
+    tokens, were read from HBM once per slab with the tiles on x); the older kernels put the tiles on x."""
+    return (slabs, tiles) if v.module == "moe_wgmma" else (tiles, slabs)
 
 
 class Kernels:
@@ -342,7 +348,7 @@ class Kernels:
         N = N2 // 2
         self._gemm_checks(h, w13, act, K, v)
         _need(v.name != "wmma128" or N % 8 == 0, f"expert width {N} must be a multiple of 8")
-        grid = (max_gemm_tiles(npairs, E, self.dtype, v.tile_rows), (N + v.gateup_cols - 1) // v.gateup_cols)
+        grid = _moe_grid(v, max_gemm_tiles(npairs, E, self.dtype, v.tile_rows), (N + v.gateup_cols - 1) // v.gateup_cols)
         self._go(self.moe[v.name][1], grid, (v.threads,), (ptr(h), ptr(w13), ptr(act), ptr(sorted_pair), ptr(tiles),
                                                           ptr(num_tiles), i32(N), i32(K), i32(topk)),
                  shared=v.smem, npairs=npairs, N=N, K=K, variant=v.name)
@@ -354,7 +360,7 @@ class Kernels:
         E, N, K = w2.shape
         self._gemm_checks(act, w2, ys, K, v)
         _dev(pair_w, torch.float32, "pair_w")
-        grid = (max_gemm_tiles(npairs, E, self.dtype, v.tile_rows), (N + v.down_cols - 1) // v.down_cols)
+        grid = _moe_grid(v, max_gemm_tiles(npairs, E, self.dtype, v.tile_rows), (N + v.down_cols - 1) // v.down_cols)
         self._go(self.moe[v.name][2], grid, (v.threads,), (ptr(act), ptr(w2), ptr(ys), ptr(sorted_pair), ptr(tiles),
                                                           ptr(num_tiles), ptr(pair_w), i32(N), i32(K)),
                  shared=v.smem, npairs=npairs, N=N, K=K, variant=v.name)

@@ -20,12 +20,21 @@
 //   every thread has passed the barrier at the top of step kt.
 // - Both warpgroups multiply even when a tile's rows end in the first 64: a branch around wgmma makes
 //   ptxas serialize every wgmma of the kernel (its warning C7518), which costs far more.
+// - Epilogue through shared memory: the fragments go to a [128][columns] bf16 tile in the freed stages,
+//   then whole rows leave with 16-byte stores (act rows in place; DOWN: ys rows of the pairs, scaled).
+// - Grid: x = column slab, y = row tile (kernels.py's _moe_grid), so the slabs of one tile run side by
+//   side and read its rows from L2 once.
 // Compiled for sm_90a (kernels.py asks for it); for any other target the kernels are a trap, so
 // that the project's sm_90 compile check still builds this file.
+// Session 9 (results/h100-session9, moe_probe.py at 4096 tokens, real shape, 12.5 % of the rows padding):
+// wg256 gate/up 460 us + down 270 us (~520 / 440 TFLOP/s useful). The same loop with no loads, no barrier
+// and no epilogue runs at ~790 TFLOP/s (cuBLAS's 8192^3: 788), so what is left is around the wgmmas:
+// the epilogue (not overlapped: one block per SM) and the loads of the down GEMM. Tried and lost: 3
+// stages (-20 %), the 64-byte swizzle with 32-byte k-steps and 6 or 8 stages (-10 %), 128 x 128 tiles
+// with 6 stages (-15 %); no proxy fence (no faster).
 // Variants (extern "C" names moe_{gateup,down}_<variant>_bf16; kernels.py mirrors the table):
 //   variant  BM  BN STAGES  dynamic smem = STAGES * (BM + BN) * 128 + 1024 (alignment)  blocks/SM
 //   wg128   128 128   3     99,328                                                        2
-//   wg128d  128 128   6     197,632                                                       1
 //   wg256   128 256   4     197,632                                                       1
 #include <cstdint>
 #include "common.cuh"
@@ -46,11 +55,10 @@ __device__ __forceinline__ unsigned wg_smem_addr(const void* p) { return (unsign
 // K-major layouts. Bits: start address >> 4 [0,14), LBO >> 4 [16,30), SBO >> 4 [32,46), layout
 // [62,64) = 1 (128B swizzle). The atom must be 1024-byte aligned; the k16 steps inside the 128-byte
 // row advance the start address by 32 bytes (the hardware applies the XOR to the final address).
-// SWZ = 64: the 64-byte swizzle, rows of 64 bytes, 8-row groups 512 bytes apart, layout 2.
-template <int SWZ> __device__ __forceinline__ uint64_t swizzle_desc(unsigned saddr)
+__device__ __forceinline__ uint64_t sw128_desc(unsigned saddr)
 {
-    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(8 * SWZ >> 4) << 32) |
-           ((uint64_t)(SWZ == 128 ? 1 : 2) << 62);
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -117,12 +125,12 @@ template <int BN> __device__ __forceinline__ void wgmma_bn(float (&d)[BN / 2], u
         wgmma_n256(d, desc_a, desc_b, scale_d);
 }
 
-template <int MODE, int BN, int STAGES, int SWZ>
+template <int MODE, int BN, int STAGES>
 __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* sorted_pair, const int* tiles,
                           const int* num_tiles, const float* pair_w, int N, int K, int topk)
 {
 #if WG_ARCH_OK
-    constexpr int BM = 128, THREADS = 256, ROW_BYTES = SWZ;  // bytes of K per row and stage (128: 64 bf16)
+    constexpr int BM = 128, THREADS = 256, ROW_BYTES = 128;  // bytes of K per row and stage: 64 bf16
     constexpr int A_BYTES = BM * ROW_BYTES, STAGE_BYTES = (BM + BN) * ROW_BYTES;
     constexpr int CPR = ROW_BYTES / 16;                       // 16-byte chunks per row
     constexpr int RPP = THREADS / CPR;                        // rows per pass
@@ -130,10 +138,9 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
     constexpr int NACC = BN / 2;                               // accumulator registers per thread
     static_assert(BN == 128 || BN == 256, "wgmma variants have 128 or 256 columns");
     static_assert(STAGES >= 3, "loads run STAGES - 2 steps ahead");
-    static_assert(SWZ == 128 || SWZ == 64, "128- or 64-byte swizzle");
 
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    if ((int)blockIdx.x >= *num_tiles) return;
+    if ((int)blockIdx.y >= *num_tiles) return;
     const unsigned raw_base = wg_smem_addr(smem_raw);
     const unsigned sbase = (raw_base + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
     unsigned char* smem = smem_raw + (sbase - raw_base);
@@ -142,16 +149,16 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
         asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
         if (dyn < (unsigned)(STAGES * STAGE_BYTES + 1024)) __trap();  // the host's smem table disagrees with this file
     }
-    const int e = tiles[3 * blockIdx.x], row0 = tiles[3 * blockIdx.x + 1];
-    const int rows = min(tiles[3 * blockIdx.x + 2] - row0, BM);
-    const int n0 = blockIdx.y * (MODE == MODE_GATEUP ? BN / 2 : BN);
+    const int e = tiles[3 * blockIdx.y], row0 = tiles[3 * blockIdx.y + 1];
+    const int rows = min(tiles[3 * blockIdx.y + 2] - row0, BM);
+    const int n0 = blockIdx.x * (MODE == MODE_GATEUP ? BN / 2 : BN);
     const int tid = threadIdx.x;
     const size_t kbytes = (size_t)K * sizeof(bf16);
     const int ktiles = (int)((kbytes + ROW_BYTES - 1) / ROW_BYTES);
-    // this thread's copies: chunk kc of rows lrow + i * RPP, stored at the swizzled chunk: chunk ^ (row & 7)
-    // (SWZ 128), chunk ^ ((row >> 1) & 3) (SWZ 64); the same for all of them, RPP being a multiple of 8
+    // this thread's copies: chunk kc of rows lrow + i * RPP, stored at the swizzled chunk ^ (row & 7)
+    // (the same for all of them, RPP being a multiple of 8)
     const int chunk = tid % CPR, kc = chunk * 16, lrow = tid / CPR;
-    const int dst_off = lrow * ROW_BYTES + ((chunk ^ ((SWZ == 128 ? lrow : lrow >> 1) & (CPR - 1))) * 16);
+    const int dst_off = lrow * ROW_BYTES + ((chunk ^ (lrow & 7)) * 16);
 
     const char* We = reinterpret_cast<const char*>(W + (size_t)e * (MODE == MODE_GATEUP ? 2 * N : N) * K);
     const char* w_src[WCH];
@@ -199,7 +206,7 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
         __syncthreads();              // everyone's copies of step kt; wgmmas of step kt - 2 done everywhere
         load_stage((kt + STAGES - 2) % STAGES, kt + STAGES - 2);
         const unsigned st = sbase + (kt % STAGES) * STAGE_BYTES;
-        const uint64_t da = swizzle_desc<SWZ>(st + wg * 64 * ROW_BYTES), db = swizzle_desc<SWZ>(st + A_BYTES);
+        const uint64_t da = sw128_desc(st + wg * 64 * ROW_BYTES), db = sw128_desc(st + A_BYTES);
         fence_regs(acc);
         wgmma_fence();
 #pragma unroll
@@ -213,48 +220,68 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
     fence_regs(acc);
     cp_async_wait<0>();
 
-    // ---- epilogue: register 4j + i of the m64nBN fragment is (row 16 warp + lane / 4 + 8 (i >> 1),
-    // column 8 j + 2 (lane % 4) + (i & 1)) of the warpgroup's 64 rows
-    const int warp = (tid & 127) >> 5, lane = tid & 31;
-    const int t2 = (lane & 3) * 2;
+    // ---- epilogue, through shared memory (the stages are free now): each thread writes its values
+    // as bf16 pairs into a [BM][OUTC] tile, then the block stores whole rows with 16-byte copies
+    // (the fragment's own layout would store 4-byte pairs, 8 rows per warp instruction). Register
+    // 4j + i of the m64nBN fragment is (row 16 warp + lane / 4 + 8 (i >> 1), column 8 j + 2 (lane % 4)
+    // + (i & 1)) of the warpgroup's 64 rows.
+    constexpr int OUTC = MODE == MODE_GATEUP ? BN / 2 : BN;  // output columns of the block
+    constexpr int OPITCH = OUTC * 2 + 16;                     // bytes; rows 4 banks apart: no conflicts
+    static_assert(BM * OPITCH <= STAGES * STAGE_BYTES, "the output tile must fit in the stages");
+    __syncthreads();  // every warpgroup is done reading the stages
+    {
+        const int warp = (tid & 127) >> 5, lane = tid & 31;
+        const int t2 = (lane & 3) * 2;
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-        const int r = wg * 64 + warp * 16 + (lane >> 2) + hr * 8;
-        if (r >= rows) continue;
-        const int pos = row0 + r;
+        for (int hr = 0; hr < 2; ++hr) {
+            const int r = wg * 64 + warp * 16 + (lane >> 2) + hr * 8;
+            unsigned char* srow = smem + r * OPITCH;
+            if constexpr (MODE == MODE_GATEUP) {
+#pragma unroll
+                for (int j = 0; j < BN / 16; ++j) {  // gate columns; the up column is BN / 2 further: j + BN / 16
+                    float v[2];
+#pragma unroll
+                    for (int q = 0; q < 2; ++q) {
+                        const float gt = acc[4 * j + 2 * hr + q], up = acc[4 * (j + BN / 16) + 2 * hr + q];
+                        const float g = rnd<bf16>(gt);  // SiLU with the fast exp and divide: 5 % of the gate/up GEMM (call 6)
+                        v[q] = rnd<bf16>(__fdividef(g, 1.0f + __expf(-g))) * rnd<bf16>(up);
+                    }
+                    store2<bf16>(reinterpret_cast<bf16*>(srow) + 8 * j + t2, v[0], v[1]);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < BN / 8; ++j)
+                    store2<bf16>(reinterpret_cast<bf16*>(srow) + 8 * j + t2, rnd<bf16>(acc[4 * j + 2 * hr]),
+                                 rnd<bf16>(acc[4 * j + 2 * hr + 1]));
+            }
+        }
+    }
+    __syncthreads();
+    constexpr int OCH = OUTC / 8;  // 16-byte chunks per output row
+    const bool full_chunks = (N & 7) == 0;
+    for (int i = tid; i < rows * OCH; i += THREADS) {
+        const int r = i / OCH, c = (i % OCH) * 8, col = n0 + c;
+        if (col >= N) continue;
+        const bf16* src = reinterpret_cast<const bf16*>(smem + r * OPITCH) + c;
+        bf16* dst;
+        float scale = 1.f;
         if constexpr (MODE == MODE_GATEUP) {
-            bf16* dst = out + (size_t)pos * N;
-#pragma unroll
-            for (int j = 0; j < BN / 16; ++j) {  // gate columns; the up column is BN / 2 further: j + BN / 16
-                float v[2];
-#pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                    const float gt = acc[4 * j + 2 * hr + q], up = acc[4 * (j + BN / 16) + 2 * hr + q];
-                    v[q] = rnd<bf16>(rnd<bf16>(silu_f(rnd<bf16>(gt))) * rnd<bf16>(up));
-                }
-                const int col = n0 + 8 * j + t2;
-                if (col + 1 < N && (N & 1) == 0) {
-                    store2<bf16>(dst + col, v[0], v[1]);
-                } else {
-                    if (col < N) dst[col] = from_f<bf16>(v[0]);
-                    if (col + 1 < N) dst[col + 1] = from_f<bf16>(v[1]);
-                }
-            }
+            dst = out + (size_t)(row0 + r) * N + col;
         } else {
-            const int p = sorted_pair[pos];
-            const float s = rnd<bf16>(pair_w[p]);
-            bf16* dst = out + (size_t)p * N;
+            const int p = sorted_pair[row0 + r];
+            scale = rnd<bf16>(pair_w[p]);
+            dst = out + (size_t)p * N + col;
+        }
+        float v[8];
+        load8<bf16>(src, v);
+        if constexpr (MODE == MODE_DOWN) {
 #pragma unroll
-            for (int j = 0; j < BN / 8; ++j) {
-                const float v0 = rnd<bf16>(acc[4 * j + 2 * hr]) * s, v1 = rnd<bf16>(acc[4 * j + 2 * hr + 1]) * s;
-                const int col = n0 + 8 * j + t2;
-                if (col + 1 < N && (N & 1) == 0) {
-                    store2<bf16>(dst + col, v0, v1);
-                } else {
-                    if (col < N) dst[col] = from_f<bf16>(v0);
-                    if (col + 1 < N) dst[col + 1] = from_f<bf16>(v1);
-                }
-            }
+            for (int q = 0; q < 8; ++q) v[q] *= scale;
+        }
+        if (full_chunks && col + 8 <= N) {
+            store8<bf16>(dst, v);
+        } else {
+            for (int q = 0; q < 8 && col + q < N; ++q) dst[q] = from_f<bf16>(v[q]);
         }
     }
 #else
@@ -262,24 +289,20 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
 #endif
 }
 
-// NAME, BN, STAGES, SWZ, blocks per SM (__launch_bounds__)
-#define WGMMA_VARIANT(NAME, BN, STAGES, SWZ, BLOCKS)                                                                   \
+// NAME, BN, STAGES, blocks per SM (__launch_bounds__)
+#define WGMMA_VARIANT(NAME, BN, STAGES, BLOCKS)                                                                   \
     extern "C" __global__ void __launch_bounds__(256, BLOCKS) moe_gateup_##NAME(                                 \
         const bf16* h, const bf16* w13, bf16* act, const int* sorted_pair, const int* tiles, const int* num_tiles, \
         int N, int K, int topk)                                                                                  \
     {                                                                                                            \
-        moe_wgmma<MODE_GATEUP, BN, STAGES, SWZ>(h, w13, act, sorted_pair, tiles, num_tiles, nullptr, N, K, topk);     \
+        moe_wgmma<MODE_GATEUP, BN, STAGES>(h, w13, act, sorted_pair, tiles, num_tiles, nullptr, N, K, topk);     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256, BLOCKS) moe_down_##NAME(                                   \
         const bf16* act, const bf16* w2, bf16* ys, const int* sorted_pair, const int* tiles, const int* num_tiles, \
         const float* pair_w, int N, int K)                                                                       \
     {                                                                                                            \
-        moe_wgmma<MODE_DOWN, BN, STAGES, SWZ>(act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, N, K, 1);           \
+        moe_wgmma<MODE_DOWN, BN, STAGES>(act, w2, ys, sorted_pair, tiles, num_tiles, pair_w, N, K, 1);           \
     }
 
-WGMMA_VARIANT(wg128_bf16, 128, 3, 128, 2)
-WGMMA_VARIANT(wg128d_bf16, 128, 6, 128, 1)
-WGMMA_VARIANT(wg256_bf16, 256, 4, 128, 1)
-WGMMA_VARIANT(wg256c_bf16, 256, 3, 128, 1)
-WGMMA_VARIANT(wg256k_bf16, 256, 8, 64, 1)
-WGMMA_VARIANT(wg256j_bf16, 256, 6, 64, 1)
+WGMMA_VARIANT(wg128_bf16, 128, 3, 2)
+WGMMA_VARIANT(wg256_bf16, 256, 4, 1)

@@ -108,16 +108,16 @@ def test_moe_policy_falls_back_off_the_h100():
 
 def test_wgmma_variant_table_matches_the_kernel_source():
     """kernels.py's wg rows (BN, STAGES, shared memory) against moe_wgmma.cu's WGMMA_VARIANT lines and the
-    smem the kernel checks for (STAGES * (128 + BN) * SWZ + 1024)."""
+    smem the kernel checks for (STAGES * (128 + BN) * 128 + 1024)."""
     import re
     from pathlib import Path
 
     from optimized import kernels
     src = (Path(kernels.__file__).parent / "moe_wgmma.cu").read_text()
-    built = {m[0]: tuple(map(int, m[1:])) for m in re.findall(r"WGMMA_VARIANT\((\w+)_bf16, (\d+), (\d+), (\d+), \d+\)", src)}
+    built = {m[0]: tuple(map(int, m[1:])) for m in re.findall(r"WGMMA_VARIANT\((\w+)_bf16, (\d+), (\d+), \d+\)", src)}
     table = {n: v for n, v in kernels.MOE_VARIANTS.items() if v.module == "moe_wgmma"}
     assert set(built) == set(table) and built
-    for name, (bn, stages, swz) in built.items():
+    for name, (bn, stages) in built.items():
         v = table[name]
         assert (v.down_cols, v.gateup_cols, v.tile_rows, v.threads) == (bn, bn // 2, 128, 256)
-        assert v.smem == stages * (128 + bn) * swz + 1024 <= 227 * 1024
+        assert v.smem == stages * (128 + bn) * 128 + 1024 <= 227 * 1024
