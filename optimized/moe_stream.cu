@@ -40,9 +40,7 @@
 // so that a stage is one basic block the scheduler can interleave (no branch per m16 tile).
 // FLAGS (see SPLIT_TRUNC, fp32 FAST only, and LATE_REFILL): a cheaper split, a later refill.
 #include "common.cuh"
-
-#define MODE_GATEUP 0
-#define MODE_DOWN 1
+#include "moe_rows.cuh"
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -216,17 +214,9 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
     const int kc = (tid % CPR) * 16, lrow = tid / CPR;  // this thread's chunk: byte kc of rows lrow + i * RPP
 
     // ---- weights first: they need only the expert id, so their copies start before the row gather
-    const char* We = reinterpret_cast<const char*>(W + (size_t)e * (MODE == MODE_GATEUP ? 2 * N : N) * K);
     const char* w_src[WCH];
     bool w_ok[WCH];
-#pragma unroll
-    for (int i = 0; i < WCH; ++i) {
-        const int j = lrow + i * RPP;  // GEMM column of the slab
-        const int col = n0 + (MODE == MODE_GATEUP ? (j & (BN / 2 - 1)) : j);
-        w_ok[i] = col < N;
-        const int wrow = MODE == MODE_GATEUP ? (j < BN / 2 ? col : N + col) : col;
-        w_src[i] = We + (size_t)(w_ok[i] ? wrow : 0) * kbytes + kc;
-    }
+    weight_row_sources<T, MODE, BN, WCH, RPP>(W, e, n0, N, K, lrow, kc, w_src, w_ok);
     auto load_w = [&](int stage, int kt) {
         unsigned char* s = smem + stage * STAGE_BYTES + lrow * LDB + kc;
         const size_t kb = (size_t)kt * BKB;
@@ -241,14 +231,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
     // ---- the tile's rows (GATEUP gathers h rows of the tokens; DOWN reads act rows in place)
     const char* a_src[ACH];
     bool a_ok[ACH];
-#pragma unroll
-    for (int i = 0; i < ACH; ++i) {
-        const int r = lrow + i * RPP;
-        a_ok[i] = r < rows;
-        const int pos = row0 + (a_ok[i] ? r : 0);
-        const T* src = MODE == MODE_GATEUP ? A + (size_t)(sorted_pair[pos] / topk) * K : A + (size_t)pos * K;
-        a_src[i] = reinterpret_cast<const char*>(src) + kc;
-    }
+    tile_row_sources<T, MODE, ACH, RPP>(A, sorted_pair, row0, rows, K, topk, lrow, kc, a_src, a_ok);
     auto load_a = [&](int stage, int kt) {
         unsigned char* s = smem + stage * STAGE_BYTES + (BN + lrow) * LDB + kc;
         const size_t kb = (size_t)kt * BKB;

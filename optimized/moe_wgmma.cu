@@ -38,9 +38,7 @@
 //   wg256   128 256   4     197,632                                                       1
 #include <cstdint>
 #include "common.cuh"
-
-#define MODE_GATEUP 0
-#define MODE_DOWN 1
+#include "moe_rows.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ARCH_OK 1
@@ -160,27 +158,12 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
     const int chunk = tid % CPR, kc = chunk * 16, lrow = tid / CPR;
     const int dst_off = lrow * ROW_BYTES + ((chunk ^ (lrow & 7)) * 16);
 
-    const char* We = reinterpret_cast<const char*>(W + (size_t)e * (MODE == MODE_GATEUP ? 2 * N : N) * K);
     const char* w_src[WCH];
     bool w_ok[WCH];
-#pragma unroll
-    for (int i = 0; i < WCH; ++i) {
-        const int j = lrow + i * RPP;  // GEMM column of the slab
-        const int col = n0 + (MODE == MODE_GATEUP ? (j & (BN / 2 - 1)) : j);
-        w_ok[i] = col < N;
-        const int wrow = MODE == MODE_GATEUP ? (j < BN / 2 ? col : N + col) : col;
-        w_src[i] = We + (size_t)(w_ok[i] ? wrow : 0) * kbytes + kc;
-    }
+    weight_row_sources<bf16, MODE, BN, WCH, RPP>(W, e, n0, N, K, lrow, kc, w_src, w_ok);
     const char* a_src[ACH];
     bool a_ok[ACH];
-#pragma unroll
-    for (int i = 0; i < ACH; ++i) {
-        const int r = lrow + i * RPP;
-        a_ok[i] = r < rows;
-        const int pos = row0 + (a_ok[i] ? r : 0);
-        const bf16* src = MODE == MODE_GATEUP ? A + (size_t)(sorted_pair[pos] / topk) * K : A + (size_t)pos * K;
-        a_src[i] = reinterpret_cast<const char*>(src) + kc;
-    }
+    tile_row_sources<bf16, MODE, ACH, RPP>(A, sorted_pair, row0, rows, K, topk, lrow, kc, a_src, a_ok);
     auto load_stage = [&](int stage, int kt) {  // copies past K (or past the rows / columns) zero-fill
         unsigned char* s = smem + stage * STAGE_BYTES + dst_off;
         const size_t kb = (size_t)kt * ROW_BYTES;
