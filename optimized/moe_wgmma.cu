@@ -21,7 +21,8 @@
 // - Both warpgroups multiply even when a tile's rows end in the first 64: a branch around wgmma makes
 //   ptxas serialize every wgmma of the kernel (its warning C7518), which costs far more.
 // - Epilogue through shared memory: the fragments go to a [128][columns] bf16 tile in the freed stages,
-//   then whole rows leave with 16-byte stores (act rows in place; DOWN: ys rows of the pairs, scaled).
+//   then whole rows leave with 16-byte copies (act rows in place; DOWN: ys rows of the pairs, scaled while
+//   staged, with each row's pair and weight read at the start).
 // - Grid: x = column slab, y = row tile (kernels.py's _moe_grid), so the slabs of one tile run side by
 //   side and read its rows from L2 once.
 // Compiled for sm_90a (kernels.py asks for it); for any other target the kernels are a trap, so
@@ -178,6 +179,18 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
 #pragma unroll
     for (int s = 0; s < STAGES - 2; ++s) load_stage(s, s);  // one commit group per stage, empty ones past K
 
+    // DOWN: each row's pair and bf16-rounded routing weight, read now so that their latency hides behind
+    // the main loop (the epilogue used to fetch both for every 16-byte chunk it stored)
+    __shared__ int s_pair[BM];
+    __shared__ float s_scale[BM];
+    if constexpr (MODE == MODE_DOWN) {
+        if (tid < BM) {
+            const int p = tid < rows ? sorted_pair[row0 + tid] : 0;
+            s_pair[tid] = p;
+            s_scale[tid] = tid < rows ? rnd<bf16>(pair_w[p]) : 0.f;
+        }
+    }
+
     const int wg = tid >> 7;
     float acc[NACC];
 #pragma unroll
@@ -232,39 +245,26 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
                     store2<bf16>(reinterpret_cast<bf16*>(srow) + 8 * j + t2, v[0], v[1]);
                 }
             } else {
+                const float scale = s_scale[r];  // (made visible by the main loop's barriers)
 #pragma unroll
                 for (int j = 0; j < BN / 8; ++j)
-                    store2<bf16>(reinterpret_cast<bf16*>(srow) + 8 * j + t2, rnd<bf16>(acc[4 * j + 2 * hr]),
-                                 rnd<bf16>(acc[4 * j + 2 * hr + 1]));
+                    store2<bf16>(reinterpret_cast<bf16*>(srow) + 8 * j + t2, rnd<bf16>(acc[4 * j + 2 * hr]) * scale,
+                                 rnd<bf16>(acc[4 * j + 2 * hr + 1]) * scale);
             }
         }
     }
     __syncthreads();
     constexpr int OCH = OUTC / 8;  // 16-byte chunks per output row
     const bool full_chunks = (N & 7) == 0;
-    for (int i = tid; i < rows * OCH; i += THREADS) {
+    for (int i = tid; i < rows * OCH; i += THREADS) {  // the staged values are final: a plain copy
         const int r = i / OCH, c = (i % OCH) * 8, col = n0 + c;
         if (col >= N) continue;
         const bf16* src = reinterpret_cast<const bf16*>(smem + r * OPITCH) + c;
-        bf16* dst;
-        float scale = 1.f;
-        if constexpr (MODE == MODE_GATEUP) {
-            dst = out + (size_t)(row0 + r) * N + col;
-        } else {
-            const int p = sorted_pair[row0 + r];
-            scale = rnd<bf16>(pair_w[p]);
-            dst = out + (size_t)p * N + col;
-        }
-        float v[8];
-        load8<bf16>(src, v);
-        if constexpr (MODE == MODE_DOWN) {
-#pragma unroll
-            for (int q = 0; q < 8; ++q) v[q] *= scale;
-        }
+        bf16* dst = out + (size_t)(MODE == MODE_GATEUP ? row0 + r : s_pair[r]) * N + col;
         if (full_chunks && col + 8 <= N) {
-            store8<bf16>(dst, v);
+            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
         } else {
-            for (int q = 0; q < 8 && col + q < N; ++q) dst[q] = from_f<bf16>(v[q]);
+            for (int q = 0; q < 8 && col + q < N; ++q) dst[q] = src[q];
         }
     }
 #else
