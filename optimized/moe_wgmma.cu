@@ -28,11 +28,12 @@
 // Compiled for sm_90a (kernels.py asks for it); for any other target the kernels are a trap, so
 // that the project's sm_90 compile check still builds this file.
 // Session 9 (results/h100-session9, moe_probe.py at 4096 tokens, real shape, 12.5 % of the rows padding):
-// wg256 gate/up 460 us + down 270 us (~520 / 440 TFLOP/s useful). The same loop with no loads, no barrier
-// and no epilogue runs at ~790 TFLOP/s (cuBLAS's 8192^3: 788), so what is left is around the wgmmas:
-// the epilogue (not overlapped: one block per SM) and the loads of the down GEMM. Tried and lost: 3
-// stages (-20 %), the 64-byte swizzle with 32-byte k-steps and 6 or 8 stages (-10 %), 128 x 128 tiles
-// with 6 stages (-15 %); no proxy fence (no faster).
+// wg256 gate/up ~450 us + down ~250 us (~540 / 480 TFLOP/s useful). The same loop with no loads, no
+// barrier and no epilogue runs at ~790 TFLOP/s (cuBLAS's 8192^3: 788), so what is left is around the
+// wgmmas: the epilogue (not overlapped: one block per SM; gate/up's staging ~60 us) and the loads of
+// the down GEMM. Tried and lost: 3 stages (-20 %), the 64-byte swizzle with 32-byte k-steps and 6 or 8
+// stages (-10 %), 128 x 128 tiles with 6 stages (-15 %), no proxy fence (no faster), a persistent grid
+// whose next item loads during the epilogue (a tie; results/h100-session9/lead/call11-persistent-wgmma.patch).
 // Variants (extern "C" names moe_{gateup,down}_<variant>_bf16; kernels.py mirrors the table):
 //   variant  BM  BN STAGES  dynamic smem = STAGES * (BM + BN) * 128 + 1024 (alignment)  blocks/SM
 //   wg128   128 128   3     99,328                                                        2
