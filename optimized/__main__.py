@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--accuracy", metavar="BxS", help="compare BxS random prompts with the reference")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--moe-variants", default="auto", metavar="LIST",
-                    help="comma-separated MoE GEMM variants to time (default: auto = by token count)")
+                    help="comma-separated MoE GEMM variants to time (default: auto = by token count); the names are "
+                         "optimized/kernels.py's MOE_VARIANTS, e.g. mma16, mma64, mma256wl, and wg256 (wgmma, H100 only)")
     ap.add_argument("--profile", metavar="BxS", action="append", default=[],
                     help="print the GPU kernels of one eager forward of BxS by time (repeatable)")
     ap.add_argument("--decode", metavar="LIST", default="", help="batch sizes whose decode steps to time, e.g. 1,64")
