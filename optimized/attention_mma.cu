@@ -28,13 +28,13 @@
 
 __device__ __forceinline__ void am_ldsm_x4(unsigned (&r)[4], const bf16* p)
 {
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    unsigned a = smem_addr(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 __device__ __forceinline__ void am_ldsm_x4_trans(unsigned (&r)[4], const bf16* p)
 {
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    unsigned a = smem_addr(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }

@@ -84,11 +84,23 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The shared-window address of a pointer into shared memory (what ldmatrix, cp.async, wgmma take).
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// A kernel whose shared-memory layout the host sizes (kernels.py's tables) traps when it was given
+// less dynamic shared memory than `bytes`: the host's table disagrees with the .cu file.
+__device__ __forceinline__ void require_dynamic_smem(unsigned bytes)
+{
+    unsigned dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
+    if (dyn < bytes) __trap();
+}
+
 // cp.async (sm_80+): 16-byte global -> shared copies that bypass registers and L1 (.cg), in
 // commit groups; wait_group<N> returns once at most N of this thread's groups are in flight.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
 {
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    unsigned s = smem_addr(smem);
     int bytes = valid ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
 }

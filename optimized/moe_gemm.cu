@@ -18,11 +18,9 @@
 // These are the large-batch variants "wmma128" and "simt64"; moe_stream.cu holds the mma.sync
 // variants (tiles of 16..128 rows) that stream the expert weights at small batches.
 #include "common.cuh"
+#include "moe_rows.cuh"  // MODE_GATEUP, MODE_DOWN
 #include <mma.h>
 using namespace nvcuda;
-
-#define MODE_GATEUP 0
-#define MODE_DOWN 1
 
 // ================================ bf16, tensor cores ================================================
 #define BM 128

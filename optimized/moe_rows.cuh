@@ -1,8 +1,9 @@
-// Where a grouped MoE GEMM block's 16-byte copies come from (moe_stream.cu, moe_wgmma.cu): a thread
-// copies byte kc of block rows lrow + i * RPP. Weight rows: the block's BN GEMM columns of expert e from
-// column n0 (GATEUP: BN / 2 gate rows of w13 and the matching up rows N further; DOWN: BN rows of w2).
-// Tile rows: GATEUP gathers the h rows of the tokens of sorted rows row0.., DOWN reads act rows in place.
-// Sources past the columns or rows are marked not ok (their copies zero-fill) and point at row 0.
+// The grouped MoE GEMMs' two modes (moe_gemm.cu, moe_stream.cu, moe_wgmma.cu), and where a block's
+// 16-byte copies come from (moe_stream.cu, moe_wgmma.cu): a thread copies byte kc of block rows
+// lrow + i * RPP. Weight rows: the block's BN GEMM columns of expert e from column n0 (GATEUP: BN / 2
+// gate rows of w13 and the matching up rows N further; DOWN: BN rows of w2). Tile rows: GATEUP gathers
+// the h rows of the tokens of sorted rows row0.., DOWN reads act rows in place. Sources past the
+// columns or rows are marked not ok (their copies zero-fill) and point at row 0.
 #pragma once
 
 #define MODE_GATEUP 0

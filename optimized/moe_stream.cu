@@ -42,8 +42,6 @@
 #include "common.cuh"
 #include "moe_rows.cuh"
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
 __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned (&r)[4])
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -200,11 +198,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
 
     extern __shared__ __align__(128) unsigned char smem[];
     if ((int)blockIdx.x >= *num_tiles) return;
-    {
-        unsigned dyn;
-        asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
-        if (dyn < (unsigned)(STAGES * STAGE_BYTES)) __trap();  // the host's smem table disagrees with this file
-    }
+    require_dynamic_smem(STAGES * STAGE_BYTES);
     const int e = tiles[3 * blockIdx.x], row0 = tiles[3 * blockIdx.x + 1];
     const int rows = min(tiles[3 * blockIdx.x + 2] - row0, BM);
     const int n0 = blockIdx.y * (MODE == MODE_GATEUP ? BN / 2 : BN);

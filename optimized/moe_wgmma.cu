@@ -48,8 +48,6 @@
 #define WG_ARCH_OK 0
 #endif
 
-__device__ __forceinline__ unsigned wg_smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
 // The wgmma descriptor of a K-major operand in the 128-byte swizzle: rows of 128 bytes, 8-row
 // groups 1024 bytes apart (the stride byte offset); the leading byte offset is unused for swizzled
 // K-major layouts. Bits: start address >> 4 [0,14), LBO >> 4 [16,30), SBO >> 4 [32,46), layout
@@ -148,14 +146,10 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
 
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     if ((int)blockIdx.y >= *num_tiles) return;
-    const unsigned raw_base = wg_smem_addr(smem_raw);
+    const unsigned raw_base = smem_addr(smem_raw);
     const unsigned sbase = (raw_base + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
     unsigned char* smem = smem_raw + (sbase - raw_base);
-    {
-        unsigned dyn;
-        asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
-        if (dyn < (unsigned)(STAGES * STAGE_BYTES + 1024)) __trap();  // the host's smem table disagrees with this file
-    }
+    require_dynamic_smem(STAGES * STAGE_BYTES + 1024);  // + the alignment slack
     const int e = tiles[3 * blockIdx.y], row0 = tiles[3 * blockIdx.y + 1];
     const int rows = min(tiles[3 * blockIdx.y + 2] - row0, BM);
     const int n0 = blockIdx.x * (MODE == MODE_GATEUP ? BN / 2 : BN);
