@@ -26,6 +26,7 @@
 // launchers in gemv.py check it.
 #include "common.cuh"
 #include "route.cuh"
+#include <cooperative_groups.h>
 
 #define GV_WARPS 8   // output columns (warps) per block
 #define GV_U 8       // 16-byte chunks of one weight row each lane has in flight
@@ -253,23 +254,31 @@ __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, co
 // leaving it out of the batch-1 decode graph saved 7.7 us per MoE layer (session 6). Here warp w of
 // block b owns expert e = b * nwarps + w and has its whole router row in registers before pdl_wait;
 // then every block norms the rows (8 columns per thread: add_norm_vec8's layout, norm_route's
-// roundings), dots them with its experts' rows and leaves the logits in `logits_g`; the last block
-// to finish (`count`, which it puts back to 0) routes each token and writes x and h. Only that block
-// writes x: every block reads the old x until the count says all of them are done.
+// roundings) and dots them with its experts' rows. Then one block must see every logit, route each
+// token and write x and h (only it writes x: every block reads the old x until all are done):
+// - COUNT (norm_route_split): the logits go to `logits_g`; the last block to finish (an atomic
+//   `count`, which it puts back to 0) reads them back from L2 and routes with route_token;
+// - CLUSTER (norm_route_cluster, sm_90, NRC_BLOCKS blocks): the blocks are one thread block cluster;
+//   the logits stay in each block's shared memory, one cluster barrier publishes them, and block 0
+//   reads them through distributed shared memory and routes with route_token32. That hand-off
+//   (fence, atomic, L2 round trip, k dependent pick rounds) cost ~3 us per batch-1 MoE layer
+//   (probe, session 10).
 #define NRS_MAXT 2   // tokens per launch
 #define NRS_Q 16     // float4 chunks of a router row per lane: H <= 32 * 4 * NRS_Q = NR_MAX_H
-template <typename T>
+#define NRC_BLOCKS 4 // the cluster: E <= NRC_BLOCKS * H / 256 and E <= 32 (the real model: 32 experts, H = 2048)
+template <typename T, bool CLUSTER>
 __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float eps, const float* gate,
                                  const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,
                                  float* wts, int ntok, float* logits_g, unsigned* count)
 {
     __shared__ __align__(16) float nrm[NRS_MAXT][NR_MAX_H];
-    __shared__ float partial[32], logits[NRS_MAXT][64];
+    __shared__ float partial[32], logits[NRS_MAXT][64];  // COUNT: every logit; CLUSTER: this block's, by warp
     __shared__ bool last;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int e = blockIdx.x * (blockDim.x >> 5) + warp, nch = H / 4, c0 = tid * 8;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = blockDim.x >> 5;
+    const int e = blockIdx.x * nwarps + warp, nch = H / 4, c0 = tid * 8;
     float4 wr[NRS_Q];
     load_row_f4(wr, reinterpret_cast<const float4*>(gate) + (size_t)min(e, E - 1) * nch, 0, nch, lane);
+    const float bias_lane = CLUSTER && lane < E ? bias[lane] : 0.f;  // CLUSTER's routing (E <= 32)
     pdl_wait();
     pdl_trigger();
 
@@ -292,16 +301,48 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
                 float acc = 0.f;
                 fma_row_f4(acc, wr, reinterpret_cast<const float4*>(nrm[t]), 0, nch, lane);
                 acc = warp_sum(acc);
-                if (lane == 0) logits_g[t * E + e] = acc;
+                if (lane == 0) {
+                    if (CLUSTER)
+                        logits[t][warp] = acc;
+                    else
+                        logits_g[t * E + e] = acc;
+                }
             }
         }
     }
-    __threadfence();  // this block's logits reach L2 before the count says so
-    __syncthreads();
-    if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (CLUSTER) {
+#if __CUDA_ARCH__ >= 900
+        namespace cg = cooperative_groups;
+        const cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync();  // every block's logits are in its shared memory
+        if (blockIdx.x != 0) {  // stay alive (and the shared memory valid) until block 0 has read it
+            cluster.sync();
+            return;
+        }
+        const float lg = warp < ntok && lane < E ? *cluster.map_shared_rank(&logits[warp][lane % nwarps], lane / nwarps)
+                                                 : 0.f;  // expert `lane` lives in block lane / nwarps
+        cluster.barrier_arrive();
+        if (warp < ntok)
+            route_token32(lg, bias_lane, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k, lane);
+        cluster.barrier_wait();
+#else
+        (void)bias_lane;
+#endif
+    } else {
+        __threadfence();  // this block's logits reach L2 before the count says so
+        __syncthreads();
+        if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        if (warp < ntok) {
+            for (int j = lane; j < E; j += 32) logits[warp][j] = __ldcg(logits_g + warp * E + j);  // other blocks wrote them
+            __syncwarp();
+            route_token<float>(logits[warp], bias, E, k, norm_topk, scale, idx + (size_t)warp * k,
+                               wts + (size_t)warp * k, lane);
+        }
+        if (tid == 0) *count = 0;
+    }
 #pragma unroll
     for (int t = 0; t < NRS_MAXT; ++t) {
         if (t < ntok) {
@@ -309,13 +350,6 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
             store_normed8<T>(h + (size_t)t * H + c0, wv, v[t], rstd[t]);
         }
     }
-    if (warp < ntok) {
-        for (int j = lane; j < E; j += 32) logits[warp][j] = __ldcg(logits_g + warp * E + j);  // L2: other blocks wrote them
-        __syncwarp();
-        route_token<float>(logits[warp], bias, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k,
-                           lane);
-    }
-    if (tid == 0) *count = 0;
 }
 
 // ----- unmangled instantiations ---------------------------------------------------------------------
@@ -365,9 +399,25 @@ NORM_ROUTE_KERNEL(f32, float)
     extern "C" __global__ void __launch_bounds__(NR_MAX_H / 8) norm_route_split_##SUF(                          \
         float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias, int H, int E,   \
         int k, int norm_topk, float scale, int* idx, float* wts, int ntok, float* logits_g, unsigned* count)     \
-    { norm_route_split<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok, logits_g, count); }
+    {                                                                                                           \
+        norm_route_split<T, false>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok,       \
+                                   logits_g, count);                                                            \
+    }
 NORM_ROUTE_SPLIT_KERNEL(bf16, bf16)
 NORM_ROUTE_SPLIT_KERNEL(f32, float)
+#if __CUDA_ARCH__ >= 900  // thread block clusters
+#define NORM_ROUTE_CLUSTER_KERNEL(SUF, T)                                                                       \
+    extern "C" __global__ void __cluster_dims__(NRC_BLOCKS, 1, 1) __launch_bounds__(NR_MAX_H / 8)               \
+        norm_route_cluster_##SUF(float* x, const T* y, const T* w, T* h, float eps, const float* gate,           \
+                                 const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,   \
+                                 float* wts, int ntok)                                                          \
+    {                                                                                                           \
+        norm_route_split<T, true>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok,        \
+                                  nullptr, nullptr);                                                            \
+    }
+NORM_ROUTE_CLUSTER_KERNEL(bf16, bf16)
+NORM_ROUTE_CLUSTER_KERNEL(f32, float)
+#endif
 CONV_IN_STEP_KERNEL(bf16, bf16)
 CONV_IN_STEP_KERNEL(f32, float)
 

@@ -25,6 +25,7 @@ ROUTER_THREADS = 1024  # = RT_THREADS
 CONV_STEP_MAX_TOKENS = 2  # conv_in_step's nb cases
 NORM_ROUTE_MAX_H = 2048  # = NR_MAX_H: norm_route keeps the fp32 row in shared memory, H/2 threads
 NORM_ROUTE_SPLIT_MAX_TOKENS = 2  # = NRS_MAXT: norm_route_split's tokens per launch
+NORM_ROUTE_CLUSTER_BLOCKS = 4  # = NRC_BLOCKS: norm_route_cluster's thread block cluster
 ROUTER_MAX_E = 64
 MOE_GEMV_MAX_PAIRS = 8  # 2 tokens: at 4 (16 pairs) the grouped GEMM, which reads each expert once, won
 ROUTER_MAX_TOKENS = 64
@@ -49,7 +50,10 @@ class GemvKernels:
         self.k_conv_in_step = m.kernel(f"conv_in_step_{sfx}")
         self.k_norm_route = m.kernel(f"norm_route_{sfx}")
         self.k_norm_route_split = m.kernel(f"norm_route_split_{sfx}")
+        # thread block clusters (sm_90+): norm_route_split's hand-off through one cluster's shared memory
+        self.k_norm_route_cluster = m.kernel(f"norm_route_cluster_{sfx}") if gpu.compute_capability >= (9, 0) else None
         self.norm_route_split = True  # 1-2 tokens over several SMs (False: one block per token, for A/B)
+        self.norm_route_cluster = self.k_norm_route_cluster is not None  # (False: the arrival count, for A/B)
         dev = gpu.torch_device  # norm_route_split's logits and arrival count (the last block resets it)
         self._split_logits = torch.empty(NORM_ROUTE_SPLIT_MAX_TOKENS * ROUTER_MAX_E, dtype=torch.float32, device=dev)
         self._split_count = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -166,8 +170,13 @@ class GemvKernels:
         args = (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias), i32(H), i32(E), i32(k),
                 i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts))
         if self._split_takes(T, H, y, w, h):  # a warp per expert, H / 256 of them per block
-            self._go(self.k_norm_route_split, (-(-E // (H // 256)),), (H // 8,),
-                     (*args, i32(T), ptr(self._split_logits), ptr(self._split_count)), T=T, E=E, H=H)
+            blocks = -(-E // (H // 256))
+            if self.norm_route_cluster and E <= 32 and blocks <= NORM_ROUTE_CLUSTER_BLOCKS:
+                self._go(self.k_norm_route_cluster, (NORM_ROUTE_CLUSTER_BLOCKS,), (H // 8,), (*args, i32(T)),
+                         T=T, E=E, H=H, cluster=True)
+            else:
+                self._go(self.k_norm_route_split, (blocks,), (H // 8,),
+                         (*args, i32(T), ptr(self._split_logits), ptr(self._split_count)), T=T, E=E, H=H)
         else:
             self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
 

@@ -45,3 +45,38 @@ __device__ void route_token(const T* row_logits, const float* bias, int E, int k
         wts_row[lane] = w * scale;
     }
 }
+
+// The same routing for E <= 32, built for latency: lane e holds expert e's logit and bias (anything
+// for e >= E). Instead of route_token's k dependent pick rounds, each expert's rank in the pick
+// order (score descending, ties to the lower id) is counted against all 32 scores with independent
+// shuffles; the expert ranked p is found by a ballot, and the weights are summed over the k picks in
+// pick order, so idx and wts come out bit-equal to route_token's. Used by gemv.cu's
+// norm_route_cluster, where the routing is on the batch-1 decode step's critical path.
+__device__ __forceinline__ void route_token32(float logit, float bias_e, int E, int k, int norm_topk, float scale,
+                                              int* idx_row, float* wts_row, int lane)
+{
+    const bool real = lane < E;
+    const float s = real ? 1.0f / (1.0f + expf(-logit)) : 0.f;
+    const float score = real ? s + bias_e : -INFINITY;  // past E: ranked after every expert, never picked
+    int rank = 0;
+#pragma unroll 8  // (fully unrolled, the shuffles' results take registers from the kernel around it)
+    for (int o = 0; o < 32; ++o) {
+        const float so = __shfl_sync(0xffffffffu, score, o);
+        rank += so > score || (so == score && o < lane);
+    }
+    float total = 0.f, chosen_w = 0.f;
+    int chosen_e = 0;
+    for (int p = 0; p < k; ++p) {
+        const int e = __ffs(__ballot_sync(0xffffffffu, rank == p)) - 1;
+        const float w = __shfl_sync(0xffffffffu, s, e);
+        total += w;
+        if (lane == p) {
+            chosen_e = e;
+            chosen_w = w;
+        }
+    }
+    if (lane < k) {
+        idx_row[lane] = chosen_e;
+        wts_row[lane] = (norm_topk ? chosen_w / (total + 1e-6f) : chosen_w) * scale;
+    }
+}

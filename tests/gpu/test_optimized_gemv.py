@@ -110,17 +110,24 @@ def test_router_topk(G, T, E, k, H):
     close(wts, 2.5 * w / (w.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
 
 
-@pytest.fixture(params=[True, False], ids=["split", "block_per_token"])
+@pytest.fixture(params=["cluster", "split", "block_per_token"])
 def split(G, request):
-    G.norm_route_split = request.param
+    if request.param == "cluster" and G.k_norm_route_cluster is None:
+        pytest.skip("thread block clusters need sm_90")
+    G.norm_route_split = request.param != "block_per_token"
+    G.norm_route_cluster = request.param == "cluster"
     yield request.param
     G.norm_route_split = True
+    G.norm_route_cluster = G.k_norm_route_cluster is not None
 
 
 # 1-2 tokens with H % 256 == 0 take norm_route_split when `split` (8, 1 and 2 warps per block; E not
-# a multiple of them), the others the block per token
+# a multiple of them), or its cluster hand-off where the experts fit 4 blocks (E <= 32, H / 256 warps
+# per block: here 32, 20 and 3 experts at H = 2048 or 1024), the others the block per token. 3 experts
+# (one block holding all of them) and 20 (the fourth block idle) check the cluster's expert-to-block map
 @pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (2, 32, 4, 2048), (3, 32, 4, 2048), (64, 32, 4, 2048),
-                                     (2, 8, 2, 64), (5, 64, 8, 1024), (1, 64, 8, 256), (2, 41, 4, 512)])
+                                     (2, 8, 2, 64), (5, 64, 8, 1024), (1, 64, 8, 256), (2, 41, 4, 512),
+                                     (2, 20, 4, 2048), (1, 3, 2, 1024), (2, 16, 12, 1024)])
 def test_norm_route(G, T, E, k, H, split):
     """ffn_norm (x += y; h = rmsnorm(x) * w) and the router in one launch, against float64; twice,
     so that norm_route_split's arrival count is shown to start again from 0."""
