@@ -7,8 +7,8 @@
 //   conv state per ShortConv layer [B, L-1, H] in T: the last L-1 columns of B*x, oldest first;
 //   K and V per attention layer [B, nkv, Lmax, hd] in T: post-norm, post-RoPE K and raw V;
 //   lengths [B] int32: positions already in the cache. The new token of sequence b sits at
-//   position lengths[b]; advance_lengths (the step's last launch) moves it on, so a captured
-//   graph of the whole step replays step after step.
+//   position lengths[b]; the step's last launch (argmax_rows with `advance`, or advance_lengths)
+//   moves it on, so a captured graph of the whole step replays step after step.
 // The kernels of the decode step wait (pdl_wait, common.cuh) before anything else, so the engine
 // may launch them with programmatic dependent launch: their launch latency overlaps the kernel
 // before them.
@@ -302,8 +302,11 @@ __device__ void argmax_block(float& bv, int& bi)
 // nsplit > 1 each block leaves its best in part_v / part_i and the last block of a row to finish
 // (count[r], which it resets to 0 for the next launch) reduces them: one launch, V spread over many
 // SMs (a single 1024-thread block took 16 us for one 65,536-logit row, 1 % of a batch-1 step).
+// advance (optional): lengths, moved on by one for row r where its id is written: the decode step's
+// advance_lengths launch folded into the argmax (one dependent launch fewer per step).
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
-    argmax_rows(const float* logits, int* ids, int V, float* part_v, int* part_i, unsigned* count, int nsplit)
+    argmax_rows(const float* logits, int* ids, int V, float* part_v, int* part_i, unsigned* count, int nsplit,
+                int* advance)
 {
     __shared__ bool last;
     pdl_wait();
@@ -319,7 +322,10 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
     }
     argmax_block(bv, bi);
     if (nsplit == 1) {
-        if (threadIdx.x == 0) ids[r] = bi == 0x7fffffff ? 0 : bi;
+        if (threadIdx.x == 0) {
+            ids[r] = bi == 0x7fffffff ? 0 : bi;
+            if (advance) advance[r] += 1;
+        }
         return;
     }
     if (threadIdx.x == 0) {
@@ -342,5 +348,6 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
     if (threadIdx.x == 0) {
         ids[r] = bi == 0x7fffffff ? 0 : bi;
         count[r] = 0;
+        if (advance) advance[r] += 1;
     }
 }

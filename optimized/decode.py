@@ -21,9 +21,9 @@ positions < lengths[b] + 1, so padded slots are never read and are overwritten a
 
 The decode step (decode_body) is the forward's layer loop for T = B tokens with the decode mixers
 (in_proj GEMM + conv_step, one conv_in_step launch at B <= 2; fused qkv GEMM + qk_norm_rope_step
-+ decode_attention + out GEMM); the FFN/MoE, norms
-and LM head are the engine's own helpers. Its last launch advances lengths on the device, so the
-step is captured once as a CUDA graph per decode plan and replayed.
++ decode_attention + out GEMM); the FFN/MoE, norms and LM head are the engine's own helpers. Its
+last launch (the argmax) also advances lengths on the device, so the step is captured once as a
+CUDA graph per decode plan and replayed.
 
 Its argmax writes the greedy ids into the step's own input ids (D.next_ids is D.work.ids), so a
 replay right after a replay decodes the tokens the GPU just chose: the engine's greedy_steps
@@ -158,5 +158,4 @@ def decode_body(eng, D: DecodePlan) -> None:
 
     eng._layers(P, mix)
     eng._lm_head(P.h, P)
-    DK.argmax_rows(P.logits_f32, D.next_ids, D.argmax)
-    DK.advance_lengths(D.lengths)
+    DK.argmax_rows(P.logits_f32, D.next_ids, D.argmax, advance=D.lengths)

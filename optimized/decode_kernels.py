@@ -138,21 +138,24 @@ class DecodeKernels:
                  (ptr(part_o), ptr(part_ml), ptr(lengths), ptr(o), i32(B), i32(nh), i32(hd), i32(Lmax), i32(nsplit)),
                  B=B, nh=nh, nsplit=nsplit)
 
-    def argmax_rows(self, logits, ids, scratch: "ArgmaxScratch | None" = None) -> None:
+    def argmax_rows(self, logits, ids, scratch: "ArgmaxScratch | None" = None, advance=None) -> None:
         """ids[r] = argmax of fp32 logits[r, :] (lowest index on ties, as numpy), on the device; with
-        `scratch` (sized for these logits) each row is split over scratch.nsplit blocks."""
+        `scratch` (sized for these logits) each row is split over scratch.nsplit blocks; with
+        `advance` (the lengths, int32 [rows]) also advance_lengths' work in the same launch."""
         _dev(logits, torch.float32, "logits")
         _dev(ids, torch.int32, "ids")
         _need(logits.dim() == 2 and ids.numel() == logits.shape[0],
               f"ids must hold one entry per row of logits {tuple(logits.shape)}, got {ids.numel()}")
         B, V = logits.shape
+        if advance is not None:
+            self._lengths(advance, B)
         nsplit = 1 if scratch is None else scratch.nsplit
         if scratch is not None:
             _need(tuple(scratch.part_v.shape) == (B, nsplit) and scratch.count.numel() == B,
                   f"argmax scratch is for {tuple(scratch.part_v.shape)}, not {B} rows")
         args = (ptr(logits), ptr(ids), i32(V), *(ptr(None),) * 3) if scratch is None else \
             (ptr(logits), ptr(ids), i32(V), ptr(scratch.part_v), ptr(scratch.part_i), ptr(scratch.count))
-        self._go(self.k_argmax, (nsplit, B), (1024,), (*args, i32(nsplit)), B=B, V=V)
+        self._go(self.k_argmax, (nsplit, B), (1024,), (*args, i32(nsplit), ptr(advance)), B=B, V=V)
 
     def advance_lengths(self, lengths) -> None:
         _dev(lengths, torch.int32, "lengths")

@@ -269,10 +269,11 @@ class OptimizedEngine(Engine):
         final norm into P.h: the part the forward and the decode step share."""
         cfg, K, W = self.config, self.K, self.W
         self._x3 = P.x3  # _mm's scratch for this plan (the LM head after this runs on the same plan)
-        K.embedding(P.ids, W.embed, P.x)
+        K.embedding_norm(P.ids, W.embed, P.x, W.layers[0]["op_norm"], P.h, cfg.norm_eps)  # + layer 0's op_norm
         nadd = 0
         for i, L in enumerate(W.layers):
-            K.add_norm(P.x, P.y, nadd, L["op_norm"], P.h, cfg.norm_eps)
+            if i:
+                K.add_norm(P.x, P.y, nadd, L["op_norm"], P.h, cfg.norm_eps)
             mix(i, L)
             nadd = self._ffn(P, L, i)
         K.add_norm(P.x, P.y, nadd, W.final_norm, P.h, cfg.norm_eps)

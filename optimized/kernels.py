@@ -191,6 +191,7 @@ class Kernels:
         modules = {m: load_module(HERE / f"{m}.cu", gpu) for m in ("moe_gemm", "moe_stream")}
         self.arch = gpu.arch
         self.k_embed = ew.kernel(f"embedding_gather_{sfx}")
+        self.k_embed_norm = ew.kernel(f"embed_norm_vec8_{sfx}")
         self.k_add_norm = ew.kernel(f"add_norm_{sfx}")
         self.k_add_norm_vec8 = ew.kernel(f"add_norm_vec8_{sfx}")
         self.k_silu_mul = ew.kernel(f"silu_mul_{sfx}")
@@ -209,7 +210,7 @@ class Kernels:
                            if dtype == torch.bfloat16 else {})
         self.attn_variant = "mma"  # a test or benchmark may set "simt" to compare
         self.pdl = False  # the engine's choice: launch the kernels that wait for it with PDL
-        self.pdl_kernels = {self.k_embed, self.k_add_norm, self.k_add_norm_vec8}
+        self.pdl_kernels = {self.k_embed, self.k_embed_norm, self.k_add_norm, self.k_add_norm_vec8}
         from harness.gpu.context import import_driver
         attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
         self.moe: dict[str, tuple] = {}  # variant name -> (variant, gate/up kernel, down kernel)
@@ -233,6 +234,20 @@ class Kernels:
         n, H = ids.numel(), table.shape[1]
         _need(x.numel() >= n * H, "x too small for the ids")
         self._go(self.k_embed, (n,), (256,), (ptr(ids), ptr(table), ptr(x), i32(H)), ids=n, H=H)
+
+    def embedding_norm(self, ids: torch.Tensor, table: torch.Tensor, x: torch.Tensor, w, h, eps: float) -> None:
+        """embedding(ids, table, x), then h = rmsnorm(x) * w for those rows (add_norm with no addend):
+        one launch where add_norm would take its vector kernel (the same values bit for bit)."""
+        _dev(ids, torch.int32, "ids"); _dev(table, self.dtype, "table"); _dev(x, torch.float32, "x")
+        _dev(w, self.dtype, "w"); _dev(h, self.dtype, "h")
+        n, H = ids.numel(), table.shape[1]
+        _need(w.numel() == H and x.numel() >= n * H and h.numel() >= n * H, f"x, h must hold [{n}, {H}], w [{H}]")
+        if H % 256 or H > 8 * 1024 or any(t.data_ptr() % 16 for t in (table, x, w, h)):
+            self.embedding(ids, table, x)
+            self.add_norm(x, None, 0, w, h, eps, rows=n)
+            return
+        self._go(self.k_embed_norm, (n,), (H // 8,), (ptr(ids), ptr(table), ptr(x), ptr(w), ptr(h), i32(H), f32(eps)),
+                 ids=n, H=H)
 
     def add_norm(self, x, y, nadd: int, w, h, eps: float, rows: int | None = None, h32=None) -> None:
         """x[r] += sum_{j<nadd} y[r*nadd+j]; h[r] = rmsnorm(x[r]) * w, for the first `rows` rows;

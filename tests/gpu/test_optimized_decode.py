@@ -218,6 +218,10 @@ def test_argmax_rows_matches_numpy_with_ties(DK, B, V, rng):
         run(lambda: DK.argmax_rows(logits, ids, scratch))
         assert ids.tolist() == want
     assert scratch.count.tolist() == [0] * B
+    for sc in (None, scratch):  # with `advance`, each row's lengths entry moves on by one in the same launch
+        ids, lens = device_ints([-1] * B), device_ints(list(range(3, 3 + B)))
+        run(lambda: DK.argmax_rows(logits, ids, sc, advance=lens))
+        assert ids.tolist() == want and lens.tolist() == list(range(4, 4 + B))
 
 
 # ----- the engine ---------------------------------------------------------------------------------------

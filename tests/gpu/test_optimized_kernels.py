@@ -55,6 +55,21 @@ def test_embedding(K, n, V, H):
     assert torch.equal(x, table[ids.long()].float())
 
 
+# H = 2048 and 4096 take the one-launch kernel, H = 96 the embedding and add_norm's general kernel
+@pytest.mark.parametrize("n,V,H", [(1, 50, 2048), (5, 300, 2048), (3, 20, 4096), (4, 30, 96)])
+def test_embedding_norm_equals_embedding_then_add_norm(K, n, V, H):
+    table = rand(V, H, dtype=K.dtype)
+    w = (1 + 0.1 * rand(H, dtype=torch.float32)).to(K.dtype)
+    ids = torch.randint(0, V, (n,), device="cuda", dtype=torch.int32)
+    x, h = poisoned(n, H, dtype=torch.float32), poisoned(n, H, dtype=K.dtype)
+    run(lambda: K.embedding_norm(ids, table, x, w, h, 1e-5))
+    x2, h2 = poisoned(n, H, dtype=torch.float32), poisoned(n, H, dtype=K.dtype)
+    run(lambda: K.embedding(ids, table, x2))
+    run(lambda: K.add_norm(x2, None, 0, w, h2, 1e-5))
+    assert torch.equal(x, x2) and torch.equal(h, h2)
+    close(h, R.rmsnorm(table[ids.long()].double(), w.double(), 1e-5), K.dtype, "norm")
+
+
 # H = 64, 96 and nadd = 9 take the general kernel; H = 2048 with up to 8 addends the vector one
 @pytest.mark.parametrize("rows,H,nadd", [(1, 64, 0), (7, 96, 1), (3, 2048, 9), (1, 2048, 0), (1, 2048, 1),
                                          (1, 2048, 4), (33, 2048, 4), (5, 2048, 3), (2, 4096, 8)])
