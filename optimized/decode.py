@@ -147,14 +147,14 @@ def decode_body(eng, D: DecodePlan) -> None:
             DK.qk_norm_rope_step(P.qkv, L["q_norm"], L["k_norm"], D.lengths, P.q, D.k[i], D.v[i], nh, nkv, hd, eps,
                                  cfg.rope_theta)
             DK.decode_attention(P.q, D.k[i], D.v[i], D.lengths, P.o, D.part_o, D.part_ml)
-            eng._mm(P.o, L["out"], P.y[:P.T])
+            eng._out_proj(i, L, P.o, P)
         else:
             if eng.use_gemv and P.T <= CONV_STEP_MAX_TOKENS:  # in_proj and the conv step in one launch
                 eng.G.conv_in_step(P.h, L["in"], L["conv_w"], D.conv[i], P.cy)
             else:
                 eng._mm(P.h, L["in"], P.bcx)
                 DK.conv_step(P.bcx, L["conv_w"], D.conv[i], P.cy)
-            eng._mm(P.cy, L["out"], P.y[:P.T])
+            eng._out_proj(i, L, P.cy, P)
 
     eng._layers(P, mix)
     eng._lm_head(P.h, P)

@@ -24,8 +24,11 @@ forward replayed from a CUDA graph per (B, S).
 At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head are weight-
 streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV
 up to 2 tokens, no sort), and up to 64 tokens a MoE layer's ffn_norm, router GEMM and routing
-are one launch (norm_route; where H > 2048, add_norm then router_topk). Option gemv=False keeps
-add_norm, cuBLAS and the grouped GEMM there (for comparison).
+are one launch (norm_route; where H > 2048, add_norm then router_topk). At 1-2 tokens (decode)
+the router is folded through the mixer's out_proj instead (weights.fold_routers): the out_proj
+launch also computes the logits' two partial sums and a one-block norm_route_folded only scales
+and routes them (fold_router). Option gemv=False keeps add_norm, cuBLAS and the grouped GEMM there
+(for comparison).
 
 cuBLAS (torch.mm) does the plain dense GEMMs; in fp32 with TF32 off, in bf16 with fp32
 accumulation (reduced-precision reductions off). With option tf32x3 (fp32, off by default),
@@ -79,7 +82,7 @@ from harness.reference import check_tokens
 
 from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompts
 from .decode_kernels import DecodeKernels, attention_splits
-from .gemv import GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
+from .gemv import FOLDED_ROUTER_PARTS, GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
 from .logits_download import LogitsDownload
 from .split_tf32 import TF32X3_CHUNKS, TF32X3_MIN_ROWS, SplitTF32
@@ -130,6 +133,8 @@ class Plan:
         self.act_dense = e(T, cfg.intermediate_size)
         self.h32 = e(T, H, dt=torch.float32)  # fp32 router input
         self.router = e(T, cfg.num_experts, dt=torch.float32)
+        # the folded router's partial logits (1-2 tokens; GemvKernels.out_router)
+        self.r = e(min(T, 2), 2 * cfg.num_experts, FOLDED_ROUTER_PARTS, dt=torch.float32)
         self.idx = e(T, k, dt=torch.int32)
         self.wts = e(T, k, dt=torch.float32)
         self.sorted_pair = e(self.npairs, dt=torch.int32)
@@ -165,6 +170,7 @@ class OptimizedEngine(Engine):
         self.max_batch, self.max_tokens, self.use_graphs = int(max_batch), int(max_tokens), bool(graphs)
         self.max_len = int(max_len)
         self.use_gemv = bool(gemv)
+        self.fold_router = True  # 1-2 tokens: the MoE router folded through out_proj (False: norm_route; for A/B)
         self.stream_decode = bool(stream_decode)  # harness.generation's greedy_generate streams (greedy_steps)
         self._closed = False
         self.DK: DecodeKernels | None = None  # compiled at the first prefill
@@ -191,6 +197,8 @@ class OptimizedEngine(Engine):
         self.tf32x3_min_rows = max(1, int(tf32x3_min_rows))
         self._x3: torch.Tensor | None = None
         self.W = PackedWeights(checkpoint, self.tdtype, self.tdev, self.counters, progress, tf32x3=self.X3 is not None)
+        if self.use_gemv:
+            self.W.fold_routers()
         torch.cuda.synchronize(self.tdev)
         self.counters.extra["resident_weight_bytes"] = self.W.nbytes()
         self.head_out_fp32 = self._probe_mm_out_dtype()
@@ -249,13 +257,13 @@ class OptimizedEngine(Engine):
                 if fill is not None:
                     fill.keep_kv(i, P.k, P.v)
                 K.attention(P.q, P.k, P.v, P.o, P.B, P.S, nh, nkv, hd)
-                self._mm(P.o, L["out"], P.y[:T])
+                self._out_proj(i, L, P.o, P)
             else:
                 self._mm(P.h, L["in"], P.bcx)
                 if fill is not None:
                     fill.keep_conv(i, P.bcx)
                 K.shortconv(P.bcx, L["conv_w"], P.cy, P.S)
-                self._mm(P.cy, L["out"], P.y[:T])
+                self._out_proj(i, L, P.cy, P)
 
         self._layers(P, mix)
         if fill is None:
@@ -303,12 +311,31 @@ class OptimizedEngine(Engine):
         self._mm(P.act_dense, L["w2"], P.y[:T])
         return 1
 
+    def _folded(self, P: Plan, L: dict) -> bool:
+        """Whether layer L's router runs folded through its out_proj (optimized/gemv.cu's
+        norm_route_folded): a MoE layer of 1-2 tokens on the GEMV path."""
+        cfg = self.config
+        return ("router_M" in L and self.fold_router and self.use_gemv
+                and self.G.folds_router(P.T, cfg.hidden_size, cfg.num_experts)
+                and self.G.takes(P.cy, L["out"], P.y[:P.T]))
+
+    def _out_proj(self, i: int, L: dict, a: torch.Tensor, P: Plan) -> None:
+        """The mixer's out_proj of a [T, H] into P.y; where the router is folded, the same launch
+        leaves its partial logits in P.r."""
+        if self._folded(P, L):
+            self.G.out_router(a, L["out"], P.y[:P.T], L["router_M"], L["router_Gw"], P.x, P.r[:P.T])
+        else:
+            self._mm(a, L["out"], P.y[:P.T])
+
     def _ffn_norm(self, P: Plan, L: dict, moe: bool) -> None:
         """x += the mixer's output; h = ffn_norm(x); on a MoE layer also the routing (P.idx, P.wts):
         one launch up to 64 tokens (norm_route), else add_norm then the router."""
         cfg, K, G, T = self.config, self.K, self.G, P.T
         route = (cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
         small = moe and self.use_gemv and T <= ROUTER_MAX_TOKENS
+        if self._folded(P, L):  # the logits' partial sums came with out_proj (_out_proj)
+            G.norm_route_folded(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, P.r[:T], L["bias"], *route)
+            return
         if small and G.norm_route_takes(cfg.hidden_size, cfg.num_experts):
             G.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route)
             return

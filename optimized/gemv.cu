@@ -112,6 +112,63 @@ __device__ void gemv(const T* x, int ldx, const T* W, O* y, int ldy, int N, int 
     }
 }
 
+// ----- the mixer's out_proj with the router folded through it (1-2 tokens; see norm_route_folded) -----
+// Blocks below nout are gemv's (y = W a); the others compute the partial logits: r[b, q, p] = row q of
+// [M ; Gw] (fp32, 2E rows of K) dotted with a_b (q < E) or x_b (q >= E) over the p-th of FR_PARTS
+// slices of K, a warp per (row, slice), its weights in registers before the PDL wait. A row in one
+// warp took two dependent passes and made the launch longer than the out_proj alone (call 10).
+#define FR_Q 4      // float4 chunks of a slice per lane and pass: one pass for K = 2048
+#define FR_PARTS 4  // slices of K per folded-router row
+template <typename T> __device__ __forceinline__ float4 load4f(const T* p);
+template <> __device__ __forceinline__ float4 load4f<float>(const float* p) { return *reinterpret_cast<const float4*>(p); }
+template <> __device__ __forceinline__ float4 load4f<bf16>(const bf16* p)
+{
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+template <typename T, int NB>
+__device__ void folded_router_rows(const float* M, const float* Gw, const T* a, int lda, const float* x, float* r,
+                                   int E, int K, int warp0)
+{
+    const int lane = threadIdx.x & 31, g = warp0 + (threadIdx.x >> 5), q = g / FR_PARTS, part = g % FR_PARTS;
+    if (q >= 2 * E) return;
+    const bool on_a = q < E;  // M . a (the out_proj's input) or Gw . x (the residual)
+    const int nch = K / 4 / FR_PARTS, c0 = part * nch;  // this slice's float4 chunks
+    const float4* w4 = reinterpret_cast<const float4*>((on_a ? M : Gw) + (size_t)(on_a ? q : q - E) * K) + c0;
+    float acc[NB] = {};
+    for (int base = 0; base < nch; base += 32 * FR_Q) {
+        float4 wc[FR_Q];
+#pragma unroll
+        for (int u = 0; u < FR_Q; ++u) {
+            const int c = base + u * 32 + lane;
+            wc[u] = c < nch ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        if (base == 0) {
+            pdl_wait();
+            pdl_trigger();
+        }
+#pragma unroll
+        for (int u = 0; u < FR_Q; ++u) {
+            const int c = base + u * 32 + lane;
+            if (c < nch) {
+#pragma unroll
+                for (int b = 0; b < NB; ++b) {
+                    const int col = 4 * (c0 + c);
+                    const float4 v = on_a ? load4f<T>(a + (size_t)b * lda + col) : load4f<float>(x + (size_t)b * K + col);
+                    acc[b] = fmaf(wc[u].x, v.x, fmaf(wc[u].y, v.y, fmaf(wc[u].z, v.z, fmaf(wc[u].w, v.w, acc[b]))));
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        const float s = warp_sum(acc[b]);
+        if (lane == 0) r[((size_t)b * 2 * E + q) * FR_PARTS + part] = s;
+    }
+}
+
 template <typename T>
 __device__ void moe_gemv_gateup(const T* h, const T* w13, T* act, const int* idx, int topk, int N, int K)
 {
@@ -352,6 +409,56 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
     }
 }
 
+// ----- ffn_norm + routing with the router folded through the mixer's out_proj (1-2 tokens) -------------
+// The router logits of a token are rstd * G_w . v with G_w = gate * ffn_norm weight (per column) and
+// v = x + y, y = W_out . a the mixer's out_proj of a. So G_w . v = G_w . x + M . a with M = G_w @ W_out
+// (both made at load): gemv_out_router computes them in FR_PARTS slices each, r[t, q, p] (rows q < E of
+// M . a_t, then E rows of G_w . x_t), beside y in the out_proj launch, and what is left after it needs
+// only rstd: one block, no router weights, no hand-off between blocks. (y here is unrounded: the
+// logits are fp32 sums in another order than rstd * G_w . (x + y_T).)
+template <typename T>
+__device__ void norm_route_folded(float* x, const T* y, const T* w, T* h, float eps, const float* r,
+                                  const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,
+                                  float* wts, int ntok)
+{
+    __shared__ float partial[32];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, c0 = tid * 8;
+    const float bias_lane = lane < E ? bias[lane] : 0.f;
+    float wv[8];
+    load8<T>(w + c0, wv);
+    pdl_wait();
+    pdl_trigger();
+    float v[NRS_MAXT][8], rstd[NRS_MAXT];
+#pragma unroll
+    for (int t = 0; t < NRS_MAXT; ++t) {
+        if (t < ntok) {
+            const float ss = add_rows8<T, 1>(x + (size_t)t * H + c0, y + (size_t)t * H + c0, H, v[t]);
+            rstd[t] = rsqrtf(block_sum(ss, partial) / H + eps);
+        }
+    }
+    if (warp < ntok) {
+        const float* rm = r + ((size_t)warp * 2 * E + lane) * FR_PARTS;  // M . a's slices of expert `lane`
+        const float* rg = rm + (size_t)E * FR_PARTS;                       // Gw . x's
+        float sm = 0.f, sg = 0.f;
+        if (lane < E) {
+#pragma unroll
+            for (int p = 0; p < FR_PARTS; ++p) {
+                sm += rm[p];
+                sg += rg[p];
+            }
+        }
+        const float lg = lane < E ? (warp ? rstd[1] : rstd[0]) * (sm + sg) : 0.f;
+        route_token32(lg, bias_lane, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k, lane);
+    }
+#pragma unroll
+    for (int t = 0; t < NRS_MAXT; ++t) {
+        if (t < ntok) {
+            store8<float>(x + (size_t)t * H + c0, v[t]);
+            store_normed8<T>(h + (size_t)t * H + c0, wv, v[t], rstd[t]);
+        }
+    }
+}
+
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define GEMV_KERNEL(NAME, T, O)                                                                                 \
     extern "C" __global__ void __launch_bounds__(GV_WARPS * 32)                                                 \
@@ -383,6 +490,22 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
         }                                                                                                       \
     }
 
+#define OUT_ROUTER_KERNEL(SUF, T)                                                                               \
+    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32) gemv_out_router_##SUF(                          \
+        const T* a, int lda, const T* W, T* y, int N, int K, int nb, const float* M, const float* Gw,             \
+        const float* x, float* r, int E)                                                                        \
+    {                                                                                                           \
+        const int nout = (N + GV_WARPS - 1) / GV_WARPS, row0 = ((int)blockIdx.x - nout) * GV_WARPS;             \
+        if (nb == 1) {                                                                                          \
+            if (row0 < 0) gemv<T, T, 1>(a, lda, W, y, N, N, K);                                                  \
+            else folded_router_rows<T, 1>(M, Gw, a, lda, x, r, E, K, row0);                                      \
+        } else {                                                                                                \
+            if (row0 < 0) gemv<T, T, 2>(a, lda, W, y, N, N, K);                                                  \
+            else folded_router_rows<T, 2>(M, Gw, a, lda, x, r, E, K, row0);                                      \
+        }                                                                                                       \
+    }
+OUT_ROUTER_KERNEL(bf16, bf16)
+OUT_ROUTER_KERNEL(f32, float)
 GEMV_KERNEL(gemv_bf16, bf16, bf16)
 GEMV_KERNEL(gemv_bf16_f32out, bf16, float)
 GEMV_KERNEL(gemv_f32, float, float)
@@ -405,6 +528,13 @@ NORM_ROUTE_KERNEL(f32, float)
     }
 NORM_ROUTE_SPLIT_KERNEL(bf16, bf16)
 NORM_ROUTE_SPLIT_KERNEL(f32, float)
+#define NORM_ROUTE_FOLDED_KERNEL(SUF, T)                                                                        \
+    extern "C" __global__ void __launch_bounds__(NR_MAX_H / 8) norm_route_folded_##SUF(                         \
+        float* x, const T* y, const T* w, T* h, float eps, const float* r, const float* bias, int H, int E, int k, \
+        int norm_topk, float scale, int* idx, float* wts, int ntok)                                              \
+    { norm_route_folded<T>(x, y, w, h, eps, r, bias, H, E, k, norm_topk, scale, idx, wts, ntok); }
+NORM_ROUTE_FOLDED_KERNEL(bf16, bf16)
+NORM_ROUTE_FOLDED_KERNEL(f32, float)
 #if __CUDA_ARCH__ >= 900  // thread block clusters
 #define NORM_ROUTE_CLUSTER_KERNEL(SUF, T)                                                                       \
     extern "C" __global__ void __cluster_dims__(NRC_BLOCKS, 1, 1) __launch_bounds__(NR_MAX_H / 8)               \

@@ -26,6 +26,7 @@ CONV_STEP_MAX_TOKENS = 2  # conv_in_step's nb cases
 NORM_ROUTE_MAX_H = 2048  # = NR_MAX_H: norm_route keeps the fp32 row in shared memory, H/2 threads
 NORM_ROUTE_SPLIT_MAX_TOKENS = 2  # = NRS_MAXT: norm_route_split's tokens per launch
 NORM_ROUTE_CLUSTER_BLOCKS = 4  # = NRC_BLOCKS: norm_route_cluster's thread block cluster
+FOLDED_ROUTER_PARTS = 4  # = FR_PARTS: slices of K per folded-router row (out_router's partial logits)
 ROUTER_MAX_E = 64
 MOE_GEMV_MAX_PAIRS = 8  # 2 tokens: at 4 (16 pairs) the grouped GEMM, which reads each expert once, won
 ROUTER_MAX_TOKENS = 64
@@ -50,6 +51,8 @@ class GemvKernels:
         self.k_conv_in_step = m.kernel(f"conv_in_step_{sfx}")
         self.k_norm_route = m.kernel(f"norm_route_{sfx}")
         self.k_norm_route_split = m.kernel(f"norm_route_split_{sfx}")
+        self.k_norm_route_folded = m.kernel(f"norm_route_folded_{sfx}")
+        self.k_out_router = m.kernel(f"gemv_out_router_{sfx}")
         # thread block clusters (sm_90+): norm_route_split's hand-off through one cluster's shared memory
         self.k_norm_route_cluster = m.kernel(f"norm_route_cluster_{sfx}") if gpu.compute_capability >= (9, 0) else None
         self.norm_route_split = True  # 1-2 tokens over several SMs (False: one block per token, for A/B)
@@ -181,9 +184,58 @@ class GemvKernels:
             self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
 
     def _split_takes(self, T: int, H: int, *vectors) -> bool:
-        """norm_route_split: 1-2 tokens, H / 8 threads in whole warps, 16-byte rows of y, w and h."""
-        return (self.norm_route_split and T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0
+        """norm_route_split: 1-2 tokens, H / 8 threads in whole warps (warp t routes token t), 16-byte
+        rows of y, w and h."""
+        return (self.norm_route_split and T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0 and H // 256 >= T
                 and all(_aligned(t) for t in vectors))
+
+    # ----- the router folded through the mixer's out_proj ----------------------------------------------------
+    def folds_router(self, T: int, H: int, E: int) -> bool:
+        """Whether out_router + norm_route_folded can replace out_proj + norm_route: 1-2 tokens, H / 8
+        threads in whole warps (<= 1024), a warp per token to route it, E <= 32 (route_token32)."""
+        return (T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0 and H <= NORM_ROUTE_MAX_H and H // 256 >= T
+                and E <= 32)
+
+    def out_router(self, a, w, y, M, Gw, x, r) -> None:
+        """y [T, N] = a [T, K] @ w [N, K]^T as gemv, and in the same launch the folded router's
+        partial logits r [T, 2E, FOLDED_ROUTER_PARTS]: [a @ M^T, x @ Gw^T] (fp32; M, Gw [E, K] fp32,
+        x [T, K] the fp32 residual) over that many slices of K, for norm_route_folded. T <= 2."""
+        _need(self.takes(a, w, y), f"out_router takes what gemv takes; got a {tuple(a.shape)}, w {tuple(w.shape)}")
+        for t, n in ((M, "M"), (Gw, "Gw"), (x, "x"), (r, "r")):
+            _dev(t, torch.float32, n)
+            _need(_aligned(t), f"{n} must start on 16 bytes")
+        (T, K), N, E = a.shape, w.shape[0], M.shape[0]
+        _need(T <= NORM_ROUTE_SPLIT_MAX_TOKENS and K % (4 * FOLDED_ROUTER_PARTS) == 0, f"out_router takes 1.."
+              f"{NORM_ROUTE_SPLIT_MAX_TOKENS} rows and K % {4 * FOLDED_ROUTER_PARTS} == 0")
+        _need(tuple(M.shape) == (E, K) and tuple(Gw.shape) == (E, K), f"M and Gw must be [E, {K}]")
+        _need(x.numel() >= T * K and r.numel() >= T * 2 * E * FOLDED_ROUTER_PARTS,
+              f"x must hold [{T}, {K}] and r [{T}, {2 * E}, {FOLDED_ROUTER_PARTS}]")
+        blocks = -(-N // GEMV_WARPS) + -(-2 * E * FOLDED_ROUTER_PARTS // GEMV_WARPS)
+        self._go(self.k_out_router, (blocks,), (GEMV_WARPS * 32,),
+                 (ptr(a), i32(a.stride(0)), ptr(w), ptr(y), i32(N), i32(K), i32(T), ptr(M), ptr(Gw), ptr(x), ptr(r),
+                  i32(E)), a=(T, K), w=(N, K), E=E)
+
+    def norm_route_folded(self, x, y, w, h, eps: float, r, bias, k: int, norm_topk: bool, scale: float, idx,
+                          wts) -> None:
+        """norm_route's outputs (x += y; h = rmsnorm(x) * w; idx, wts) from the partial logits
+        r [T, 2E, FOLDED_ROUTER_PARTS] that out_router left: logit e = rstd * (sum of r[t, e] + sum of
+        r[t, E + e]). One block; T <= 2."""
+        _dev(x, torch.float32, "x"); _dev(r, torch.float32, "r"); _dev(bias, torch.float32, "expert_bias")
+        for t, n in ((y, "y"), (w, "ffn_norm weight"), (h, "h")):
+            _dev(t, self.dtype, n)
+            _need(_aligned(t), f"{n} must start on 16 bytes")
+        _dev(idx, torch.int32, "idx"); _dev(wts, torch.float32, "wts")
+        H, E = w.numel(), bias.numel()
+        T = x.numel() // H
+        _need(self.folds_router(T, H, E) and _aligned(x), f"norm_route_folded takes 1..{NORM_ROUTE_SPLIT_MAX_TOKENS} "
+              f"rows, H % 256 == 0, H <= {NORM_ROUTE_MAX_H}, E <= 32 (got T={T}, H={H}, E={E})")
+        _need(1 <= k <= E, f"k must be 1..{E}")
+        _need(y.numel() >= T * H and h.numel() == T * H and r.numel() >= T * 2 * E * FOLDED_ROUTER_PARTS,
+              f"y, h must hold [{T}, {H}], r [{T}, {2 * E}, {FOLDED_ROUTER_PARTS}]")
+        _need(idx.numel() == T * k and wts.numel() == T * k, f"idx, wts must be [{T}, {k}]")
+        self._go(self.k_norm_route_folded, (1,), (H // 8,),
+                 (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(r), ptr(bias), i32(H), i32(E), i32(k),
+                  i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts), i32(T)), T=T, E=E, H=H)
 
     # ----- router ------------------------------------------------------------------------------------------
     def router_topk(self, h32, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:

@@ -9,6 +9,8 @@ for its kernels (expert_bias stays fp32, model.md pitfall 3):
 | L.w13 (MoE)                | [E, 2 Im, H], per expert cat(w1_e, w3_e) | grouped gate/up GEMM         |
 | L.w2 (MoE)                 | [E, H, Im]                               | grouped down GEMM            |
 | L.conv_w                   | [H, Lc]                                  | shortconv                    |
+| L.router_Gw, L.router_M    | [E, H] fp32: gate * ffn_norm weight, and | the router folded through    |
+| (MoE, fold_routers)        | that @ out_proj (made in float64)        | out_proj at 1-2 tokens       |
 
 With tf32x3 (fp32 engines only) every dense projection that cuBLAS runs for more than a few rows
 (conv in/out, attention qkv/out, the dense FFN's w13/w2) is also kept split for the 3xTF32 GEMM,
@@ -109,6 +111,17 @@ class PackedWeights:
         """The 3xTF32 split [wl | wh] of weight w (one of this object's tensors), or None."""
         wx = self._split.get(w.data_ptr())
         return wx if wx is not None and tuple(wx.shape) == (w.shape[0], 2 * w.shape[1]) else None
+
+    def fold_routers(self) -> None:
+        """L.router_Gw and L.router_M for every MoE layer: the router's logits of a token are
+        rstd * Gw . (x + out_proj(a)) = rstd * (Gw . x + M . a), so the out_proj launch can compute
+        them beside its output and the ffn_norm after it only scales (gemv.cu's norm_route_folded).
+        22 x 2 x 256 KB for the real model."""
+        for L in self.layers:
+            if "gate" in L:
+                Gw = L["gate"].double() * L["ffn_norm"].double()[None, :]
+                L["router_Gw"] = Gw.float().contiguous()
+                L["router_M"] = (Gw @ L["out"].double()).float().contiguous()
 
     def nbytes(self) -> int:
         n = self.embed.numel() * self.embed.element_size() + self.final_norm.numel() * self.final_norm.element_size()
