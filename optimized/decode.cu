@@ -97,9 +97,22 @@ __device__ void qk_norm_rope_step(const T* qkv, const T* qw, const T* kw, const 
 // fp32 per head, and writes the unnormalised accumulator and (max, sum) of its chunk:
 // part_o [B, nh, nsplit, HD], part_ml [B, nh, nsplit, 2] (scores are in log2 units: q carries
 // scale * log2(e)). Pass 2 (decode_attention_combine) merges the used chunks into o [B, nh * HD].
+// With `step.qkv` (qk_norm_rope_step folded in: one dependent launch fewer per attention layer) the
+// queries come straight from the qkv projection [B, (nh + 2 nkv) hd]: every split norms and rotates its
+// G query heads itself (norm_rope_head, as qk_norm_rope_step: the same values), and the split holding
+// the new position writes its k (normed, rotated) and v into the caches before it loads its keys; no
+// other split reads that position. Else q holds the normed, rotated queries.
+template <typename T>
+struct QkvStep {
+    const T* qkv;
+    const T* qw;
+    const T* kw;
+    float eps, theta;
+};
 template <typename T, int HD>
-__device__ void decode_attention_partial(const T* q, const T* kc, const T* vc, const int* lengths, float* part_o,
-                                         float* part_ml, int nh, int nkv, int Lmax, int nsplit, float scale)
+__device__ void decode_attention_partial(const T* q, T* kc, T* vc, const int* lengths, float* part_o,
+                                         float* part_ml, int nh, int nkv, int Lmax, int nsplit, float scale,
+                                         QkvStep<T> step)
 {
     __shared__ float Ks[DKT * (HD + 1)];  // padded rows: thread j reads row j, no bank conflicts
     __shared__ float Vs[DKT * HD];
@@ -116,9 +129,27 @@ __device__ void decode_attention_partial(const T* q, const T* kc, const T* vc, c
     const float LOG2E = 1.4426950408889634f;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = DTHREADS / 32;
 
-    for (int i = tid; i < G * HD; i += DTHREADS) {
-        const int g = i / HD, d = i % HD;
-        qs[i] = to_f<T>(q[((size_t)b * nh + kvh * G + g) * HD + d]) * scale * LOG2E;
+    if (step.qkv) {
+        __shared__ T qn[DMAXG * HD];
+        const int pos = lengths[b];
+        const T* row = step.qkv + (size_t)b * (nh + 2 * nkv) * HD;
+        for (int g = warp; g < G; g += nwarps)
+            norm_rope_head<T>(row + (size_t)(kvh * G + g) * HD, step.qw, qn + g * HD, HD, step.eps, step.theta, pos,
+                              lane);
+        if (pos >= start && pos < end) {  // the new token's k and v, read by this split's last tile below
+            const size_t at = (((size_t)b * nkv + kvh) * Lmax + pos) * HD;
+            if (warp == 0)
+                norm_rope_head<T>(row + (size_t)(nh + kvh) * HD, step.kw, kc + at, HD, step.eps, step.theta, pos, lane);
+            else if (warp == 1)
+                for (int d = lane; d < HD; d += 32) vc[at + d] = row[(size_t)(nh + nkv + kvh) * HD + d];
+        }
+        __syncthreads();
+        for (int i = tid; i < G * HD; i += DTHREADS) qs[i] = to_f<T>(qn[i]) * scale * LOG2E;
+    } else {
+        for (int i = tid; i < G * HD; i += DTHREADS) {
+            const int g = i / HD, d = i % HD;
+            qs[i] = to_f<T>(q[((size_t)b * nh + kvh * G + g) * HD + d]) * scale * LOG2E;
+        }
     }
     if (tid < G) { m_s[tid] = -INFINITY; l_s[tid] = 0.f; }
     float acc[DACC];
@@ -237,12 +268,13 @@ extern "C" __global__ void decode_attention_combine_##SUF(const float* part_o, c
 
 #define INSTANTIATE_ATTN(SUF, T, HD)                                                                           \
 extern "C" __global__ void __launch_bounds__(DTHREADS) decode_attention_##SUF##_hd##HD(                       \
-    const T* q, const T* kc, const T* vc, const int* lengths, float* part_o, float* part_ml, int nh, int nkv,  \
-    int Lmax, int nsplit, float scale)                                                                         \
+    const T* q, T* kc, T* vc, const int* lengths, float* part_o, float* part_ml, int nh, int nkv, int Lmax,    \
+    int nsplit, float scale, const T* qkv, const T* qw, const T* kw, float eps, float theta)                   \
 {                                                                                                              \
     pdl_wait();                                                                                                \
     pdl_trigger();                                                                                             \
-    decode_attention_partial<T, HD>(q, kc, vc, lengths, part_o, part_ml, nh, nkv, Lmax, nsplit, scale);        \
+    decode_attention_partial<T, HD>(q, kc, vc, lengths, part_o, part_ml, nh, nkv, Lmax, nsplit, scale,         \
+                                    {qkv, qw, kw, eps, theta});                                                \
 }
 
 INSTANTIATE(f32, float)

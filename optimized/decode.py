@@ -20,8 +20,8 @@ runs on each sequence's own last real row; lengths = the real lengths. Decode at
 positions < lengths[b] + 1, so padded slots are never read and are overwritten as it goes.
 
 The decode step (decode_body) is the forward's layer loop for T = B tokens with the decode mixers
-(in_proj GEMM + conv_step, one conv_in_step launch at B <= 2; fused qkv GEMM + qk_norm_rope_step
-+ decode_attention + out GEMM); the FFN/MoE, norms and LM head are the engine's own helpers. Its
+(in_proj GEMM + conv_step, one conv_in_step launch at B <= 2; fused qkv GEMM, decode attention with
+the q/k norm and RoPE in it, out GEMM); the FFN/MoE, norms and LM head are the engine's own helpers. Its
 last launch (the argmax) also advances lengths on the device, so the step is captured once as a
 CUDA graph per decode plan and replayed.
 
@@ -139,14 +139,13 @@ def decode_body(eng, D: DecodePlan) -> None:
     sequence in D.work.logits_f32 and their argmax in D.next_ids (= D.work.ids, the next step's
     input), caches extended by one position, lengths advanced."""
     cfg, DK, P = eng.config, eng.DK, D.work
-    nh, nkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.norm_eps
+    eps = cfg.norm_eps
 
     def mix(i: int, L: dict) -> None:
         if cfg.is_attention(i):
             eng._mm(P.h, L["qkv"], P.qkv)
-            DK.qk_norm_rope_step(P.qkv, L["q_norm"], L["k_norm"], D.lengths, P.q, D.k[i], D.v[i], nh, nkv, hd, eps,
-                                 cfg.rope_theta)
-            DK.decode_attention(P.q, D.k[i], D.v[i], D.lengths, P.o, D.part_o, D.part_ml)
+            DK.qkv_decode_attention(P.qkv, L["q_norm"], L["k_norm"], D.lengths, D.k[i], D.v[i], P.o, D.part_o,
+                                    D.part_ml, eps, cfg.rope_theta)
             eng._out_proj(i, L, P.o, P)
         else:
             if eng.use_gemv and P.T <= CONV_STEP_MAX_TOKENS:  # in_proj and the conv step in one launch

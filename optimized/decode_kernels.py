@@ -116,7 +116,27 @@ class DecodeKernels:
     def decode_attention(self, q, kc, vc, lengths, o, part_o, part_ml) -> None:
         """o [B, nh * hd] = softmax(q K^T / sqrt(hd)) V over cache positions 0..lengths[b], GQA, in
         part_o.shape[2] splits per (sequence, kv head) merged by a second launch."""
-        for t, n in ((q, "q"), (kc, "k cache"), (vc, "v cache"), (o, "o")):
+        _dev(q, self.dtype, "q")
+        nh = part_o.shape[1] if part_o.dim() == 4 else 0
+        B = kc.shape[0] if kc.dim() == 4 else 0
+        _need(q.numel() == B * nh * kc.shape[-1], f"q must hold [{B}, {nh}, {kc.shape[-1]}]")
+        self._attention(q, kc, vc, lengths, o, part_o, part_ml, (ptr(None),) * 3 + (f32(0.0), f32(0.0)))
+
+    def qkv_decode_attention(self, qkv, qw, kw, lengths, kc, vc, o, part_o, part_ml, eps: float, theta: float) -> None:
+        """qk_norm_rope_step and decode_attention in one pass-1 launch: the queries normed and rotated
+        from the qkv projection [B, (nh + 2 nkv) hd] inside the attention blocks, the new k and v
+        written to the caches at lengths[b] by the split that reads them (decode.cu). The same
+        values as the two launches."""
+        for t, n in ((qkv, "qkv"), (qw, "q_norm"), (kw, "k_norm")):
+            _dev(t, self.dtype, n)
+        B, nkv, hd = (kc.shape[0], kc.shape[1], kc.shape[3]) if kc.dim() == 4 else (0, 0, 0)
+        nh = part_o.shape[1] if part_o.dim() == 4 else 0
+        _need(qkv.numel() == B * (nh + 2 * nkv) * hd, f"qkv must hold [{B}, {(nh + 2 * nkv) * hd}]")
+        _need(qw.numel() == hd and kw.numel() == hd, f"q_norm and k_norm must be [{hd}]")
+        self._attention(None, kc, vc, lengths, o, part_o, part_ml, (ptr(qkv), ptr(qw), ptr(kw), f32(eps), f32(theta)))
+
+    def _attention(self, q, kc, vc, lengths, o, part_o, part_ml, step: tuple) -> None:
+        for t, n in ((kc, "k cache"), (vc, "v cache"), (o, "o")):
             _dev(t, self.dtype, n)
         _dev(part_o, torch.float32, "part_o"); _dev(part_ml, torch.float32, "part_ml")
         _need(kc.dim() == 4 and vc.shape == kc.shape, "caches must be [B, nkv, Lmax, hd], both the same shape")
@@ -128,11 +148,12 @@ class DecodeKernels:
         nh, nsplit = part_o.shape[1], part_o.shape[2]
         _need(nh % nkv == 0 and nh // nkv <= DECODE_MAXG, f"{nh} query heads over {nkv} kv heads: the GQA group "
               f"must be whole and at most {DECODE_MAXG}")
-        _need(q.numel() == B * nh * hd and o.numel() >= B * nh * hd, f"q and o must hold [{B}, {nh}, {hd}]")
+        _need(o.numel() >= B * nh * hd, f"o must hold [{B}, {nh}, {hd}]")
         _need(tuple(part_ml.shape) == (B, nh, nsplit, 2), f"part_ml must be [{B}, {nh}, {nsplit}, 2]")
         self._go(self.k_attn[hd], (nsplit, nkv, B), (DECODE_THREADS,),
                  (ptr(q), ptr(kc), ptr(vc), ptr(lengths), ptr(part_o), ptr(part_ml), i32(nh), i32(nkv), i32(Lmax),
-                  i32(nsplit), f32(hd ** -0.5)), B=B, heads=(nh, nkv, hd), Lmax=Lmax, nsplit=nsplit)
+                  i32(nsplit), f32(hd ** -0.5), *step), B=B, heads=(nh, nkv, hd), Lmax=Lmax, nsplit=nsplit,
+                 fused=q is None)
         warps = B * nh
         self._go(self.k_combine, ((warps * 32 + 255) // 256,), (256,),
                  (ptr(part_o), ptr(part_ml), ptr(lengths), ptr(o), i32(B), i32(nh), i32(hd), i32(Lmax), i32(nsplit)),

@@ -247,7 +247,7 @@ class OptimizedEngine(Engine):
         decode.PrefillFill) it is a prefill: K/V and conv state go to the generation caches and
         the LM head runs on each sequence's own last real row."""
         cfg, K = self.config, self.K
-        T, H = P.T, cfg.hidden_size
+        H = cfg.hidden_size
         nh, nkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.norm_eps
 
         def mix(i: int, L: dict) -> None:

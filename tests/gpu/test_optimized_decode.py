@@ -187,6 +187,40 @@ def test_decode_attention(DK, B, nh, nkv, hd, Lmax, nsplit, rng):
     close(o, naive_decode_attention(q, kc, vc, lengths), DK.dtype, f"decode attention, lengths {lengths}")
 
 
+# nsplit 1, several, and more than the keys' tiles; the new position inside a later split
+@pytest.mark.parametrize("B,nh,nkv,hd,Lmax,nsplit", [(1, 32, 8, 64, 300, 33), (3, 6, 2, 16, 20, 1),
+                                                     (2, 8, 2, 32, 200, 3)])
+def test_qkv_decode_attention_equals_the_two_launches(DK, B, nh, nkv, hd, Lmax, nsplit, rng):
+    """qkv_decode_attention (q/k norm + RoPE inside the attention blocks, the new k and v written by
+    the split that reads them) against qk_norm_rope_step + decode_attention: the same o and the
+    same caches, bit for bit; only each sequence's new position is written."""
+    lengths = [int(rng.integers(0, Lmax)) for _ in range(B)]
+    lengths[0] = min(130, Lmax - 1)
+    slots = nh + 2 * nkv
+    qkv = rand(B, slots * hd, dtype=DK.dtype)
+    qw = (1 + 0.1 * rand(hd, dtype=torch.float32)).to(DK.dtype)
+    kw = (1 + 0.1 * rand(hd, dtype=torch.float32)).to(DK.dtype)
+    kc, vc = rand(B, nkv, Lmax, hd, dtype=DK.dtype), rand(B, nkv, Lmax, hd, dtype=DK.dtype)
+    lens = device_ints(lengths)
+    outs = []
+    for fused in (False, True):
+        k2, v2 = kc.clone(), vc.clone()
+        o = poisoned(B, nh * hd, dtype=DK.dtype)
+        part_o, part_ml = poisoned(B, nh, nsplit, hd, dtype=torch.float32), poisoned(B, nh, nsplit, 2, dtype=torch.float32)
+        if fused:
+            run(lambda: DK.qkv_decode_attention(qkv, qw, kw, lens, k2, v2, o, part_o, part_ml, 1e-5, 1e6))
+        else:
+            q = poisoned(B, nh, hd, dtype=DK.dtype)
+            run(lambda: DK.qk_norm_rope_step(qkv, qw, kw, lens, q, k2, v2, nh, nkv, hd, 1e-5, 1e6))
+            run(lambda: DK.decode_attention(q, k2, v2, lens, o, part_o, part_ml))
+        outs.append((o, k2, v2))
+    (o_a, k_a, v_a), (o_b, k_b, v_b) = outs
+    assert torch.equal(o_a, o_b) and torch.equal(k_a, k_b) and torch.equal(v_a, v_b)
+    for b, pos in enumerate(lengths):
+        others = [p for p in range(Lmax) if p != pos]
+        assert torch.equal(k_b[b][:, others], kc[b][:, others]) and torch.equal(v_b[b][:, others], vc[b][:, others])
+
+
 def test_decode_attention_refuses_unbuilt_shapes(DK):
     q = rand(1, 4, 48, dtype=DK.dtype)
     kc = rand(1, 2, 8, 48, dtype=DK.dtype)
