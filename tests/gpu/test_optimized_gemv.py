@@ -91,6 +91,19 @@ def test_dense_gateup_without_idx(G):
     close(act, torch.nn.functional.silu(g) * u, G.dtype, "dense gate/up")
 
 
+def check_routing(idx, wts, s, bias, k: int, scale: float) -> None:
+    """idx / wts against float64 sigmoid scores s [T, E]: the top k of s + bias on the tokens whose
+    k-th choice is not a near tie, and the chosen experts' weights renormalised and scaled."""
+    score = s + bias.double()
+    top = torch.topk(score, k + 1, dim=-1).values
+    clear = (top[:, k - 1] - top[:, k]) > 1e-5
+    assert clear.any()
+    want_idx = torch.topk(score, k, dim=-1).indices
+    assert torch.equal(idx.long().sort(1).values[clear], want_idx.sort(1).values[clear])
+    wsel = torch.gather(s, 1, idx.long())
+    close(wts, scale * wsel / (wsel.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
+
+
 @pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (4, 32, 4, 2048), (64, 32, 4, 2048), (5, 64, 8, 64),
                                      (2, 8, 2, 24)])
 def test_router_topk(G, T, E, k, H):
@@ -99,15 +112,7 @@ def test_router_topk(G, T, E, k, H):
     bias = rand(E, dtype=torch.float32, scale=0.05)
     idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
     run(lambda: G.router_topk(h32, gate, bias, k, True, 2.5, idx, wts))
-    s = torch.sigmoid(h32.double() @ gate.double().T)
-    score = s + bias.double()
-    top = torch.topk(score, k + 1, dim=-1).values
-    clear = (top[:, k - 1] - top[:, k]) > 1e-5  # tokens whose k-th choice is not a near tie
-    want_idx = torch.topk(score, k, dim=-1).indices
-    assert clear.any()
-    assert torch.equal(idx.long().sort(1).values[clear], want_idx.sort(1).values[clear])
-    w = torch.gather(s, 1, idx.long())
-    close(wts, 2.5 * w / (w.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
+    check_routing(idx, wts, torch.sigmoid(h32.double() @ gate.double().T), bias, k, 2.5)
 
 
 @pytest.fixture(params=["cluster", "split", "block_per_token"])
@@ -151,14 +156,7 @@ def test_norm_route(G, T, E, k, H, split):
     normed = x0 * torch.rsqrt((x0 * x0).mean(-1, keepdim=True) + 1e-5) * w.double()
     close(h, normed, G.dtype, "h")
     s = torch.sigmoid(normed @ gate.double().T)
-    score = s + bias.double()
-    top = torch.topk(score, k + 1, dim=-1).values
-    clear = (top[:, k - 1] - top[:, k]) > 1e-5
-    assert clear.any()
-    want_idx = torch.topk(score, k, dim=-1).indices
-    assert torch.equal(idx.long().sort(1).values[clear], want_idx.sort(1).values[clear])
-    wsel = torch.gather(s, 1, idx.long())
-    close(wts, 1.5 * wsel / (wsel.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
+    check_routing(idx, wts, s, bias, k, 1.5)
 
 
 @pytest.mark.parametrize("T,N,K,E", [(1, 2048, 2048, 32), (2, 2048, 2048, 32), (2, 100, 256, 5), (1, 64, 4096, 8)])
@@ -196,14 +194,7 @@ def test_norm_route_folded(G, T, E, k, H):
     close(h, x0 * rstd * w.double(), G.dtype, "h")
     rs = r.double().sum(-1)
     s = torch.sigmoid(rstd * (rs[:, :E] + rs[:, E:]))
-    score = s + bias.double()
-    top = torch.topk(score, k + 1, dim=-1).values
-    clear = (top[:, k - 1] - top[:, k]) > 1e-5
-    assert clear.any()
-    want_idx = torch.topk(score, k, dim=-1).indices
-    assert torch.equal(idx.long().sort(1).values[clear], want_idx.sort(1).values[clear])
-    wsel = torch.gather(s, 1, idx.long())
-    close(wts, 1.5 * wsel / (wsel.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
+    check_routing(idx, wts, s, bias, k, 1.5)
 
 
 @pytest.mark.parametrize("B,H,L", [(1, 2048, 3), (2, 2048, 3), (1, 64, 3), (2, 96, 4), (1, 32, 2)])
@@ -233,6 +224,15 @@ def small_ckpt(gpu):
     return checkpoint_for("small", seed=3)
 
 
+def assert_close_outputs(got, want, tol: float) -> None:
+    """Two engines' outputs, pairwise: max and mean abs difference within tol (mean tol / 5) of the
+    larger of 1 and the output's scale."""
+    for i, (a, b) in enumerate(zip(got, want)):
+        scale = max(1.0, float(np.abs(b).max()))
+        err, mean = float(np.abs(a - b).max()) / scale, float(np.abs(a - b).mean()) / scale
+        assert err <= tol and mean <= tol / 5, f"output {i}: max {err:.3g}, mean {mean:.3g} of scale {scale:.3g}"
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_engine_gemv_path_matches_cublas_path(gpu, small_ckpt, dtype):
     """1x3 and 4x1 forwards and a batch-2 decode take the GEMV kernels; their logits equal the
@@ -255,10 +255,7 @@ def test_engine_gemv_path_matches_cublas_path(gpu, small_ckpt, dtype):
             outs[gemv] = got
         finally:
             eng.close()
-    for i, (a, b) in enumerate(zip(outs[True], outs[False])):
-        scale = max(1.0, float(np.abs(b).max()))
-        err, mean = float(np.abs(a - b).max()) / scale, float(np.abs(a - b).mean()) / scale
-        assert err <= tol and mean <= tol / 5, f"output {i}: max {err:.3g}, mean {mean:.3g} of scale {scale:.3g}"
+    assert_close_outputs(outs[True], outs[False], tol)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -286,10 +283,7 @@ def test_folded_router_matches_norm_route(gpu, small_ckpt, dtype):
             outs[fold] = got
         finally:
             eng.close()
-    for i, (a, b) in enumerate(zip(outs[True], outs[False])):
-        scale = max(1.0, float(np.abs(b).max()))
-        err, mean = float(np.abs(a - b).max()) / scale, float(np.abs(a - b).mean()) / scale
-        assert err <= tol and mean <= tol / 5, f"output {i}: max {err:.3g}, mean {mean:.3g} of scale {scale:.3g}"
+    assert_close_outputs(outs[True], outs[False], tol)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
