@@ -19,6 +19,11 @@
 //   conv_in_step_<sfx>(h, w_in, conv_w, state, y, H, L, nb)   ShortConv in_proj + decode step, nb <= 2;
 //   norm_route_<sfx>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       ffn_norm (one addend) and the router in one block per token (H <= 2048);
+//   norm_route_split_<sfx>, norm_route_cluster_<sfx>(..., ntok[, logits_g, count])
+//       the same for 1-2 tokens over E / (H / 256) blocks (cluster: sm_90, one thread block cluster);
+//   gemv_out_router_<sfx>(a, lda, W, y, N, K, nb, M, Gw, x, r, E) + norm_route_folded_<sfx>(...)
+//       the decode step's MoE router folded through the mixer's out_proj: the out_proj launch also
+//       leaves the logits' partial sums, and one block norms, scales and routes;
 //   router_topk(h32, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       one block per token: the E fp32 router logits into shared memory, then route_token's
 //       biased top-k, replacing a cuBLAS GEMV (2 launches) and the route launch.
