@@ -19,8 +19,7 @@
 //   conv_in_step_<sfx>(h, w_in, conv_w, state, y, H, L, nb)   ShortConv in_proj + decode step, nb <= 2;
 //   norm_route_<sfx>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       ffn_norm (one addend) and the router in one block per token (H <= 2048);
-//   norm_route_split_<sfx>, norm_route_cluster_<sfx>(..., ntok[, logits_g, count])
-//       the same for 1-2 tokens over E / (H / 256) blocks (cluster: sm_90, one thread block cluster);
+//   norm_route_split_<sfx>(..., ntok, logits_g, count)   the same for 1-2 tokens over E / (H / 256) blocks;
 //   gemv_out_router_<sfx>(a, lda, W, y, N, K, nb, M, Gw, x, r, E) + norm_route_folded_<sfx>(...)
 //       the decode step's MoE router folded through the mixer's out_proj: the out_proj launch also
 //       leaves the logits' partial sums, and one block norms, scales and routes;
@@ -31,7 +30,6 @@
 // launchers in gemv.py check it.
 #include "common.cuh"
 #include "route.cuh"
-#include <cooperative_groups.h>
 
 #define GV_WARPS 8   // output columns (warps) per block
 #define GV_U 8       // 16-byte chunks of one weight row each lane has in flight
@@ -316,31 +314,38 @@ __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, co
 // leaving it out of the batch-1 decode graph saved 7.7 us per MoE layer (session 6). Here warp w of
 // block b owns expert e = b * nwarps + w and has its whole router row in registers before pdl_wait;
 // then every block norms the rows (8 columns per thread: add_norm_vec8's layout, norm_route's
-// roundings) and dots them with its experts' rows. Then one block must see every logit, route each
-// token and write x and h (only it writes x: every block reads the old x until all are done):
-// - COUNT (norm_route_split): the logits go to `logits_g`; the last block to finish (an atomic
-//   `count`, which it puts back to 0) reads them back from L2 and routes with route_token;
-// - CLUSTER (norm_route_cluster, sm_90, NRC_BLOCKS blocks): the blocks are one thread block cluster;
-//   the logits stay in each block's shared memory, one cluster barrier publishes them, and block 0
-//   reads them through distributed shared memory and routes with route_token32. That hand-off
-//   (fence, atomic, L2 round trip, k dependent pick rounds) cost ~3 us per batch-1 MoE layer
-//   (probe, session 10).
+// roundings), dots them with its experts' rows and leaves the logits in `logits_g`; the last block
+// to finish (`count`, which it puts back to 0) routes each token and writes x and h. Only that block
+// writes x: every block reads the old x until the count says all of them are done. (Session 10 made
+// this hand-off through a thread block cluster, -12 us per batch-1 step, then replaced both with the
+// router folded through out_proj below; this kernel stays for the other shapes and for A/B.)
 #define NRS_MAXT 2   // tokens per launch
 #define NRS_Q 16     // float4 chunks of a router row per lane: H <= 32 * 4 * NRS_Q = NR_MAX_H
-#define NRC_BLOCKS 4 // the cluster: E <= NRC_BLOCKS * H / 256 and E <= 32 (the real model: 32 experts, H = 2048)
-template <typename T, bool CLUSTER>
+// x[t] = v[t] and h[t] = rmsnorm(v[t]) * w for this thread's 8 columns c0.. of ntok rows
+template <typename T>
+__device__ __forceinline__ void store_rows8(float* x, T* h, const float (&wv)[8], const float (&v)[NRS_MAXT][8],
+                                            const float (&rstd)[NRS_MAXT], int ntok, int H, int c0)
+{
+#pragma unroll
+    for (int t = 0; t < NRS_MAXT; ++t) {
+        if (t < ntok) {
+            store8<float>(x + (size_t)t * H + c0, v[t]);
+            store_normed8<T>(h + (size_t)t * H + c0, wv, v[t], rstd[t]);
+        }
+    }
+}
+template <typename T>
 __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float eps, const float* gate,
                                  const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,
                                  float* wts, int ntok, float* logits_g, unsigned* count)
 {
     __shared__ __align__(16) float nrm[NRS_MAXT][NR_MAX_H];
-    __shared__ float partial[32], logits[NRS_MAXT][64];  // COUNT: every logit; CLUSTER: this block's, by warp
+    __shared__ float partial[32], logits[NRS_MAXT][64];
     __shared__ bool last;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nwarps = blockDim.x >> 5;
-    const int e = blockIdx.x * nwarps + warp, nch = H / 4, c0 = tid * 8;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int e = blockIdx.x * (blockDim.x >> 5) + warp, nch = H / 4, c0 = tid * 8;
     float4 wr[NRS_Q];
     load_row_f4(wr, reinterpret_cast<const float4*>(gate) + (size_t)min(e, E - 1) * nch, 0, nch, lane);
-    const float bias_lane = CLUSTER && lane < E ? bias[lane] : 0.f;  // CLUSTER's routing (E <= 32)
     pdl_wait();
     pdl_trigger();
 
@@ -363,55 +368,24 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
                 float acc = 0.f;
                 fma_row_f4(acc, wr, reinterpret_cast<const float4*>(nrm[t]), 0, nch, lane);
                 acc = warp_sum(acc);
-                if (lane == 0) {
-                    if (CLUSTER)
-                        logits[t][warp] = acc;
-                    else
-                        logits_g[t * E + e] = acc;
-                }
+                if (lane == 0) logits_g[t * E + e] = acc;
             }
         }
     }
-    if (CLUSTER) {
-#if __CUDA_ARCH__ >= 900
-        namespace cg = cooperative_groups;
-        const cg::cluster_group cluster = cg::this_cluster();
-        cluster.sync();  // every block's logits are in its shared memory
-        if (blockIdx.x != 0) {  // stay alive (and the shared memory valid) until block 0 has read it
-            cluster.sync();
-            return;
-        }
-        const float lg = warp < ntok && lane < E ? *cluster.map_shared_rank(&logits[warp][lane % nwarps], lane / nwarps)
-                                                 : 0.f;  // expert `lane` lives in block lane / nwarps
-        cluster.barrier_arrive();
-        if (warp < ntok)
-            route_token32(lg, bias_lane, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k, lane);
-        cluster.barrier_wait();
-#else
-        (void)bias_lane;
-#endif
-    } else {
-        __threadfence();  // this block's logits reach L2 before the count says so
-        __syncthreads();
-        if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
-        __syncthreads();
-        if (!last) return;
-        __threadfence();
-        if (warp < ntok) {
-            for (int j = lane; j < E; j += 32) logits[warp][j] = __ldcg(logits_g + warp * E + j);  // other blocks wrote them
-            __syncwarp();
-            route_token<float>(logits[warp], bias, E, k, norm_topk, scale, idx + (size_t)warp * k,
-                               wts + (size_t)warp * k, lane);
-        }
-        if (tid == 0) *count = 0;
+    __threadfence();  // this block's logits reach L2 before the count says so
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    store_rows8<T>(x, h, wv, v, rstd, ntok, H, c0);
+    if (warp < ntok) {
+        for (int j = lane; j < E; j += 32) logits[warp][j] = __ldcg(logits_g + warp * E + j);  // L2: other blocks wrote them
+        __syncwarp();
+        route_token<float>(logits[warp], bias, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k,
+                           lane);
     }
-#pragma unroll
-    for (int t = 0; t < NRS_MAXT; ++t) {
-        if (t < ntok) {
-            store8<float>(x + (size_t)t * H + c0, v[t]);
-            store_normed8<T>(h + (size_t)t * H + c0, wv, v[t], rstd[t]);
-        }
-    }
+    if (tid == 0) *count = 0;
 }
 
 // ----- ffn_norm + routing with the router folded through the mixer's out_proj (1-2 tokens) -------------
@@ -455,13 +429,7 @@ __device__ void norm_route_folded(float* x, const T* y, const T* w, T* h, float 
         const float lg = lane < E ? (warp ? rstd[1] : rstd[0]) * (sm + sg) : 0.f;
         route_token32(lg, bias_lane, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k, lane);
     }
-#pragma unroll
-    for (int t = 0; t < NRS_MAXT; ++t) {
-        if (t < ntok) {
-            store8<float>(x + (size_t)t * H + c0, v[t]);
-            store_normed8<T>(h + (size_t)t * H + c0, wv, v[t], rstd[t]);
-        }
-    }
+    store_rows8<T>(x, h, wv, v, rstd, ntok, H, c0);
 }
 
 // ----- unmangled instantiations ---------------------------------------------------------------------
@@ -527,10 +495,7 @@ NORM_ROUTE_KERNEL(f32, float)
     extern "C" __global__ void __launch_bounds__(NR_MAX_H / 8) norm_route_split_##SUF(                          \
         float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias, int H, int E,   \
         int k, int norm_topk, float scale, int* idx, float* wts, int ntok, float* logits_g, unsigned* count)     \
-    {                                                                                                           \
-        norm_route_split<T, false>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok,       \
-                                   logits_g, count);                                                            \
-    }
+    { norm_route_split<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok, logits_g, count); }
 NORM_ROUTE_SPLIT_KERNEL(bf16, bf16)
 NORM_ROUTE_SPLIT_KERNEL(f32, float)
 #define NORM_ROUTE_FOLDED_KERNEL(SUF, T)                                                                        \
@@ -540,19 +505,6 @@ NORM_ROUTE_SPLIT_KERNEL(f32, float)
     { norm_route_folded<T>(x, y, w, h, eps, r, bias, H, E, k, norm_topk, scale, idx, wts, ntok); }
 NORM_ROUTE_FOLDED_KERNEL(bf16, bf16)
 NORM_ROUTE_FOLDED_KERNEL(f32, float)
-#if __CUDA_ARCH__ >= 900  // thread block clusters
-#define NORM_ROUTE_CLUSTER_KERNEL(SUF, T)                                                                       \
-    extern "C" __global__ void __cluster_dims__(NRC_BLOCKS, 1, 1) __launch_bounds__(NR_MAX_H / 8)               \
-        norm_route_cluster_##SUF(float* x, const T* y, const T* w, T* h, float eps, const float* gate,           \
-                                 const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,   \
-                                 float* wts, int ntok)                                                          \
-    {                                                                                                           \
-        norm_route_split<T, true>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok,        \
-                                  nullptr, nullptr);                                                            \
-    }
-NORM_ROUTE_CLUSTER_KERNEL(bf16, bf16)
-NORM_ROUTE_CLUSTER_KERNEL(f32, float)
-#endif
 CONV_IN_STEP_KERNEL(bf16, bf16)
 CONV_IN_STEP_KERNEL(f32, float)
 

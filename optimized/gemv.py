@@ -25,7 +25,6 @@ ROUTER_THREADS = 1024  # = RT_THREADS
 CONV_STEP_MAX_TOKENS = 2  # conv_in_step's nb cases
 NORM_ROUTE_MAX_H = 2048  # = NR_MAX_H: norm_route keeps the fp32 row in shared memory, H/2 threads
 NORM_ROUTE_SPLIT_MAX_TOKENS = 2  # = NRS_MAXT: norm_route_split's tokens per launch
-NORM_ROUTE_CLUSTER_BLOCKS = 4  # = NRC_BLOCKS: norm_route_cluster's thread block cluster
 FOLDED_ROUTER_PARTS = 4  # = FR_PARTS: slices of K per folded-router row (out_router's partial logits)
 ROUTER_MAX_E = 64
 MOE_GEMV_MAX_PAIRS = 8  # 2 tokens: at 4 (16 pairs) the grouped GEMM, which reads each expert once, won
@@ -53,10 +52,7 @@ class GemvKernels:
         self.k_norm_route_split = m.kernel(f"norm_route_split_{sfx}")
         self.k_norm_route_folded = m.kernel(f"norm_route_folded_{sfx}")
         self.k_out_router = m.kernel(f"gemv_out_router_{sfx}")
-        # thread block clusters (sm_90+): norm_route_split's hand-off through one cluster's shared memory
-        self.k_norm_route_cluster = m.kernel(f"norm_route_cluster_{sfx}") if gpu.compute_capability >= (9, 0) else None
         self.norm_route_split = True  # 1-2 tokens over several SMs (False: one block per token, for A/B)
-        self.norm_route_cluster = self.k_norm_route_cluster is not None  # (False: the arrival count, for A/B)
         dev = gpu.torch_device  # norm_route_split's logits and arrival count (the last block resets it)
         self._split_logits = torch.empty(NORM_ROUTE_SPLIT_MAX_TOKENS * ROUTER_MAX_E, dtype=torch.float32, device=dev)
         self._split_count = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -173,28 +169,26 @@ class GemvKernels:
         args = (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias), i32(H), i32(E), i32(k),
                 i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts))
         if self._split_takes(T, H, y, w, h):  # a warp per expert, H / 256 of them per block
-            blocks = -(-E // (H // 256))
-            if self.norm_route_cluster and E <= 32 and blocks <= NORM_ROUTE_CLUSTER_BLOCKS:
-                self._go(self.k_norm_route_cluster, (NORM_ROUTE_CLUSTER_BLOCKS,), (H // 8,), (*args, i32(T)),
-                         T=T, E=E, H=H, cluster=True)
-            else:
-                self._go(self.k_norm_route_split, (blocks,), (H // 8,),
-                         (*args, i32(T), ptr(self._split_logits), ptr(self._split_count)), T=T, E=E, H=H)
+            self._go(self.k_norm_route_split, (-(-E // (H // 256)),), (H // 8,),
+                     (*args, i32(T), ptr(self._split_logits), ptr(self._split_count)), T=T, E=E, H=H)
         else:
             self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
 
+    @staticmethod
+    def _warp_per_token(T: int, H: int) -> bool:
+        """The 1-2 token kernels' layout (norm_route_split, norm_route_folded): H / 8 threads in whole
+        warps, 8 columns each, and a warp per token to route it (warp t routes token t)."""
+        return T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0 and H // 256 >= T
+
     def _split_takes(self, T: int, H: int, *vectors) -> bool:
-        """norm_route_split: 1-2 tokens, H / 8 threads in whole warps (warp t routes token t), 16-byte
-        rows of y, w and h."""
-        return (self.norm_route_split and T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0 and H // 256 >= T
-                and all(_aligned(t) for t in vectors))
+        """norm_route_split: _warp_per_token, 16-byte rows of y, w and h."""
+        return self.norm_route_split and self._warp_per_token(T, H) and all(_aligned(t) for t in vectors)
 
     # ----- the router folded through the mixer's out_proj ----------------------------------------------------
     def folds_router(self, T: int, H: int, E: int) -> bool:
-        """Whether out_router + norm_route_folded can replace out_proj + norm_route: 1-2 tokens, H / 8
-        threads in whole warps (<= 1024), a warp per token to route it, E <= 32 (route_token32)."""
-        return (T <= NORM_ROUTE_SPLIT_MAX_TOKENS and H % 256 == 0 and H <= NORM_ROUTE_MAX_H and H // 256 >= T
-                and E <= 32)
+        """Whether out_router + norm_route_folded can replace out_proj + norm_route: _warp_per_token with
+        at most 1024 threads (H <= NORM_ROUTE_MAX_H), E <= 32 (route_token32)."""
+        return self._warp_per_token(T, H) and H <= NORM_ROUTE_MAX_H and E <= 32
 
     def out_router(self, a, w, y, M, Gw, x, r) -> None:
         """y [T, N] = a [T, K] @ w [N, K]^T as gemv, and in the same launch the folded router's

@@ -51,7 +51,7 @@ __device__ void route_token(const T* row_logits, const float* bias, int E, int k
 // order (score descending, ties to the lower id) is counted against all 32 scores with independent
 // shuffles; the expert ranked p is found by a ballot, and the weights are summed over the k picks in
 // pick order, so idx and wts come out bit-equal to route_token's. Used by gemv.cu's
-// norm_route_cluster, where the routing is on the batch-1 decode step's critical path.
+// norm_route_folded, where the routing is on the batch-1 decode step's critical path.
 __device__ __forceinline__ void route_token32(float logit, float bias_e, int E, int k, int norm_topk, float scale,
                                               int* idx_row, float* wts_row, int lane)
 {

@@ -47,7 +47,6 @@ def test_gemv_constants_match_the_kernel_source():
     assert defines["GV_WARPS"] == gemv.GEMV_WARPS
     assert defines["RT_THREADS"] == gemv.ROUTER_THREADS
     assert defines["NRS_MAXT"] == gemv.NORM_ROUTE_SPLIT_MAX_TOKENS
-    assert defines["NRC_BLOCKS"] == gemv.NORM_ROUTE_CLUSTER_BLOCKS
     assert defines["FR_PARTS"] == gemv.FOLDED_ROUTER_PARTS
     assert gemv.MOE_GEMV_MAX_PAIRS <= 65535 and gemv.ROUTER_MAX_TOKENS >= gemv.GEMV_MAX_TOKENS
 

@@ -115,21 +115,16 @@ def test_router_topk(G, T, E, k, H):
     check_routing(idx, wts, torch.sigmoid(h32.double() @ gate.double().T), bias, k, 2.5)
 
 
-@pytest.fixture(params=["cluster", "split", "block_per_token"])
+@pytest.fixture(params=[True, False], ids=["split", "block_per_token"])
 def split(G, request):
-    if request.param == "cluster" and G.k_norm_route_cluster is None:
-        pytest.skip("thread block clusters need sm_90")
-    G.norm_route_split = request.param != "block_per_token"
-    G.norm_route_cluster = request.param == "cluster"
+    G.norm_route_split = request.param
     yield request.param
     G.norm_route_split = True
-    G.norm_route_cluster = G.k_norm_route_cluster is not None
 
 
-# 1-2 tokens with H % 256 == 0 take norm_route_split when `split` (8, 1 and 2 warps per block; E not
-# a multiple of them), or its cluster hand-off where the experts fit 4 blocks (E <= 32, H / 256 warps
-# per block: here 32, 20 and 3 experts at H = 2048 or 1024), the others the block per token. 3 experts
-# (one block holding all of them) and 20 (the fourth block idle) check the cluster's expert-to-block map
+# 1-2 tokens with H % 256 == 0 and a warp per token take norm_route_split when `split` (8, 4, 2 and 1
+# warps per block; E not always a multiple of them; 3 experts in one block, 20 with a block partly
+# idle), the others the block per token: among them 2 tokens at H = 256, one warp for two tokens
 @pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (2, 32, 4, 2048), (3, 32, 4, 2048), (64, 32, 4, 2048),
                                      (2, 8, 2, 64), (5, 64, 8, 1024), (1, 64, 8, 256), (2, 41, 4, 512),
                                      (2, 20, 4, 2048), (1, 3, 2, 1024), (2, 16, 12, 1024), (2, 8, 2, 256)])
