@@ -37,11 +37,11 @@ def main(argv=None) -> int:
 
     from .engine import BaselineEngine
     if args.checkpoint:
-        from harness.checkpoint import open_checkpoint
+        from harness.checkpoints.open import open_checkpoint
         ckpt = open_checkpoint(args.checkpoint)
     else:
         from harness.config import get_preset
-        from harness.synthetic import synthetic_checkpoint
+        from harness.checkpoints.synthetic import synthetic_checkpoint
         ckpt = synthetic_checkpoint(get_preset(args.preset), seed=args.seed)
     cfg = ckpt.config
     try:

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.engine import Engine
+from harness.engines.base import Engine
 from harness.gpu import Transfers, get_context, launch, load_module, release_context
 from harness.gpu import nvtx
-from harness.reference import check_tokens
+from harness.engines.reference import check_tokens
 
 from . import host_ops
 

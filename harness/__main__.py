@@ -13,9 +13,8 @@ import argparse
 import importlib
 import sys
 
-# One module per subcommand; each has add_parser(subparsers) which sets func=main.
-COMMANDS = ["cmd_make_model", "cmd_make_data", "cmd_info", "cmd_run", "cmd_compare", "cmd_report", "cmd_regress",
-            "cmd_explain"]
+# One module of harness.cli per subcommand; each has add_parser(subparsers) which sets func=main.
+COMMANDS = ["make_model", "make_data", "info", "run", "compare", "report", "regress", "explain"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"harness.{name}").add_parser(sub)
+        importlib.import_module(f"harness.cli.{name}").add_parser(sub)
     return parser
 
 
@@ -33,7 +32,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .errors import UserError
+    from harness.errors import UserError
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -1,8 +1,8 @@
 """Errors that are the user's to fix: the CLI prints their message, not a traceback."""
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .engine import UnknownEngine
-from .jobfiles import JobFileError
+from harness.checkpoints.base import CheckpointError
+from harness.config import ConfigError
+from harness.engines.base import UnknownEngine
+from harness.jobs.files import JobFileError
 
 
 class UsageError(ValueError):

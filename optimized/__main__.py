@@ -8,17 +8,17 @@
 For each BxS shape: a warm-up forward (it captures the CUDA graph), then --iters timed forwards
 (host clock around engine.forward, which ends with a stream synchronize and includes the ids
 upload and logits download); prints the median ms, the spread, tokens/s, samples/s and the
-achieved TFLOP/s from harness.modelstats (useful FLOPs: LM head on the last position only).
+achieved TFLOP/s from harness.measure.model_stats (useful FLOPs: LM head on the last position only).
 --accuracy BxS compares the engine's logits with the float32 reference (GPU, TF32 off; float64
 on the CPU for presets with a vocabulary under 10k): max abs error, top-1 agreement, VALID at 1e-3.
 --weights gpu draws random weights on the GPU (optimized.gpu_synthetic: seconds, no disk);
-cpu uses harness.synthetic in memory. --moe-variants times every shape once per grouped MoE GEMM
+cpu uses harness.checkpoints.synthetic in memory. --moe-variants times every shape once per grouped MoE GEMM
 variant (optimized.kernels.MOE_VARIANTS; "auto" = the engine's choice by token count), one engine.
 --profile BxS runs one eager forward of that shape under torch.profiler and prints its GPU kernels
 grouped by name (calls, total and share of the kernel time), PyCUDA's and cuBLAS's alike.
 --decode LIST times greedy decode steps (CUDA graph replays) at each batch size after a 16-token
-prefill: median ms per step, tokens/s and the share of the decode floor (harness.generation), and
-beside them the streamed ms per token (harness.generation.greedy_generate over greedy_steps: the
+prefill: median ms per step, tokens/s and the share of the decode floor (harness.run.generation), and
+beside them the streamed ms per token (harness.run.generation.greedy_generate over greedy_steps: the
 spacing of token arrivals with one step queued ahead on the GPU);
 --decode-profile B prints one eager decode step's kernels the way --profile does. --no-gemv
 builds the engine without the small-batch GEMV kernels (optimized/gemv.py), --no-pdl without
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
                     help="an engine option, value read as JSON when it parses (e.g. tf32x3=true; repeatable)")
     args = ap.parse_args(argv)
-    from harness.cli_job_args import UsageError, parse_options
+    from harness.cli.job_args import UsageError, parse_options
     try:
         options = parse_options(args.option)
     except UsageError as e:
@@ -81,9 +81,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
     from harness.config import get_preset
-    from harness.jobfiles import synthetic_prompts, validate
-    from harness.modelstats import model_stats
-    from harness.reference import reference_logits
+    from harness.jobs.files import synthetic_prompts, validate
+    from harness.measure.model_stats import model_stats
+    from harness.engines.reference import reference_logits
 
     from .engine import OptimizedEngine
     from .gpu_synthetic import GPUSyntheticCheckpoint
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     if args.weights == "gpu":
         ckpt = GPUSyntheticCheckpoint(cfg, seed=0)
     else:
-        from harness.synthetic import synthetic_checkpoint
+        from harness.checkpoints.synthetic import synthetic_checkpoint
         ckpt = synthetic_checkpoint(cfg, seed=0)
     result = {"preset": args.preset, "dtype": args.dtype, "graphs": not args.no_graphs, "gemv": not args.no_gemv, "pdl": not args.no_pdl,
               "options": options, "device": torch.cuda.get_device_name(0), "shapes": []}
@@ -182,7 +182,7 @@ def check_variants(text: str, dtype: str) -> None:
 
 
 def time_shape(eng, cfg, stats, B: int, S: int, iters: int, variant: str) -> dict:
-    from harness.jobfiles import synthetic_prompts
+    from harness.jobs.files import synthetic_prompts
     tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=B * 1000 + S)
     t = time.perf_counter()
     eng.forward(tokens)  # warm-up: plan buffers, eager run, graph capture
@@ -205,9 +205,9 @@ def time_shape(eng, cfg, stats, B: int, S: int, iters: int, variant: str) -> dic
 
 def time_decode(eng, cfg, B: int, steps: int, prompt_len: int = 16) -> dict:
     """Median decode step (graph replay after the first, eager one) at batch B."""
-    from harness.generation import HBM_BYTES_PER_S
-    from harness.jobfiles import synthetic_prompts
-    from harness.modelstats import decode_bytes_per_step
+    from harness.run.generation import HBM_BYTES_PER_S
+    from harness.jobs.files import synthetic_prompts
+    from harness.measure.model_stats import decode_bytes_per_step
     prompts = synthetic_prompts(cfg.vocab_size, B, prompt_len, seed=B + 11)
     nxt = eng.prefill(prompts, max_new_tokens=steps + 1).argmax(1)
     times = []
@@ -231,7 +231,7 @@ def time_decode(eng, cfg, B: int, steps: int, prompt_len: int = 16) -> dict:
 def _streamed_ms(eng, prompts, steps: int) -> float | None:
     """Median ms between token arrivals of the harness's streamed generation (greedy_generate over
     greedy_steps) of `steps` decode steps; None when the engine does not stream."""
-    from harness.generation import greedy_generate
+    from harness.run.generation import greedy_generate
     run = greedy_generate(eng, prompts, steps + 1)
     return statistics.median(run.step_s) * 1e3 if run.mode == "streamed" and run.step_s else None
 
@@ -260,7 +260,7 @@ def _graph_ms(eng, reps: int = 20) -> float | None:
 
 def profile_decode(eng, cfg, B: int) -> list[dict]:
     """One decode step's kernels, run eagerly (the launches the decode graph holds)."""
-    from harness.jobfiles import synthetic_prompts
+    from harness.jobs.files import synthetic_prompts
 
     from .decode import decode_body
     logits = eng.prefill(synthetic_prompts(cfg.vocab_size, B, 16, seed=5), max_new_tokens=4)
@@ -273,9 +273,9 @@ def profile_decode(eng, cfg, B: int) -> list[dict]:
 
 def profile_forward(eng, cfg, B: int, S: int) -> list[dict]:
     """The forward's kernels (one eager run, the same launches the graph holds) by GPU time."""
-    from harness.jobfiles import synthetic_prompts
+    from harness.jobs.files import synthetic_prompts
     tokens = synthetic_prompts(cfg.vocab_size, B, S, seed=7)
-    from harness.op_profile import format_table
+    from harness.measure.op_profile import format_table
     table = eng.profile(tokens)  # OptimizedEngine.profile: the eager launches the graph holds
     print(format_table(table, f"profile {B}x{S} (eager, moe variant {eng.moe_variant_name(B * S)})"), flush=True)
     return table
@@ -284,7 +284,7 @@ def profile_forward(eng, cfg, B: int, S: int) -> list[dict]:
 def _kernel_table(work, eng, title: str) -> list[dict]:
     """Run `work` on the engine's stream under torch.profiler; print its GPU kernels by time."""
     import torch
-    from harness.op_profile import format_table, profile_ops
+    from harness.measure.op_profile import format_table, profile_ops
 
     def on_stream():
         with torch.cuda.stream(eng.tstream):

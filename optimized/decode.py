@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.reference import check_prompts
+from harness.engines.reference import check_prompts
 
 from .decode_kernels import ArgmaxScratch
 from .gemv import CONV_STEP_MAX_TOKENS

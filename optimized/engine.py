@@ -64,7 +64,7 @@ same FFN/MoE, norms and LM head helpers as the forward), eager the first time an
 from a CUDA graph captured per decode plan (one batch size at a time). `greedy_steps(ids, n)`
 streams n greedy steps: each step's argmax is the next step's input on the device, so the next
 step is queued before the host reads the current one's ids. Option stream_decode (default True)
-lets harness.generation's greedy_generate use it; False keeps one decode_greedy call per step
+lets harness.run.generation's greedy_generate use it; False keeps one decode_greedy call per step
 (`--option stream_decode=false`, to compare).
 """
 from __future__ import annotations
@@ -76,9 +76,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from harness.engine import Engine
+from harness.engines.base import Engine
 from harness.gpu import get_context, release_context
-from harness.reference import check_tokens
+from harness.engines.reference import check_tokens
 
 from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompts
 from .decode_kernels import DecodeKernels, attention_splits
@@ -171,7 +171,7 @@ class OptimizedEngine(Engine):
         self.max_len = int(max_len)
         self.use_gemv = bool(gemv)
         self.fold_router = True  # 1-2 tokens: the MoE router folded through out_proj (False: norm_route; for A/B)
-        self.stream_decode = bool(stream_decode)  # harness.generation's greedy_generate streams (greedy_steps)
+        self.stream_decode = bool(stream_decode)  # harness.run.generation's greedy_generate streams (greedy_steps)
         self._closed = False
         self.DK: DecodeKernels | None = None  # compiled at the first prefill
         self._dec: DecodePlan | None = None  # the current generation's caches
@@ -428,7 +428,7 @@ class OptimizedEngine(Engine):
     def profile(self, tokens: np.ndarray, on_gpu: bool = True) -> list[dict]:
         """The forward's launches of the first internal chunk, run eagerly under torch.profiler (a
         graph replay would show the profiler one opaque launch)."""
-        from harness.op_profile import profile_ops
+        from harness.measure.op_profile import profile_ops
         tokens = check_tokens(tokens, self.config).astype(np.int32)
         self.forward(tokens)  # this shape's plan, its graph and its ids on the device
         B, S = tokens.shape

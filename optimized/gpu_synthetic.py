@@ -1,8 +1,8 @@
 """Random weights generated on the GPU, one tensor at a time, for timing the full model without
-writing or reading 16.7 GB: the same distributions as harness.synthetic (normal(0, 0.02) matrices,
+writing or reading 16.7 GB: the same distributions as harness.checkpoints.synthetic (normal(0, 0.02) matrices,
 1 + normal(0, 0.05) norms, uniform conv taps, fp32 expert_bias), drawn by torch's CUDA generator
 seeded from (seed, name), so a tensor is the same whenever it is asked for. Not byte-identical
-to harness.synthetic's CPU checkpoints (a different generator)."""
+to harness.checkpoints.synthetic's CPU checkpoints (a different generator)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from harness.checkpoint import Checkpoint, expected_shapes, keeps_fp32
+from harness.checkpoints.base import Checkpoint, expected_shapes, keeps_fp32
 
 
 class GPUSyntheticCheckpoint(Checkpoint):
@@ -39,9 +39,9 @@ class GPUSyntheticCheckpoint(Checkpoint):
 def checkpoint_for(preset: str, seed: int = 0) -> Checkpoint:
     """A synthetic checkpoint of a preset, made where it is quick: presets of ~1 B parameters and
     more (`small`, the full model) drawn on the GPU in seconds, the tiny ones in memory by
-    harness.synthetic (the same bytes as a folder `make-model` writes)."""
+    harness.checkpoints.synthetic (the same bytes as a folder `make-model` writes)."""
     from harness.config import get_preset
-    from harness.synthetic import synthetic_checkpoint
+    from harness.checkpoints.synthetic import synthetic_checkpoint
     cfg = get_preset(preset)
     if cfg.hidden_size >= 1024:
         return GPUSyntheticCheckpoint(cfg, seed=seed)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from harness.checkpoint import keeps_fp32
+from harness.checkpoints.base import keeps_fp32
 
 from .split_tf32 import split_weight
 

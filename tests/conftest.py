@@ -35,7 +35,7 @@ def gpu():
 @pytest.fixture(scope="session")
 def tiny_ckpt():
     from harness.config import get_preset
-    from harness.synthetic import synthetic_checkpoint
+    from harness.checkpoints.synthetic import synthetic_checkpoint
     return synthetic_checkpoint(get_preset("tiny"), seed=0)
 
 

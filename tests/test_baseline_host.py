@@ -1,4 +1,4 @@
-"""The baseline's CPU side (baseline/host_ops.py and the engine's wiring) against harness.reference.
+"""The baseline's CPU side (baseline/host_ops.py and the engine's wiring) against harness.engines.reference.
 
 float32 numpy vs float64 torch on the tiny preset, fresh random inputs, sequence lengths 1, 2, 3, 17.
 The last tests run the whole BaselineEngine with its GPU matrix products swapped for numpy, so the
@@ -14,7 +14,7 @@ import torch
 
 from baseline import host_ops
 from baseline.engine import BaselineEngine
-from harness import reference as ref
+from harness.engines import reference as ref
 
 SEQ_LENS = [1, 2, 3, 17]
 TOL = 1e-5  # relative to the largest magnitude of the reference output

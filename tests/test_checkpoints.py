@@ -15,14 +15,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import harness.synthetic as synthetic
-from harness.checkpoint import CheckpointError, expected_shapes, open_checkpoint
-from harness.cmd_make_model import _cli as make_model_cli
+import harness.checkpoints.synthetic as synthetic
+from harness.checkpoints.base import CheckpointError, expected_shapes
+from harness.checkpoints.open import open_checkpoint
+from harness.cli.make_model import _cli as make_model_cli
 from harness.config import get_preset
-from harness.hf_checkpoint import HFCheckpoint
-from harness.modelbin import ModelBinCheckpoint, write_model_bin
-from harness.safetensors_stream import INDEX_FILE, SINGLE_FILE, SafetensorsStreamWriter, TensorSpec
-from harness.synthetic import (cached_synthetic, synthetic_checkpoint, synthetic_tensor, write_synthetic)
+from harness.checkpoints.hf import HFCheckpoint
+from harness.checkpoints.modelbin import ModelBinCheckpoint, write_model_bin
+from harness.checkpoints.safetensors_stream import INDEX_FILE, SINGLE_FILE, SafetensorsStreamWriter, TensorSpec
+from harness.checkpoints.synthetic import (cached_synthetic, synthetic_checkpoint, synthetic_tensor, write_synthetic)
 
 TINY = get_preset("tiny")
 
@@ -233,7 +234,7 @@ def test_streaming_write_memory_stays_near_one_tensor(tmp_path):
     code = textwrap.dedent(f"""
         import resource
         from harness.config import get_preset
-        from harness.synthetic import write_synthetic, synthetic_tensor
+        from harness.checkpoints.synthetic import write_synthetic, synthetic_tensor
         cfg = get_preset("small").replace(vocab_size=1024, hidden_size=1024, intermediate_size=2048,
                                           moe_intermediate_size=512, num_attention_heads=16, num_key_value_heads=4)
         synthetic_tensor(cfg, "embed_tokens.weight", 0)  # warm up allocator and torch kernels

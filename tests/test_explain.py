@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from harness.__main__ import main as harness_main
-from harness.jobfiles import read_logits, reference_answers, synthetic_prompts, validate, write_inputs, write_logits
-from harness.reference import reference_forward, routing_margin
+from harness.jobs.files import read_logits, reference_answers, synthetic_prompts, validate, write_inputs, write_logits
+from harness.engines.reference import reference_forward, routing_margin
 
 
 def test_validate_names_the_samples_beyond_tolerance():
@@ -44,8 +44,8 @@ def test_reference_debug_reports_margins_per_moe_layer(tiny_ckpt):
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory):
     from harness.config import get_preset
-    from harness.checkpoint import open_checkpoint
-    from harness.synthetic import write_synthetic
+    from harness.checkpoints.open import open_checkpoint
+    from harness.checkpoints.synthetic import write_synthetic
     d = tmp_path_factory.mktemp("explain")
     model = write_synthetic(get_preset("tiny"), d / "model", seed=0)
     tokens = synthetic_prompts(get_preset("tiny").vocab_size, 6, 7, seed=2)
@@ -107,7 +107,7 @@ def test_explain_maps_rows_through_the_records_ran_indices(tiny_job, tmp_path, c
 def test_report_note_says_what_made_a_row_invalid():
     from types import SimpleNamespace
 
-    from harness.report import _invalid_detail
+    from harness.report.html import _invalid_detail
     row = dict(greedy_first_divergence=None, greedy_steps_checked=None, invalid_samples=4, samples=1024,
                max_abs_err=0.51, top1_agreement=1.0)
     fp32 = _invalid_detail(SimpleNamespace(dtype="fp32", **row))

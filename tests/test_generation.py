@@ -5,15 +5,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from harness import generation
+from harness.run import generation
 
 from harness.config import get_preset
-from harness.generation import first_divergence, generation_metrics, greedy_generate
-from harness.jobfiles import synthetic_prompts
-from harness.modelstats import decode_bytes_per_step
-from harness.reference_engine import ReferenceEngine
-from harness.reference_generate import reference_generate
-from harness.synthetic import synthetic_checkpoint
+from harness.run.generation import first_divergence, generation_metrics, greedy_generate
+from harness.jobs.files import synthetic_prompts
+from harness.measure.model_stats import decode_bytes_per_step
+from harness.engines.reference_engine import ReferenceEngine
+from harness.engines.reference_generate import reference_generate
+from harness.checkpoints.synthetic import synthetic_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_engine_generation_equals_reference_greedy(ckpt):
 
 def test_metrics_and_divergence():
     cfg = get_preset("lfm2-8b-a1b")
-    from harness.generation import GenerationRun
+    from harness.run.generation import GenerationRun
     run = GenerationRun(np.zeros((1, 5), np.int32), 0.010, [0.002, 0.002, 0.003, 0.004])
     m = generation_metrics(run, cfg, prompt_len=16)
     assert m["ttft_ms"] == pytest.approx(10.0)
@@ -48,7 +48,7 @@ def test_metrics_and_divergence():
 
 
 def test_engines_without_generation_say_so(ckpt):
-    from harness.engine import Engine
+    from harness.engines.base import Engine
     with pytest.raises(NotImplementedError, match="does not generate"):
         Engine(ckpt).prefill(np.zeros((1, 2), np.int32))
 
@@ -157,9 +157,9 @@ def test_streaming_off_falls_back_to_one_call_per_step(ckpt, clock):
 
 
 def test_the_record_says_how_decode_was_timed(ckpt):
-    from harness.generation_worker import _record
-    from harness.records import EXTRA_COLUMNS
-    from harness.worker import WorkerSpec
+    from harness.run.generate import _record
+    from harness.report.records import EXTRA_COLUMNS
+    from harness.run.worker import WorkerSpec
     spec = WorkerSpec(engine="reference", model="m", inputs="i", record="r", max_new_tokens=3)
     eng = ReferenceEngine(ckpt, device="cpu")
     batch = {"first": 0, "tokens": np.zeros((1, 3), np.int32), "ttft_s": 0.01, "step_s": [0.002, 0.002]}

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from harness.__main__ import main as harness_main
-from harness.cli_job_args import parse_int_list, parse_phases
+from harness.cli.job_args import parse_int_list, parse_phases
 from harness.errors import UsageError
-from harness.mpi_launch import MPICH, OPENMPI, UNKNOWN, build_command, detect_flavour, flavour_from_version_text
-from harness.records import SUMMARY_COLUMNS
+from harness.run.launch import MPICH, OPENMPI, UNKNOWN, build_command, detect_flavour, flavour_from_version_text
+from harness.report.records import SUMMARY_COLUMNS
 
 
 # ---- bad inputs get clear errors (exit 2, a message naming the fix) -------------------------
@@ -48,7 +48,7 @@ def test_report_of_a_folder_without_records(tmp_path, capsys):
 
 
 def test_seq_len_with_data_is_refused(tmp_path, capsys):
-    from harness.jobfiles import write_inputs
+    from harness.jobs.files import write_inputs
     write_inputs(tmp_path / "inputs.bin", np.ones((2, 4), np.int32))
     assert harness_main(["run", "--engine", "reference", "--data", str(tmp_path / "inputs.bin"),
                          "--seq-len", "8"]) == 2
@@ -90,9 +90,9 @@ def test_detect_flavour_runs_the_executable(tmp_path):
 
 
 def test_open_mpi_as_root_oversubscribed():
-    cmd = build_command("mpirun", OPENMPI, 8, ["python", "-m", "harness.worker"], cores=4, is_root=True)
+    cmd = build_command("mpirun", OPENMPI, 8, ["python", "-m", "harness.run.worker"], cores=4, is_root=True)
     assert cmd[:1] == ["mpirun"] and "--allow-run-as-root" in cmd and "--oversubscribe" in cmd
-    assert cmd[cmd.index("-n") + 1] == "8" and cmd[-3:] == ["python", "-m", "harness.worker"]
+    assert cmd[cmd.index("-n") + 1] == "8" and cmd[-3:] == ["python", "-m", "harness.run.worker"]
     assert cmd[cmd.index("--bind-to") + 1] == "none"  # the baseline's CPU math is multi-threaded
     plain = build_command("mpirun", OPENMPI, 2, ["x"], cores=4, is_root=False)
     assert "--allow-run-as-root" not in plain and "--oversubscribe" not in plain
@@ -174,7 +174,7 @@ def test_regress_missing_variant_is_noted_or_required(tmp_path, reference_csv, c
 
 # ---- NVML on a machine without a GPU ------------------------------------------------------
 def test_nvml_sampler_is_a_noop_without_a_gpu():
-    from harness.nvml_sampler import NvmlSampler
+    from harness.measure.nvml import NvmlSampler
     s = NvmlSampler(None)
     s.start()
     series = s.stop()
@@ -183,7 +183,7 @@ def test_nvml_sampler_is_a_noop_without_a_gpu():
 
 
 def test_nvml_sampler_says_why_when_nvml_is_missing():
-    from harness.nvml_sampler import NvmlSampler, driver_version
+    from harness.measure.nvml import NvmlSampler, driver_version
     if driver_version() is not None:
         pytest.skip("NVML is present on this machine")
     series = NvmlSampler(0, interval_s=0.05)
@@ -193,7 +193,7 @@ def test_nvml_sampler_says_why_when_nvml_is_missing():
 
 
 def test_worker_split_is_contiguous_and_covers_every_sample():
-    from harness.worker import split_range
+    from harness.run.ranks import split_range
     for n in (1, 5, 6, 17):
         for size in (1, 2, 3, 4):
             ranges = [split_range(n, size, r) for r in range(size)]
@@ -203,7 +203,7 @@ def test_worker_split_is_contiguous_and_covers_every_sample():
 
 
 def test_no_tmp_files_left_by_a_record_write(tmp_path):
-    from harness.records import VariantRecord
+    from harness.report.records import VariantRecord
     VariantRecord(engine="reference", samples_per_s=float("nan")).write(tmp_path / "r.json")
     assert os.listdir(tmp_path) == ["r.json"]
     assert VariantRecord.read(tmp_path / "r.json").samples_per_s is None  # NaN -> null, strict JSON
@@ -216,7 +216,7 @@ def test_nvml_sampler_thread_with_a_fake_nvml(monkeypatch):
     import time
     import types
 
-    from harness.nvml_sampler import NvmlSampler
+    from harness.measure.nvml import NvmlSampler
     asked = []
     fake = types.SimpleNamespace(
         NVML_PCIE_UTIL_TX_BYTES=0, NVML_PCIE_UTIL_RX_BYTES=1,
@@ -246,9 +246,9 @@ def test_record_math_for_two_ranks_on_two_gpus():
     import types
 
     from harness.config import get_preset
-    from harness.metrics import build_record
-    from harness.modelstats import model_stats
-    from harness.worker import WorkerSpec
+    from harness.report.metrics import build_record
+    from harness.measure.model_stats import model_stats
+    from harness.run.worker import WorkerSpec
     cfg = get_preset("tiny")
     engine = types.SimpleNamespace(config=cfg, dtype="fp32", max_batch=1, phase=0)
     spec = WorkerSpec(engine="baseline", model="m", inputs="i", record="r", batch=16, budget_s=60, run_id="x",

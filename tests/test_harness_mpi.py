@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.__main__ import main as harness_main
-from harness.records import SUMMARY_COLUMNS
+from harness.report.records import SUMMARY_COLUMNS
 
 pytestmark = [pytest.mark.mpi,
               pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
@@ -49,7 +49,7 @@ def _run(env, ranks: int, name: str, *extra) -> tuple[int, dict]:
 
 
 def test_outputs_identical_across_rank_counts(env):
-    from harness.jobfiles import read_logits
+    from harness.jobs.files import read_logits
     rc1, rec1 = _run(env, 1, "r1", "--outputs", str(env / "out1.bin"))
     rc2, rec2 = _run(env, 2, "r2", "--outputs", str(env / "out2.bin"))
     assert rc1 == 0 and rc2 == 0
@@ -123,7 +123,7 @@ def test_hostfile_passes_through_to_mpiexec(env):
 
 def test_given_data_gets_reference_answers_cached_beside_it(env):
     from harness.config import get_preset
-    from harness.jobfiles import synthetic_prompts, write_inputs
+    from harness.jobs.files import synthetic_prompts, write_inputs
     data = env / "mydata" / "inputs.bin"
     write_inputs(data, synthetic_prompts(get_preset("tiny").vocab_size, 5, 12, seed=7))
     rc = harness_main(["run", "--engine", "reference", "--preset", "tiny", "--data", str(data), "--ranks", "2",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.__main__ import main as harness_main
-from harness.op_profile import format_table, profile_ops
+from harness.measure.op_profile import format_table, profile_ops
 
 
 def test_cpu_profile_names_the_ops_that_ran_with_self_time():

@@ -89,10 +89,10 @@ def test_bad_max_len_is_refused_before_any_gpu_work(tiny_ckpt):
 
 def test_reference_engine_prefills_a_ragged_batch(tiny_ckpt):
     """Ragged prefill + decode in the reference engine equals generating each prompt alone."""
-    from harness.generation import greedy_generate
-    from harness.jobfiles import synthetic_prompts
-    from harness.reference_engine import ReferenceEngine
-    from harness.reference_generate import reference_generate
+    from harness.run.generation import greedy_generate
+    from harness.jobs.files import synthetic_prompts
+    from harness.engines.reference_engine import ReferenceEngine
+    from harness.engines.reference_generate import reference_generate
     prompts = [p for p in synthetic_prompts(tiny_ckpt.config.vocab_size, 4, (1, 6), seed=4)]
     prompts[0] = prompts[0][:1]  # a 1-token prompt: the conv state starts from zeros
     eng = ReferenceEngine(tiny_ckpt, device="cpu")
@@ -141,7 +141,7 @@ def streaming(tiny_ckpt, monkeypatch):
 
     import torch
 
-    from harness.engine import Counters
+    from harness.engines.base import Counters
     from optimized.engine import OptimizedEngine
     dev = FakeDevice(tiny_ckpt.config.vocab_size)
     dev.events = []

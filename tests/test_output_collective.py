@@ -1,4 +1,4 @@
-"""How outputs reach rank 0 (harness/worker.py): "reduce" (phases 0-4, the original's MPI
+"""How outputs reach rank 0 (harness/run/outputs.py): "reduce" (phases 0-4, the original's MPI
 Reduce(SUM) of a full samples x vocab array, other ranks' rows zeroed) or "gather" (phase 5 on:
 each rank's own rows). Under a real mpiexec with 2 ranks and the reference engine on the tiny
 preset: both give bit-identical outputs, and the record says how many bytes each moved."""
@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
 
 
 def test_reduce_and_gather_give_identical_outputs(runs):
-    from harness.jobfiles import read_logits
+    from harness.jobs.files import read_logits
     (rc_r, rec_r, path_r), (rc_g, rec_g, path_g) = runs["reduce"], runs["gather"]
     assert rc_r == 0 and rc_g == 0
     assert rec_r["valid"] is True and rec_g["valid"] is True

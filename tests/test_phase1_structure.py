@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from baseline.engine import BaselineEngine
-from harness.engine import engine_class
+from harness.engines.base import engine_class
 from phases.phase1.engine import Phase1Engine, row_block
 
 

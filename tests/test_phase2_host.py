@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness.config import get_preset
-from harness.synthetic import synthetic_checkpoint
+from harness.checkpoints.synthetic import synthetic_checkpoint
 from phases.phase2 import expert_batching as eb
 
 

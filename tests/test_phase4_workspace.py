@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from harness.checkpoint import expected_shapes
+from harness.checkpoints.base import expected_shapes
 from harness.config import get_preset
 from phases.phase4.resident import plan_residency
 from phases.phase4.workspace import ALIGN, Workspace

@@ -113,7 +113,7 @@ def mpi_rank_program(out_dir: str) -> None:
 @pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None, reason="no mpiexec")
 def test_real_mpi_exchange_three_ranks(tmp_path):
     pytest.importorskip("mpi4py")
-    from harness.mpi_launch import build_command, detect_flavour, find_mpiexec, worker_env
+    from harness.run.launch import build_command, detect_flavour, find_mpiexec, worker_env
     mpiexec = find_mpiexec()
     cmd = build_command(mpiexec, detect_flavour(mpiexec), 3, [sys.executable, __file__, str(tmp_path)])
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=worker_env(),

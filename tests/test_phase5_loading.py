@@ -22,9 +22,9 @@ def rank_program(out_dir: str, mode: str, parallel: str) -> None:
 
     import numpy as np
 
-    from harness.checkpoint import expected_shapes
+    from harness.checkpoints.base import expected_shapes
     from harness.config import get_preset
-    from harness.synthetic import synthetic_checkpoint
+    from harness.checkpoints.synthetic import synthetic_checkpoint
     from phases.phase5.expert_parallel import EXPERT_NAME
     from phases.phase5.node_group import NodeGroup
     from phases.phase5.node_loading import NodeTensorSource
@@ -64,7 +64,7 @@ pytest.importorskip("mpi4py")
 
 
 def run_ranks(tmp_path, mode: str, parallel: str, ranks: int = 2) -> list[dict]:
-    from harness.mpi_launch import build_command, detect_flavour, find_mpiexec, worker_env
+    from harness.run.launch import build_command, detect_flavour, find_mpiexec, worker_env
     mpiexec = find_mpiexec()
     out = tmp_path / f"{mode}-{parallel}"
     out.mkdir()
@@ -78,7 +78,7 @@ def run_ranks(tmp_path, mode: str, parallel: str, ranks: int = 2) -> list[dict]:
 def tensor_bytes(names, stored: bool = False) -> int:
     """fp32 bytes of `names`, or (stored=True) the synthetic checkpoint's stored bytes: bf16, but
     expert_bias in fp32."""
-    from harness.checkpoint import expected_shapes, keeps_fp32
+    from harness.checkpoints.base import expected_shapes, keeps_fp32
     from harness.config import get_preset
     shapes = expected_shapes(get_preset("tiny"))
     total = 0

@@ -2,7 +2,7 @@
 (batching and the MPI work change how a forward is driven, not what a layer computes)."""
 from __future__ import annotations
 
-from harness.engine import engine_class
+from harness.engines.base import engine_class
 from phases.phase4.engine import Phase4Engine
 from phases.phase5.engine import Phase5Engine
 

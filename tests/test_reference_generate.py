@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.jobfiles import synthetic_prompts
-from harness.reference import reference_logits
-from harness.reference_generate import reference_generate
-from harness.synthetic import synthetic_checkpoint
+from harness.jobs.files import synthetic_prompts
+from harness.engines.reference import reference_logits
+from harness.engines.reference_generate import reference_generate
+from harness.checkpoints.synthetic import synthetic_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_sequences_of_different_lengths_generate_independently(ckpt):
 
 def test_greedy_tokens_match_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from harness.hf_checkpoint import HFCheckpoint
-    from harness.synthetic import write_synthetic
+    from harness.checkpoints.hf import HFCheckpoint
+    from harness.checkpoints.synthetic import write_synthetic
     folder = write_synthetic(get_preset("tiny"), tmp_path / "m", seed=2, progress=False)
     hf = transformers.Lfm2MoeForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ckpt = HFCheckpoint(folder)

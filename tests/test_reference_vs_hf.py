@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.hf_checkpoint import HFCheckpoint
-from harness.jobfiles import synthetic_prompts
-from harness.reference import reference_forward
-from harness.synthetic import write_synthetic
+from harness.checkpoints.hf import HFCheckpoint
+from harness.jobs.files import synthetic_prompts
+from harness.engines.reference import reference_forward
+from harness.checkpoints.synthetic import write_synthetic
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from harness.records import VariantRecord
-from harness.report import write_report
+from harness.report.records import VariantRecord
+from harness.report.html import write_report
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install -y chromium)")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from harness.__main__ import main as harness_main
-from harness.records import VariantRecord
+from harness.report.records import VariantRecord
 
 
 def _run(folder, run_id, rows, model="synthetic lfm2-8b-a1b (seed 0)"):

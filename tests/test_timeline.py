@@ -2,8 +2,8 @@
 import pytest
 
 from harness.gpu.timeline import overlap_fraction
-from harness.records import VariantRecord
-from harness.report import plot_copy_compute_timeline
+from harness.report.records import VariantRecord
+from harness.report.plots import plot_copy_compute_timeline
 
 SPANS = [
     {"name": "ids 0", "lane": "h2d", "start_ms": 0.0, "end_ms": 0.1},

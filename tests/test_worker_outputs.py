@@ -1,5 +1,5 @@
 """The timed loop copies each batch's logits into one array made before the clock and lets the
-engine's own array go (harness/worker.py): kept arrays made every batch fault in fresh host pages,
+engine's own array go (harness/run/prefill.py): kept arrays made every batch fault in fresh host pages,
 which on the session-9 device machines cost the optimized 64 x 16 forward ~40 ms per batch."""
 from __future__ import annotations
 
@@ -34,13 +34,14 @@ class FreshArrays:
 def test_timed_loop_keeps_copies_not_the_engines_arrays(tmp_path):
     from mpi4py import MPI
 
-    from harness.worker import Worker, WorkerSpec
+    from harness.run.prefill import timed_loop
+    from harness.run.worker import Worker, WorkerSpec
     spec = WorkerSpec(engine="fake", model="m", inputs="i", record=str(tmp_path / "r.json"), budget_s=60.0)
     worker = Worker(spec, MPI.COMM_WORLD)
     worker.gpu = None  # no NVML sampling
     tokens = np.arange(7 * 3, dtype=np.int64).reshape(7, 3)
     engine = FreshArrays()
-    timed = worker.timed_loop(engine, tokens, 0, 7, 3)
+    timed = timed_loop(worker, engine, tokens, 0, 7, 3)
     gc.collect()
     assert len(engine.returned) == 3 and all(r() is None for r in engine.returned)
     got = np.concatenate(timed["outputs"])

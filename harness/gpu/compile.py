@@ -127,7 +127,7 @@ class KernelModule:
 
     def kernel(self, name: str) -> Kernel:
         if name not in self._kernels:
-            from .context import import_driver
+            from harness.gpu.context import import_driver
             cuda = import_driver()
             try:
                 fn = self.module.get_function(name)
@@ -141,7 +141,7 @@ class KernelModule:
 def load_module(cu_path, ctx=None, options=DEFAULT_OPTIONS, include_dirs=(), arch: str | None = None) -> KernelModule:
     """Compile (or fetch from the cache) and load `cu_path` for the current GPU's architecture, or
     for `arch` (e.g. "sm_90a", the H100's arch-specific target that wgmma needs)."""
-    from .context import get_context, import_driver
+    from harness.gpu.context import get_context, import_driver
     ctx = ctx or get_context()
     arch = arch or ctx.arch
     cubin = compile_cubin(cu_path, arch, options, include_dirs)
@@ -180,7 +180,7 @@ def launch(kernel: Kernel, grid, block, args, shapes=None, shared: int = 0, stre
         if isinstance(a, (int, float)) and not isinstance(a, np.generic):
             raise KernelError(f"kernel {kernel.name}: argument {i} is a Python {type(a).__name__}; pass a sized "
                               "numpy scalar (np.int32, np.float32, ...) so its C type is unambiguous")
-    from .context import import_driver
+    from harness.gpu.context import import_driver
     cuda = import_driver()
     try:
         if pdl and stream is not None:
@@ -195,7 +195,7 @@ def launch(kernel: Kernel, grid, block, args, shapes=None, shared: int = 0, stre
 
 
 def _launch_pdl(kernel: Kernel, grid3, block3, args, shared: int, stream) -> None:
-    from .pdl import PdlModule, launch_pdl
+    from harness.gpu.pdl import PdlModule, launch_pdl
     if kernel.pdl_function is None:
         mod = kernel.module
         if mod is None or mod.cubin is None:

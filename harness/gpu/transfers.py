@@ -1,5 +1,5 @@
 """Every host<->device copy and every device allocation an engine makes goes through here, so the
-engine's `Counters` (harness.engine) say exactly how many bytes crossed PCIe and how often memory
+engine's `Counters` (harness.engines.base) say exactly how many bytes crossed PCIe and how often memory
 was allocated.
 
 Counting rules:
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .context import GPUUnavailable, get_context, import_driver, out_of_memory_message
+from harness.gpu.context import GPUUnavailable, get_context, import_driver, out_of_memory_message
 
 
 def _pinned_types(cuda) -> tuple:

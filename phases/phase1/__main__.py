@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from baseline.engine import BaselineEngine
     from harness.config import get_preset
     from harness.gpu import GPUUnavailable
-    from harness.synthetic import synthetic_checkpoint
+    from harness.checkpoints.synthetic import synthetic_checkpoint
 
     from .engine import Phase1Engine
     cfg = get_preset(args.preset)

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     from harness.config import get_preset
     from harness.gpu import GPUUnavailable
-    from harness.synthetic import synthetic_checkpoint
+    from harness.checkpoints.synthetic import synthetic_checkpoint
     from phases.phase1.engine import Phase1Engine
 
     from .engine import Phase2Engine

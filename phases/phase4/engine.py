@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.gpu import load_module, nvtx
-from harness.reference import check_tokens
+from harness.engines.reference import check_tokens
 from phases.phase2.expert_batching import offset_ptr
 from phases.phase3.engine import Phase3Engine
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.checkpoint import expected_shapes
+from harness.checkpoints.base import expected_shapes
 
 
 def plan_residency(shapes: dict[str, tuple], budget_bytes: int) -> tuple[list[str], list[str]]:

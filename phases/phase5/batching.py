@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.gpu import load_module
-from harness.reference import check_tokens
+from harness.engines.reference import check_tokens
 from phases.phase2.expert_batching import NULL, ROW_BLOCK, offset_ptr
 
 KERNELS = Path(__file__).with_name("kernels.cu")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 
-from harness.checkpoint import expected_shapes
+from harness.checkpoints.base import expected_shapes
 from phases.phase4.engine import HEADROOM, Phase4Engine, ResidentShape
 from phases.phase4.workspace import Workspace
 

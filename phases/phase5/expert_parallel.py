@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.checkpoint import expected_shapes
+from harness.checkpoints.base import expected_shapes
 from harness.gpu import load_module, nvtx
 from phases.phase2.expert_batching import ROW_BLOCK, offset_ptr
 from phases.phase4.engine import ResidentShape

@@ -6,7 +6,7 @@ placement before/after balancing). Keys with these prefixes stay; everything els
 """
 from __future__ import annotations
 
-from harness.engine import Counters
+from harness.engines.base import Counters
 
 KEPT_PREFIXES = ("load_", "resident_", "ep_balance", "ep_placement", "ep_shards", "ep_rank")
 

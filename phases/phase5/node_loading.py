@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from harness.checkpoint import expected_shapes
+from harness.checkpoints.base import expected_shapes
 
 MODES = ("bcast", "each")
 

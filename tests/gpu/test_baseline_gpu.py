@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from baseline.engine import BaselineEngine
-from harness.engine import Counters
+from harness.engines.base import Counters
 from harness.gpu import GPUUnavailable, KernelError, Transfers, launch
-from harness.reference import reference_logits
+from harness.engines.reference import reference_logits
 
 pytestmark = pytest.mark.gpu
 

@@ -8,7 +8,7 @@ kernels' sequence.
 
 Engine (tiny, tiny-top3, small; synthetic weights): fp32 greedy tokens over 32 steps equal the
 reference engine's (float64) for prompts of 1, 2, 3, 17 tokens and a ragged batch, run through
-the harness's own driver (harness.generation.greedy_generate); decode logits at every step equal
+the harness's own driver (harness.run.generation.greedy_generate); decode logits at every step equal
 the reference's full forward of the prefix (1e-3); graph replay equals eager decode bit for bit;
 bf16 generation is held to what plain torch bf16 achieves (see test_bf16_decode); and the clear
 errors (decode before prefill, wrong batch, bad ids, max_len).
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import reference as R
-from harness.generation import greedy_generate
-from harness.jobfiles import synthetic_prompts
+from harness.engines import reference as R
+from harness.run.generation import greedy_generate
+from harness.jobs.files import synthetic_prompts
 from test_optimized_kernels import close, poisoned, rand  # tests/gpu is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.gpu
@@ -274,7 +274,7 @@ def ckpt(request, gpu):
 @pytest.fixture(scope="module")
 def ref(gpu, ckpt):
     """The reference engine in float64 (on the GPU for the small preset)."""
-    from harness.reference_engine import ReferenceEngine
+    from harness.engines.reference_engine import ReferenceEngine
     eng = ReferenceEngine(ckpt, device=gpu.index if ckpt.config.hidden_size >= 1024 else "cpu", dtype="fp64")
     yield eng
     eng.close()
@@ -408,7 +408,7 @@ def test_bf16_decode(fp32, ref, ckpt, gpu):
     greedy tokens (every engine sees the same prefixes), the bf16 engine's decode logits must be
     finite, within 2x plain torch bf16's mean error against float64, and agree with fp32's
     argmax no less often than plain bf16 agrees with float64's, less a 25-point slack."""
-    from harness.reference import WeightCache, reference_logits
+    from harness.engines.reference import WeightCache, reference_logits
     from optimized.engine import OptimizedEngine
     bf16 = OptimizedEngine(ckpt, device=gpu.index, dtype="bf16", progress=False, max_batch=8, max_len=MAX_LEN)
     plain_cache = WeightCache()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.jobfiles import synthetic_prompts, validate
-from harness.reference import reference_logits
+from harness.jobs.files import synthetic_prompts, validate
+from harness.engines.reference import reference_logits
 
 pytestmark = pytest.mark.gpu
 PRESETS = ["tiny", "tiny-top3", "small"]

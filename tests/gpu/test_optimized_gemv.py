@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.jobfiles import synthetic_prompts
+from harness.jobs.files import synthetic_prompts
 from test_optimized_kernels import DTYPES, close, poisoned, rand, run  # tests/gpu is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""Each optimized kernel against the reference op (harness.reference or plain torch in float64):
+"""Each optimized kernel against the reference op (harness.engines.reference or plain torch in float64):
 random inputs drawn fresh per case, several shapes including ones that are not multiples of the
 tiles, outputs poisoned with NaN first so an unwritten element fails. Both storage dtypes: fp32
 must match to ~1e-5 relative; bf16 to bf16 rounding."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import reference as R
+from harness.engines import reference as R
 
 pytestmark = pytest.mark.gpu
 

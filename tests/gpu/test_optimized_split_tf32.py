@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.jobfiles import synthetic_prompts, validate
-from harness.reference import reference_logits
+from harness.jobs.files import synthetic_prompts, validate
+from harness.engines.reference import reference_logits
 from test_optimized_kernels import poisoned, rand, run  # tests/gpu is on sys.path (no __init__.py)
 
 pytestmark = pytest.mark.gpu

@@ -12,9 +12,9 @@ import torch
 from baseline import host_ops
 from baseline.engine import BaselineEngine
 from harness.config import get_preset
-from harness.jobfiles import validate
-from harness.reference import attention, reference_logits, rmsnorm
-from harness.synthetic import synthetic_checkpoint
+from harness.jobs.files import validate
+from harness.engines.reference import attention, reference_logits, rmsnorm
+from harness.checkpoints.synthetic import synthetic_checkpoint
 from phases.phase1.engine import Phase1Engine
 
 pytestmark = pytest.mark.gpu

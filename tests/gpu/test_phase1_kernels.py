@@ -1,4 +1,4 @@
-"""Phase 1's kernels one by one against the reference ops (harness.reference, float64) on random
+"""Phase 1's kernels one by one against the reference ops (harness.engines.reference, float64) on random
 inputs: RMSNorm, RoPE, attention scores, causal softmax, attention output. Shapes include
 sequence lengths 1, 17 and 512, widths that are not multiples of the block or tile sizes, and
 batches of 1 and 3. Every output buffer is filled with NaN before the launch, so an element the
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.reference import apply_rope, rmsnorm, rope_cos_sin
-from harness.synthetic import synthetic_checkpoint
-from harness.checkpoint import DictCheckpoint
+from harness.engines.reference import apply_rope, rmsnorm, rope_cos_sin
+from harness.checkpoints.synthetic import synthetic_checkpoint
+from harness.checkpoints.base import DictCheckpoint
 from phases.phase1.engine import Phase1Engine
 
 pytestmark = pytest.mark.gpu

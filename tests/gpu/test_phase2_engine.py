@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.engine import engine_class
-from harness.jobfiles import validate
-from harness.reference import reference_forward
-from harness.synthetic import synthetic_checkpoint
+from harness.engines.base import engine_class
+from harness.jobs.files import validate
+from harness.engines.reference import reference_forward
+from harness.checkpoints.synthetic import synthetic_checkpoint
 from phases.phase1.engine import Phase1Engine as Parent
 from phases.phase2.engine import Phase2Engine
 

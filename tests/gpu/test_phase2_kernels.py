@@ -1,4 +1,4 @@
-"""Phase 2's kernels and device functions on a real GPU: routing against harness.reference.route
+"""Phase 2's kernels and device functions on a real GPU: routing against harness.engines.reference.route
 (ties included), the grouping permutation against numpy's stable sort, gather / SwiGLU /
 combine against numpy, and moe_dev against the per-pair path and a float64 MoE, with skewed
 routing, an expert that gets no tokens and 16K rows. Every intermediate the device functions
@@ -16,9 +16,9 @@ import torch
 from baseline.engine import BaselineEngine
 from harness.config import get_preset
 from harness.gpu import launch
-from harness.reference import route as reference_route
-from harness.reference import swiglu
-from harness.synthetic import synthetic_checkpoint
+from harness.engines.reference import route as reference_route
+from harness.engines.reference import swiglu
+from harness.checkpoints.synthetic import synthetic_checkpoint
 from phases.phase2.expert_batching import ROW_BLOCK, ExpertBatching
 
 pytestmark = pytest.mark.gpu
@@ -97,7 +97,7 @@ def run_route_kernel(eng, logits: np.ndarray, bias: np.ndarray | None):
 
 
 def reference_routing(cfg, logits, bias):
-    """harness.reference.route in float64 on logits (identity gate: h @ I.T = logits exactly)."""
+    """harness.engines.reference.route in float64 on logits (identity gate: h @ I.T = logits exactly)."""
     E = cfg.num_experts
     lg = torch.from_numpy(logits.astype(np.float64))
     b = torch.zeros(E, dtype=torch.float64) if bias is None else torch.from_numpy(bias.astype(np.float64))

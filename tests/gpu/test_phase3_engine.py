@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.jobfiles import validate
-from harness.reference import reference_logits
-from harness.synthetic import synthetic_checkpoint
+from harness.jobs.files import validate
+from harness.engines.reference import reference_logits
+from harness.checkpoints.synthetic import synthetic_checkpoint
 
 pytestmark = pytest.mark.gpu
 
@@ -34,7 +34,7 @@ def engines(gpu, ckpt):
 
 
 def test_registered_as_phase3():
-    from harness.engine import engine_class
+    from harness.engines.base import engine_class
     from phases.phase2.engine import Phase2Engine
     cls = engine_class("phase3")
     assert cls.name == "phase3" and cls.phase == 3 and issubclass(cls, Phase2Engine)

@@ -11,7 +11,7 @@ import torch
 
 from baseline import host_ops
 from baseline.engine import BaselineEngine
-from harness.reference import short_conv
+from harness.engines.reference import short_conv
 
 pytestmark = pytest.mark.gpu
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from harness.config import get_preset
-from harness.jobfiles import synthetic_prompts, validate
-from harness.reference import reference_logits
-from harness.synthetic import synthetic_checkpoint
+from harness.jobs.files import synthetic_prompts, validate
+from harness.engines.reference import reference_logits
+from harness.checkpoints.synthetic import synthetic_checkpoint
 from phases.phase4.engine import Phase4Engine
 
 pytestmark = pytest.mark.gpu

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from harness.config import get_preset
-from harness.jobfiles import synthetic_prompts, validate
-from harness.reference import reference_logits
-from harness.synthetic import synthetic_checkpoint
+from harness.jobs.files import synthetic_prompts, validate
+from harness.engines.reference import reference_logits
+from harness.checkpoints.synthetic import synthetic_checkpoint
 from phases.phase5.engine import Phase5Engine
 
 pytestmark = pytest.mark.gpu

@@ -3,7 +3,7 @@ expert parallelism over 2 and 4 ranks gives the same logits as 1 shard and as pl
 parallelism; ranks with fewer samples keep serving their experts (idle forwards); the weights are
 read once per node; the placement is balanced by measured load on skewed routing.
 
-Each case is one `python -m harness run` (its own mpiexec job through harness.mpi_launch, which
+Each case is one `python -m harness run` (its own mpiexec job through harness.run.launch, which
 adds Open MPI's --allow-run-as-root / --oversubscribe where needed)."""
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def root(gpu, tmp_path_factory):
 
 def harness_run(root: Path, name: str, ranks: int, *extra, preset: str = "tiny", samples: int = SAMPLES):
     """-> (record dict, outputs [n, V])."""
-    from harness.jobfiles import read_logits
+    from harness.jobs.files import read_logits
     out_bin = root / f"{name}.bin"
     cmd = [sys.executable, "-m", "harness", "run", "--engine", "phase5", "--preset", preset, "--samples",
            str(samples), "--ranks", str(ranks), "--outputs", str(out_bin), "--out", str(root / "results"),

@@ -1,0 +1,54 @@
+"""`report`: rebuild summary.csv and report.html from saved JSON records."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  python -m harness report results/20261124-101500            # rebuild in place
+  python -m harness report results/before results/after --out results/before-vs-after
+  python -m harness report results/phases0-3 results/phases4-5 --merge --out results/phases0-5
+
+With one run folder the files are rewritten inside it; with several, into --out (default:
+results/side-by-side-<timestamp>), one row per (run, variant) plus a tokens/s table with the runs
+as columns. --merge instead reads several runs as one comparison (speedups across them, per
+seq_len and rank count): for slow variants measured in separate calls. The HTML is self-contained (embedded PNG plots, no network).
+Kernel microbenchmarks live apart: pytest tests/bench --benchmark-compare-fail=mean:5%
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="rebuild summary.csv + report.html from run folders' JSON records",
+                       description="Read RUN_DIR/records/*.json of each run folder and write summary.csv and "
+                                   "report.html (table, throughput, speedups, GPU utilization and PCIe over time, "
+                                   "scaling with ranks).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<run-id> folder(s)")
+    p.add_argument("--out", metavar="DIR", help="where to write (default: the run folder, or a new "
+                   "side-by-side folder for several)")
+    p.add_argument("--merge", action="store_true", help="several runs are one comparison: speedup_vs_phase0 "
+                   "and speedup_vs_prev across them, per (seq_len, ranks); each engine once per group")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.errors import UsageError
+    from harness.report.html import ReportError, short_table, write_report
+    missing = [d for d in args.run_dirs if not Path(d).is_dir()]
+    if missing:
+        raise UsageError(f"no such run folder: {', '.join(missing)} (expected results/<run-id>)")
+    out = args.out
+    if args.merge and len(args.run_dirs) < 2:
+        raise UsageError("--merge needs two or more run folders")
+    if out is None and len(args.run_dirs) > 1:
+        kind = "merged" if args.merge else "side-by-side"
+        out = Path(args.run_dirs[0]).parent / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        csv_path, html_path, df = write_report(args.run_dirs, out, merge=args.merge)
+    except ReportError as e:
+        raise UsageError(str(e)) from None
+    print(short_table(df))
+    print(f"\nwrote {csv_path}\n      {html_path}")
+    return 0

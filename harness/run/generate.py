@@ -1,0 +1,121 @@
+"""The generate workload inside a rank (issue 12): what harness.run.worker runs instead of the
+prefill timed loop when the spec says `workload: generate`.
+
+Each rank takes its contiguous share of the prompts in batches; each batch is one greedy
+generation (prefill, then max_new_tokens - 1 decode steps, streamed or one call per step: see
+harness.run.generation; the record's decode_mode and a note say which, since the two time different
+things). Timing between barriers as for prefill; warm-up is one short generation of the first
+batch. Rank 0 gathers the tokens and per-step times, checks the first steps against the
+reference's greedy tokens, and writes one record.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from harness.run.generation import MODE_NOTES, first_divergence, generation_metrics, greedy_generate
+from harness.report.metrics import phase_of
+from harness.report.records import VariantRecord, environment_facts
+from harness.run.stages import StageFailed
+
+
+def run_generation(worker, engine, tokens: np.ndarray, lo: int, hi: int, b: int) -> int:
+    spec, comm = worker.spec, worker.comm
+    try:
+        if not getattr(engine, "supports_generation", False):
+            worker.stage("checking the engine", lambda: _no_generation(engine))
+        n_new = spec.max_new_tokens
+        first = tokens[lo:lo + b] if hi > lo else tokens[:1]
+        worker.stage("warm-up", lambda: spec.warmup and greedy_generate(engine, first, min(n_new, 4)))
+        runs = worker.stage("the timed loop", lambda: _timed(worker, engine, tokens, lo, hi, b, n_new))
+    except StageFailed as e:
+        if worker.rank == 0:
+            worker.write_failure(str(e))
+        return 1
+    gathered = comm.gather(runs["batches"], root=0)
+    elapsed = runs["elapsed"]
+    if worker.rank != 0:
+        return 0
+    batches = [x for rank_batches in gathered for x in rank_batches]  # rank order = sample order
+    rec = _record(spec, engine, comm.Get_size(), tokens.shape[1], b, batches, elapsed, hi - lo)
+    rec.write(spec.record)
+    return 0
+
+
+def _no_generation(engine):
+    raise RuntimeError(f"engine {engine.name!r} does not generate; the generate workload runs reference, hf "
+                       "and optimized")
+
+
+def _timed(worker, engine, tokens, lo, hi, b, n_new) -> dict:
+    comm = worker.comm
+    batches = []
+    engine.synchronize()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for s0 in range(lo, hi, b):
+        run = greedy_generate(engine, tokens[s0:min(s0 + b, hi)], n_new)
+        batches.append({"first": s0, "tokens": run.tokens, "ttft_s": run.ttft_s, "step_s": run.step_s,
+                        "mode": run.mode})
+        if time.perf_counter() - t0 > worker.spec.budget_s:
+            break  # whole batches only; the report says how many prompts ran
+    engine.synchronize()
+    comm.Barrier()
+    return {"elapsed": time.perf_counter() - t0, "batches": batches}
+
+
+def _record(spec, engine, ranks: int, prompt_len: int, b: int, batches: list, elapsed: float,
+            requested_per_rank: int) -> VariantRecord:
+    cfg = engine.config
+    ran = sum(len(x["tokens"]) for x in batches)
+    new_tokens = sum(x["tokens"].size for x in batches)
+    rec = VariantRecord(
+        engine=spec.engine, phase=phase_of(spec.engine, engine), dtype=str(engine.dtype), device=str(engine.device),
+        ranks=ranks, seq_len=prompt_len, batch=b, samples=ran,
+        samples_per_s=ran / elapsed if elapsed > 0 else None,
+        tokens_per_s=new_tokens / elapsed if elapsed > 0 else None,
+        run_id=spec.run_id, variant=spec.variant, model=spec.model_label or spec.model,
+        samples_requested=spec.samples or ran, budget_s=spec.budget_s, elapsed_s=elapsed,
+        workload="generate", max_new_tokens=spec.max_new_tokens, options=dict(spec.options), **environment_facts(),
+    )
+    # Metrics per batch (each batch has its own context length and size), then the medians.
+    per = [generation_metrics(_as_run(x), cfg, prompt_len, weight_bytes=4 if engine.dtype in ("fp32", "fp64") else 2)
+           for x in batches]
+    for key in ("ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_gbps", "pct_of_decode_floor"):
+        vals = [m[key] for m in per if key in m]
+        setattr(rec, key, float(np.median(vals)) if vals else None)
+    decode_s = sum(sum(x["step_s"]) for x in batches)
+    decode_tokens = sum(len(x["tokens"]) * len(x["step_s"]) for x in batches)
+    rec.decode_tokens_per_s = decode_tokens / decode_s if decode_s > 0 else None
+    rec.latency_p50_ms = rec.itl_p50_ms
+    rec.latency_p90_ms, rec.latency_p99_ms = rec.itl_p90_ms, rec.itl_p99_ms
+    _note_decode_mode(rec, batches)
+    if ran < ranks * requested_per_rank:
+        rec.budget_hit = True
+        rec.notes.append(f"time budget ({spec.budget_s:g} s) reached: {ran} prompts generated")
+    if spec.greedy_answers:
+        want = np.load(spec.greedy_answers)
+        got = np.concatenate([x["tokens"] for x in batches])
+        steps = min(want.shape[1], got.shape[1])
+        idx = np.concatenate([np.arange(x["first"], x["first"] + len(x["tokens"])) for x in batches])
+        rec.greedy_steps_checked = steps
+        rec.greedy_first_divergence = first_divergence(got[:, :steps], want[idx, :steps])
+        rec.valid = rec.greedy_first_divergence is None
+        rec.notes.append(f"greedy tokens vs the reference over {steps} steps: "
+                         + ("identical" if rec.valid else f"first differ at step {rec.greedy_first_divergence}"))
+    return rec
+
+
+def _note_decode_mode(rec: VariantRecord, batches: list) -> None:
+    """decode_mode and a note on what the inter-token latency measured (streamed vs per-step)."""
+    modes = sorted({x.get("mode", "per-step") for x in batches if len(x["step_s"])})
+    if not modes:
+        return
+    rec.decode_mode = "+".join(modes)
+    rec.notes.append("inter-token latency: " + "; ".join(f"{m}: {MODE_NOTES[m]}" for m in modes))
+
+
+def _as_run(batch: dict):
+    from harness.run.generation import GenerationRun
+    return GenerationRun(batch["tokens"], batch["ttft_s"], list(batch["step_s"]))

@@ -1,0 +1,104 @@
+"""The prefill workload inside a rank: warm-up, the timed loop between two barriers, and an
+optional op profile of one forward after it. `worker` is the rank's harness.run.worker.Worker."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from harness.measure.nvml import NvmlSampler
+from harness.run.stages import err_text, raise_if
+
+
+def warm_up(worker, engine, tokens, b: int) -> None:
+    batch = np.ascontiguousarray(np.repeat(tokens[:1], b, axis=0))
+    t = time.perf_counter()
+    for _ in range(worker.spec.warmup):
+        engine.forward(batch)
+    engine.synchronize()
+    worker.info["warmup_s"] = time.perf_counter() - t
+
+
+def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int) -> dict:
+    MPI, comm, spec = worker.MPI, worker.comm, worker.spec
+    my_steps = -(-(hi - lo) // b)
+    steps = comm.allreduce(my_steps, op=MPI.MAX)
+    collective = bool(getattr(engine, "collective_forward", False))
+    sampler = NvmlSampler(worker.gpu, spec.nvml_interval_s)
+    # Each batch's logits are copied into one array allocated and touched before the clock, so the
+    # memory an engine returns is recycled batch after batch, as in a server. Keeping every returned
+    # array instead made each batch fault in fresh host pages: on the session-9 device machines the
+    # optimized 64 x 16 bf16 forward (16.8 MB of logits) took ~12 ms in a plain process and 33-53 ms
+    # p50 in this loop, and hf lost ~18 ms per batch too (docs/perf-notes.md, session 9).
+    results = np.zeros((max(0, hi - lo), engine.config.vocab_size), np.float32)
+    outputs: list[np.ndarray] = []
+    lat_ms: list[float] = []
+    err = None
+    budget_hit = False
+    flags = np.zeros(2, dtype=np.int32)
+    agreed = np.zeros(2, dtype=np.int32)
+
+    engine.counters.reset()
+    engine.synchronize()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    sampler.start(t0)
+    for step in range(steps):
+        # Would this rank's next batch overrun the budget? Any rank saying so stops all.
+        elapsed = time.perf_counter() - t0
+        next_cost = (sum(lat_ms) / len(lat_ms) / 1e3) if lat_ms else 0.0
+        flags[0] = 1 if err else 0
+        flags[1] = 1 if (step > 0 and elapsed + next_cost > spec.budget_s) else 0
+        comm.Allreduce(flags, agreed, op=MPI.MAX)
+        if agreed[0]:
+            break
+        if agreed[1]:
+            budget_hit = True
+            break
+        if step < my_steps:
+            s0 = lo + step * b
+            batch = tokens[s0: min(s0 + b, hi)]
+            try:
+                tc = time.perf_counter()
+                out = engine.forward(batch)
+                engine.synchronize()
+                lat_ms.append((time.perf_counter() - tc) * 1e3)
+                rows = results[s0 - lo: s0 - lo + len(batch)]
+                rows[:] = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+                outputs.append(rows)
+                del out  # the engine's array goes back to the allocator before the next batch
+            except Exception as e:
+                err = err_text(e)
+                print(f"[rank {worker.rank}] forward failed: {err}", file=sys.stderr, flush=True)
+        elif collective and not err:  # the other ranks' forward needs this rank's part
+            try:
+                engine.forward(tokens[:0])
+            except Exception as e:
+                err = err_text(e)
+                print(f"[rank {worker.rank}] idle forward failed: {err}", file=sys.stderr, flush=True)
+    engine.synchronize()
+    t_rank_end = time.perf_counter() - t0
+    comm.Barrier()
+    t1 = time.perf_counter()
+    series = sampler.stop()
+    worker.stage("the timed loop", lambda: raise_if(err))
+    worker.info.update(
+        samples_ran=sum(len(o) for o in outputs), calls=len(lat_ms), busy_s=sum(lat_ms) / 1e3,
+        end_s=t_rank_end, counters=engine.counters.as_dict(), device_name=series.device_name,
+    )
+    return {"elapsed": t1 - t0, "outputs": outputs, "lat_ms": lat_ms, "nvml": series,
+            "budget_hit": budget_hit}
+
+
+def profile_one_forward(worker, engine, tokens, b: int) -> None:
+    """Every rank profiles a forward of the first batch (collective engines need all ranks);
+    rank 0's table goes into the record. A diagnostic: its failure is a note, not an error."""
+    batch = np.ascontiguousarray(tokens[:b])
+    try:
+        worker.op_profile = engine.profile(batch, on_gpu=worker.gpu is not None)[:40]
+        worker.op_profile_note = (f"op profile: one forward of {len(batch)} samples under torch.profiler "
+                                f"({'GPU kernels' if worker.gpu is not None else 'CPU ops, self time'})")
+    except Exception as e:
+        worker.op_profile, worker.op_profile_note = [], f"op profile failed: {err_text(e)}"
+        print(f"[rank {worker.rank}] {worker.op_profile_note}", file=sys.stderr, flush=True)

@@ -1,0 +1,43 @@
+"""WorkerSpec: everything one variant's ranks need, written by the launcher as spec.json."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class WorkerSpec:
+    """Everything one variant's ranks need; written by the launcher as spec.json."""
+    engine: str
+    model: str  # checkpoint path (HF folder or model.bin)
+    inputs: str  # inputs.bin
+    record: str  # where rank 0 writes the JSON record
+    answers: str | None = None  # answers.bin; None: no validation
+    samples: int | None = None  # first N samples of inputs.bin; None: all
+    batch: int | None = None  # most samples per forward call; None: the engine's max_batch
+    budget_s: float = 60.0
+    warmup: int = 3
+    device: str = "auto"  # auto | cpu | gpu
+    options: dict = field(default_factory=dict)  # engine constructor keywords (e.g. dtype)
+    outputs: str | None = None  # write outputs.bin here
+    tol: float = 1e-3
+    seq_len: int | None = None  # what the launcher expects (for records of runs that failed early)
+    nvml_interval_s: float = 0.1
+    run_id: str | None = None
+    variant: str | None = None
+    model_label: str | None = None
+    workload: str = "prefill"  # "generate": harness.run.generate runs the timed part
+    max_new_tokens: int = 32
+    greedy_answers: str | None = None  # .npy of the reference's greedy tokens [n, steps]
+    profile_ops: bool = False  # after the timed region, one forward under torch.profiler
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "WorkerSpec":
+        return cls(**json.loads(Path(path).read_text()))
