@@ -21,9 +21,10 @@ prefill: median ms per step, tokens/s and the share of the decode floor (harness
 beside them the streamed ms per token (harness.generation.greedy_generate over greedy_steps: the
 spacing of token arrivals with one step queued ahead on the GPU);
 --decode-profile B prints one eager decode step's kernels the way --profile does. --no-gemv
-builds the engine without the small-batch GEMV kernels (optimized/gemv.py), --no-pdl without
-programmatic dependent launch, to compare. --option KEY=VALUE passes any other engine option
-(optimized/engine.py's docstring lists them), e.g. --option tf32x3=true for 3xTF32 dense GEMMs.
+builds the engine without the small-batch GEMV and router kernels (optimized/gemv.py, router.py),
+--no-pdl without programmatic dependent launch, to compare. --option KEY=VALUE passes any other
+engine option (optimized/engine.py's docstring lists them), e.g. --option tf32x3=true for 3xTF32
+dense GEMMs.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ forward replayed from a CUDA graph per (B, S).
 At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head are weight-
 streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV
 up to 2 tokens, no sort), and up to 64 tokens a MoE layer's ffn_norm, router GEMM and routing
-are one launch (norm_route; where H > 2048, add_norm then router_topk). At 1-2 tokens (decode)
+are one launch (router.py's norm_route; where H > 2048, add_norm then router_topk). At 1-2 tokens (decode)
 the router is folded through the mixer's out_proj instead (weights.fold_routers): the out_proj
 launch also computes the logits' two partial sums and a one-block norm_route_folded only scales
 and routes them (fold_router). Option gemv=False keeps add_norm, cuBLAS and the grouped GEMM there
@@ -82,9 +82,10 @@ from harness.reference import check_tokens
 
 from .decode import DecodePlan, PrefillFill, check_room, decode_body, pad_prompts
 from .decode_kernels import DecodeKernels, attention_splits
-from .gemv import FOLDED_ROUTER_PARTS, GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, ROUTER_MAX_TOKENS, GemvKernels
+from .gemv import GEMV_MAX_TOKENS, MOE_GEMV_MAX_PAIRS, GemvKernels
 from .kernels import Kernels, max_gemm_tiles, moe_variant_for
 from .logits_download import LogitsDownload
+from .router import FOLDED_ROUTER_PARTS, ROUTER_MAX_TOKENS, RouterKernels
 from .split_tf32 import TF32X3_CHUNKS, TF32X3_MIN_ROWS, SplitTF32
 from .weights import PackedWeights
 
@@ -133,7 +134,7 @@ class Plan:
         self.act_dense = e(T, cfg.intermediate_size)
         self.h32 = e(T, H, dt=torch.float32)  # fp32 router input
         self.router = e(T, cfg.num_experts, dt=torch.float32)
-        # the folded router's partial logits (1-2 tokens; GemvKernels.out_router)
+        # the folded router's partial logits (1-2 tokens; RouterKernels.out_router)
         self.r = e(min(T, 2), 2 * cfg.num_experts, FOLDED_ROUTER_PARTS, dt=torch.float32)
         self.idx = e(T, k, dt=torch.int32)
         self.wts = e(T, k, dt=torch.float32)
@@ -186,10 +187,11 @@ class OptimizedEngine(Engine):
         self.tstream = torch.cuda.ExternalStream(self.stream.handle, device=self.tdev)
         self.K = Kernels(self.gpu, self.tdtype, self.stream)
         self.G = GemvKernels(self.gpu, self.tdtype, self.stream)
+        self.R = RouterKernels(self.gpu, self.tdtype, self.stream)
         # programmatic dependent launch needs sm_90 (griddepcontrol); the kernels that wait for it
         # start while the kernel before them finishes (launch latency hidden, weights prefetched)
         self.use_pdl = bool(pdl) and int(self.gpu.arch.split("_")[1]) >= 90
-        self.K.pdl = self.G.pdl = self.use_pdl
+        self.K.pdl = self.G.pdl = self.R.pdl = self.use_pdl
         self.forced_moe_variant = None
         self.set_moe_variant(moe_variant)
         # 3xTF32 dense GEMMs (fp32 only): the split kernel, the weights' split, the current plan's scratch
@@ -312,36 +314,36 @@ class OptimizedEngine(Engine):
         return 1
 
     def _folded(self, P: Plan, L: dict) -> bool:
-        """Whether layer L's router runs folded through its out_proj (optimized/gemv.cu's
+        """Whether layer L's router runs folded through its out_proj (optimized/router.cu's
         norm_route_folded): a MoE layer of 1-2 tokens on the GEMV path."""
         cfg = self.config
         return ("router_M" in L and self.fold_router and self.use_gemv
-                and self.G.folds_router(P.T, cfg.hidden_size, cfg.num_experts)
+                and self.R.folds_router(P.T, cfg.hidden_size, cfg.num_experts)
                 and self.G.takes(P.cy, L["out"], P.y[:P.T]))
 
     def _out_proj(self, i: int, L: dict, a: torch.Tensor, P: Plan) -> None:
         """The mixer's out_proj of a [T, H] into P.y; where the router is folded, the same launch
         leaves its partial logits in P.r."""
         if self._folded(P, L):
-            self.G.out_router(a, L["out"], P.y[:P.T], L["router_M"], L["router_Gw"], P.x, P.r[:P.T])
+            self.R.out_router(a, L["out"], P.y[:P.T], L["router_M"], L["router_Gw"], P.x, P.r[:P.T])
         else:
             self._mm(a, L["out"], P.y[:P.T])
 
     def _ffn_norm(self, P: Plan, L: dict, moe: bool) -> None:
         """x += the mixer's output; h = ffn_norm(x); on a MoE layer also the routing (P.idx, P.wts):
         one launch up to 64 tokens (norm_route), else add_norm then the router."""
-        cfg, K, G, T = self.config, self.K, self.G, P.T
+        cfg, K, R, T = self.config, self.K, self.R, P.T
         route = (cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
         small = moe and self.use_gemv and T <= ROUTER_MAX_TOKENS
         if self._folded(P, L):  # the logits' partial sums came with out_proj (_out_proj)
-            G.norm_route_folded(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, P.r[:T], L["bias"], *route)
+            R.norm_route_folded(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, P.r[:T], L["bias"], *route)
             return
-        if small and G.norm_route_takes(cfg.hidden_size, cfg.num_experts):
-            G.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route)
+        if small and R.norm_route_takes(cfg.hidden_size, cfg.num_experts):
+            R.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route)
             return
         K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
         if small:
-            G.router_topk(P.h32, L["gate"], L["bias"], *route)
+            R.router_topk(P.h32, L["gate"], L["bias"], *route)
         elif moe:
             self._mm(P.h32, L["gate"], P.router)
             K.route(P.router, L["bias"], *route)

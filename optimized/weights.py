@@ -115,7 +115,7 @@ class PackedWeights:
     def fold_routers(self) -> None:
         """L.router_Gw and L.router_M for every MoE layer: the router's logits of a token are
         rstd * Gw . (x + out_proj(a)) = rstd * (Gw . x + M . a), so the out_proj launch can compute
-        them beside its output and the ffn_norm after it only scales (gemv.cu's norm_route_folded).
+        them beside its output and the ffn_norm after it only scales (router.cu's norm_route_folded).
         22 x 2 x 256 KB for the real model."""
         for L in self.layers:
             if "gate" in L:
