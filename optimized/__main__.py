@@ -21,9 +21,10 @@ prefill: median ms per step, tokens/s and the share of the decode floor (harness
 beside them the streamed ms per token (harness.run.generation.greedy_generate over greedy_steps: the
 spacing of token arrivals with one step queued ahead on the GPU);
 --decode-profile B prints one eager decode step's kernels the way --profile does. --no-gemv
-builds the engine without the small-batch GEMV kernels (optimized/gemv.py), --no-pdl without
-programmatic dependent launch, to compare. --option KEY=VALUE passes any other engine option
-(optimized/engine.py's docstring lists them), e.g. --option tf32x3=true for 3xTF32 dense GEMMs.
+builds the engine without the small-batch GEMV and router kernels (optimized/gemv.py, router.py),
+--no-pdl without programmatic dependent launch, to compare. --option KEY=VALUE passes any other
+engine option (optimized/engine.py's docstring lists them), e.g. --option tf32x3=true for 3xTF32
+dense GEMMs.
 """
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m optimized", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", help="model preset (default: small)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--weights", default="gpu", choices=["gpu", "cpu"], help="where random weights are drawn")
@@ -56,8 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10, help="timed forwards per shape (default: 10)")
     ap.add_argument("--no-graphs", action="store_true", help="run eagerly (no CUDA graph)")
     ap.add_argument("--no-pdl", action="store_true", help="launch every kernel the ordinary way (no PDL)")
-    ap.add_argument("--no-gemv", action="store_true",
-                    help="keep cuBLAS and the grouped MoE GEMM at 1-4 tokens (no optimized/gemv.py kernels)")
+    ap.add_argument("--no-gemv", action="store_true", help="keep cuBLAS and the grouped MoE GEMM at 1-4 tokens "
+                    "(no optimized/gemv.py or router.py kernels)")
     ap.add_argument("--accuracy", metavar="BxS", help="compare BxS random prompts with the reference")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--moe-variants", default="auto", metavar="LIST",
@@ -70,7 +72,11 @@ def main(argv=None) -> int:
                     help="print the GPU kernels of one eager decode step at batch B (repeatable)")
     ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
                     help="an engine option, value read as JSON when it parses (e.g. tf32x3=true; repeatable)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from harness.cli.job_args import UsageError, parse_options
     try:
         options = parse_options(args.option)
@@ -78,12 +84,9 @@ def main(argv=None) -> int:
         raise SystemExit(str(e)) from None
     check_variants(args.moe_variants, args.dtype)  # before the minute a full model takes to load
 
-    import numpy as np
     import torch
     from harness.config import get_preset
-    from harness.jobs.files import synthetic_prompts, validate
     from harness.measure.model_stats import model_stats
-    from harness.engines.reference import reference_logits
 
     from .engine import OptimizedEngine
     from .gpu_synthetic import GPUSyntheticCheckpoint
@@ -94,22 +97,9 @@ def main(argv=None) -> int:
     else:
         from harness.checkpoints.synthetic import synthetic_checkpoint
         ckpt = synthetic_checkpoint(cfg, seed=0)
-    result = {"preset": args.preset, "dtype": args.dtype, "graphs": not args.no_graphs, "gemv": not args.no_gemv, "pdl": not args.no_pdl,
-              "options": options, "device": torch.cuda.get_device_name(0), "shapes": []}
-
-    ref = None
-    if args.accuracy:
-        (ab, as_), = parse_shapes(args.accuracy)
-        acc_tokens = synthetic_prompts(cfg.vocab_size, ab, as_, seed=1234)
-        t = time.perf_counter()
-        if cfg.vocab_size < 10_000:
-            ref = reference_logits(ckpt, acc_tokens, dtype=torch.float64, device="cpu")
-            ref_kind = "float64 CPU"
-        else:
-            ref = reference_logits(ckpt, acc_tokens, dtype=torch.float32, device="cuda")
-            ref_kind = "float32 GPU (TF32 off)"
-        print(f"reference ({ref_kind}) for {args.accuracy}: {time.perf_counter() - t:.1f} s", flush=True)
-        torch.cuda.empty_cache()
+    result = {"preset": args.preset, "dtype": args.dtype, "graphs": not args.no_graphs, "gemv": not args.no_gemv,
+              "pdl": not args.no_pdl, "options": options, "device": torch.cuda.get_device_name(0), "shapes": []}
+    ref = reference_for(ckpt, args.accuracy) if args.accuracy else None  # before the engine takes the GPU memory
 
     t = time.perf_counter()
     eng = OptimizedEngine(ckpt, 0, dtype=args.dtype, graphs=not args.no_graphs, gemv=not args.no_gemv,
@@ -117,23 +107,8 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t
     print(f"engine {args.dtype} loaded in {load_s:.1f} s; weights {eng.W.nbytes() / 1e9:.2f} GB on the GPU", flush=True)
     result["load_s"] = load_s
-
     if ref is not None:
-        got = eng.forward(acc_tokens)
-        v = validate(got, ref)
-        err = np.abs(got.astype(np.float64) - ref)
-        result["accuracy"] = {"shape": args.accuracy, "reference": ref_kind, "max_abs_err": v.max_abs_err,
-                              "mean_abs_err": float(err.mean()), "top1": v.top1_agreement, "valid_1e-3": v.valid}
-        print(f"accuracy vs {ref_kind}: {v}; mean abs err {err.mean():.3g}", flush=True)
-        if args.dtype == "bf16":  # what bf16 costs anyway: the reference itself run in plain torch bf16
-            plain = reference_logits(ckpt, acc_tokens, dtype=torch.bfloat16, device="cuda")
-            pv = validate(plain, ref)
-            perr = float(np.abs(plain.astype(np.float64) - ref).mean())
-            agree = float(np.mean(plain.argmax(1) == got.argmax(1)))
-            result["accuracy"]["plain_torch_bf16"] = {"max_abs_err": pv.max_abs_err, "mean_abs_err": perr,
-                                                      "top1": pv.top1_agreement, "top1_vs_engine": agree}
-            print(f"plain torch bf16 reference vs {ref_kind}: {pv}; mean abs err {perr:.3g}; "
-                  f"engine/plain-bf16 top-1 agreement {100 * agree:.1f}%", flush=True)
+        result["accuracy"] = check_accuracy(eng, ckpt, args.accuracy, *ref)
 
     stats = model_stats(cfg)
     rows = []
@@ -164,11 +139,62 @@ def main(argv=None) -> int:
         print(f"graph capture failed: {eng.graph_error}")
     eng.close()
     if args.json:
-        tmp = f"{args.json}.partial-{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, result)
     return 0
+
+
+def reference_for(ckpt, shape: str):
+    """(tokens, logits, kind): the reference logits of `shape` (BxS) random prompts, in float64 on
+    the CPU for vocabularies under 10k, else in float32 on the GPU (TF32 off)."""
+    import torch
+    from harness.jobs.files import synthetic_prompts
+    from harness.engines.reference import reference_logits
+    cfg = ckpt.config
+    (ab, as_), = parse_shapes(shape)
+    tokens = synthetic_prompts(cfg.vocab_size, ab, as_, seed=1234)
+    t = time.perf_counter()
+    if cfg.vocab_size < 10_000:
+        ref = reference_logits(ckpt, tokens, dtype=torch.float64, device="cpu")
+        kind = "float64 CPU"
+    else:
+        ref = reference_logits(ckpt, tokens, dtype=torch.float32, device="cuda")
+        kind = "float32 GPU (TF32 off)"
+    print(f"reference ({kind}) for {shape}: {time.perf_counter() - t:.1f} s", flush=True)
+    torch.cuda.empty_cache()
+    return tokens, ref, kind
+
+
+def check_accuracy(eng, ckpt, shape: str, tokens, ref, kind: str) -> dict:
+    """The engine's logits of `tokens` against the reference `ref`; in bf16 also what the reference
+    itself loses run in plain torch bf16 (what bf16 costs anyway)."""
+    import numpy as np
+    import torch
+    from harness.jobs.files import validate
+    from harness.engines.reference import reference_logits
+    got = eng.forward(tokens)
+    v = validate(got, ref)
+    err = np.abs(got.astype(np.float64) - ref)
+    out = {"shape": shape, "reference": kind, "max_abs_err": v.max_abs_err, "mean_abs_err": float(err.mean()),
+           "top1": v.top1_agreement, "valid_1e-3": v.valid}
+    print(f"accuracy vs {kind}: {v}; mean abs err {err.mean():.3g}", flush=True)
+    if eng.dtype == "bf16":
+        plain = reference_logits(ckpt, tokens, dtype=torch.bfloat16, device="cuda")
+        pv = validate(plain, ref)
+        perr = float(np.abs(plain.astype(np.float64) - ref).mean())
+        agree = float(np.mean(plain.argmax(1) == got.argmax(1)))
+        out["plain_torch_bf16"] = {"max_abs_err": pv.max_abs_err, "mean_abs_err": perr, "top1": pv.top1_agreement,
+                                   "top1_vs_engine": agree}
+        print(f"plain torch bf16 reference vs {kind}: {pv}; mean abs err {perr:.3g}; "
+              f"engine/plain-bf16 top-1 agreement {100 * agree:.1f}%", flush=True)
+    return out
+
+
+def write_json(path: str, result: dict) -> None:
+    """`result` to `path` through a temporary file, so that a reader never sees half of it."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(result, fh, indent=2)
+    os.replace(tmp, path)
 
 
 def check_variants(text: str, dtype: str) -> None:

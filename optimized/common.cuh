@@ -37,8 +37,8 @@ __device__ __forceinline__ float warp_sum(float v)
 // its predecessor has finished (the MoE down GEMV relies on it to read the routing early).
 // What earlier kernels write must be read with coherent loads (plain or __ldcg), never __ldg or
 // `const __restrict__` (ld.global.nc): the read-only path assumes the data does not change while
-// the kernel lives, and a PDL kernel lives beside the one writing it. Session 5 measured stale
-// activations (wrong logits) from __ldg'd GEMV inputs under PDL; weights may use either path.
+// the kernel lives, and a PDL kernel lives beside the one writing it: __ldg'd GEMV inputs under PDL
+// read stale activations (wrong logits). Weights may use either path.
 __device__ __forceinline__ void pdl_wait()
 {
 #if __CUDA_ARCH__ >= 900
@@ -55,8 +55,8 @@ __device__ __forceinline__ void pdl_trigger()
 // ----- the sum of one value per thread over the block (blockDim a multiple of 32, <= 1024) -------
 // Every thread gets the total; `partial` is the caller's __shared__ float[32]. The last barrier lets
 // a caller sum again with the same `partial` (norm_route_split, one sum per token): without it a
-// fast warp's next partial[0] overwrote the total before a slow warp had read it (session 6, seen
-// as a wrong second row in a batch-2 test of a fused norm).
+// fast warp's next partial[0] overwrites the total before a slow warp has read it (a wrong second
+// row in a batch-2 test of a fused norm).
 __device__ __forceinline__ float block_sum(float v, float* partial)
 {
     v = warp_sum(v);

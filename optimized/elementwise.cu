@@ -64,8 +64,8 @@ __device__ void add_norm(float* __restrict__ x, const T* y, int nadd, const T* _
 // Each thread owns 8 contiguous columns, and NADD is a compile-time constant, so every load (w, x,
 // each addend) is a 16-byte vector load issued before the first arithmetic that needs it, with no
 // branch between them: one memory round trip per launch instead of add_norm's ~8 dependent ones
-// (its per-column `if (c < H)` and runtime addend loop keep ptxas from hoisting loads; session 4
-// measured ~10.6 us per launch, whatever the row count). Same arithmetic and addend order as
+// (its per-column `if (c < H)` and runtime addend loop keep ptxas from hoisting loads: ~10.6 us
+// per launch on an H100, whatever the row count). Same arithmetic and addend order as
 // add_norm; only the sum of squares is added up in another order (fp32 rounding, ~1e-7 relative).
 template <typename T, int NADD>
 __device__ void add_norm_vec8(float* __restrict__ x, const T* y, const T* __restrict__ w,

@@ -72,7 +72,7 @@ MOE_VARIANTS = {v.name: v for v in (
     _stream(32, 2, 1, 256, 4),
     _stream(64, 4, 1, 256, 3),
     _stream(128, 8, 2, 128, 4),
-    # bf16 only, session 8, with LATE_REFILL: 2 x 4 warps on 128 columns (mma128f's warp grid), and
+    # bf16 only, with LATE_REFILL: 2 x 4 warps on 128 columns (mma128f's warp grid), and
     # 256-row tiles of 4 x 4 warps for the large batches
     _stream(128, 8, 2, 128, 4, "xl", (torch.bfloat16,), wn=4, bn=128),
     _stream(256, 16, 4, 128, 3, "wl", (torch.bfloat16,), wn=4, bn=128),
@@ -85,30 +85,31 @@ MOE_VARIANTS = {v.name: v for v in (
     _stream(64, 4, 1, 256, 3, "fl", F32),
     _stream(128, 8, 2, 256, 3, "tl", F32, wn=4, bn=128),
     _stream(128, 8, 4, 128, 4, "r", F32, wn=2, bn=64),
-    # bf16 on the H100 only, session 9: moe_wgmma.cu's warpgroup MMAs, 128-row tiles x BN columns
+    # bf16 on the H100 only: moe_wgmma.cu's warpgroup MMAs, 128-row tiles x BN columns
     _wgmma("wg128", 128, 3), _wgmma("wg256", 256, 4),
 )}
 LARGE_VARIANT = {torch.bfloat16: "wmma128", torch.float32: "simt64"}
-# (most tokens per forward, variant), first match wins. From the microbenchmarks of step 2 in
-# /work/helper-notes/optimized-notes.md: 16-row tiles stream best up to 64 tokens; 64-row tiles
-# at 256; mma128 ties WMMA at 1024 tokens in isolation and wins by ~1 ms in the 64x16 forward;
-# WMMA stays ahead at 4096. fp32: 3xTF32 mma beats SIMT everywhere measured, and the FAST
-# variants beat the plain ones at every token count measured, 16 to 4096 (session 7,
-# results/h100-session7/fp32-moe-notes.md, call 4: at 1024 tokens 3.31 -> 1.84 ms, at 16 0.66 -> 0.46 ms).
-# Session 8 (results/h100-session8/fp32-moe-notes.md, device calls 3-4): at 256 tokens mma64fl 0.79 -> 0.72 ms
-# (same numerics as mma64f); the fp32 64x16 forward 62.4-62.7 ms with mma128f, 59.2-59.3 with
-# mma128r, 59.6-59.8 with mma128tl (error 9e-7 -> 1.2e-6 / 1.5e-6 of the output scale; both VALID
-# at --accuracy 64x16). At 4096 tokens (microbench only) mma128tl 6.04 ms, mma128r 6.36, mma128f 6.34;
-# at 8x512 (forward, call 8) mma128tl 207.6 ms, mma128r 217.4, mma128f 220.5.
-# bf16, session 8 (results/h100-session8, call 8, forward medians): 64x16 mma128 18.77 ms, wmma128
-# 19.77, mma128xl 17.41 (mma256wl 17.84); 16x128 mma128 31.29, mma256wl 26.11 (mma128xl 28.87); 8x512
-# wmma128 61.02, mma256wl 49.38; 16x512 wmma128 119.3, mma256wl 96.6. LATE_REFILL was worth 2-5 %
-# on both new bf16 geometries (without it: mma128x 17.80 / 57.34, mma256w 19.33 / 51.67 at 64x16 / 8x512).
-# Session 9 (results/h100-session9, call 1): moe_wgmma.cu's wg256 at 4096 tokens 0.92 ms per layer
-# (gate/up + down) against mma256wl's 1.64 and at 1024 tokens 0.40 against mma128xl's 0.64; forwards
-# 8x512 44.4 -> 30.1 ms, 16x512 84.4 -> 55.8, 16x128 25.0 -> 17.0 (wg128 in between); call 2:
-# 64x16 mma128xl 17.2 -> wg256 12.0 ms, 8x64 (512 tokens) mma64 12.8 -> wg256 9.5. A policy entry names
-# the variants in order of preference: the first one built for the GPU's arch is used.
+# (most tokens per forward, variant), first match wins. The H100 timings behind each choice
+# (microbenchmarks of one layer's grouped GEMMs, and forwards, medians):
+# - 16-row tiles stream best up to 64 tokens, 64-row tiles at 256; mma128 ties WMMA at 1024 tokens
+#   in isolation and wins by ~1 ms in the 64x16 forward; WMMA stays ahead at 4096.
+# - fp32: 3xTF32 mma beats SIMT everywhere measured, and the FAST variants beat the plain ones at
+#   every token count measured, 16 to 4096 (at 1024 tokens 3.31 -> 1.84 ms, at 16 0.66 -> 0.46 ms).
+#   At 256 tokens mma64fl 0.79 -> 0.72 ms (same numerics as mma64f); the fp32 64x16 forward
+#   62.4-62.7 ms with mma128f, 59.2-59.3 with mma128r, 59.6-59.8 with mma128tl (error 9e-7 -> 1.2e-6
+#   / 1.5e-6 of the output scale; both VALID at --accuracy 64x16). At 4096 tokens (microbenchmark
+#   only) mma128tl 6.04 ms, mma128r 6.36, mma128f 6.34; the 8x512 forward mma128tl 207.6 ms,
+#   mma128r 217.4, mma128f 220.5.
+# - bf16 forwards: 64x16 mma128 18.77 ms, wmma128 19.77, mma128xl 17.41 (mma256wl 17.84); 16x128
+#   mma128 31.29, mma256wl 26.11 (mma128xl 28.87); 8x512 wmma128 61.02, mma256wl 49.38; 16x512
+#   wmma128 119.3, mma256wl 96.6. LATE_REFILL is worth 2-5 % on both of those bf16 geometries
+#   (without it: mma128x 17.80 / 57.34, mma256w 19.33 / 51.67 at 64x16 / 8x512).
+# - bf16 wgmma: moe_wgmma.cu's wg256 at 4096 tokens 0.92 ms per layer (gate/up + down) against
+#   mma256wl's 1.64, and at 1024 tokens 0.40 against mma128xl's 0.64; forwards 8x512 44.4 -> 30.1 ms,
+#   16x512 84.4 -> 55.8, 16x128 25.0 -> 17.0 (wg128 in between), 64x16 mma128xl 17.2 -> wg256
+#   12.0 ms, 8x64 (512 tokens) mma64 12.8 -> wg256 9.5.
+# A policy entry names the variants in order of preference: the first one built for the GPU's arch
+# is used.
 MOE_POLICY = {
     torch.bfloat16: ((64, ("mma16",)), (256, ("mma64",)), (512, ("wg256", "mma64")), (1024, ("wg256", "mma128xl")),
                      (None, ("wg256", "mma256wl"))),
@@ -138,7 +139,7 @@ ATTN_HEAD_DIMS = (16, 32, 64)
 ATTN_MMA_QT = 64  # = AM_QT in attention_mma.cu (query rows per block)
 # Kernels.attn_variant: "mma" = attention_mma.cu's tensor-core kernel for bf16 with head_dim 64 (every
 # other dtype and head_dim stays on attention.cu); "simt" = attention.cu always, for A/B comparisons.
-# Session 8, H100, nh 32 / nkv 8, kernel-only (CUDA graph): 8x512 772.9 -> 50.9 us per layer, 16x128
+# H100, nh 32 / nkv 8, kernel only (CUDA graph): 8x512 772.9 -> 50.9 us per layer, 16x128
 # 150.6 -> 13.9, 64x16 67.3 -> 12.4, 1x16 17.7 -> 3.3 (torch sdpa: 38.9 / 13.4 / 45.7 / 6.8).
 ATTN_VARIANTS = ("mma", "simt")
 NORM_MAXV = 16
@@ -176,8 +177,8 @@ def max_gemm_tiles(npairs: int, num_experts: int, dtype, tile_rows: int | None =
 
 def _moe_grid(v: MoeVariant, tiles: int, slabs: int) -> tuple[int, int]:
     """The grouped GEMM's grid. moe_wgmma.cu puts the column slabs on x, so that the slabs of one row
-    tile run side by side and read its rows from L2 (session 9: the down GEMM's act rows, 59 MB at 4096
-    tokens, were read from HBM once per slab with the tiles on x); the older kernels put the tiles on x."""
+    tile run side by side and read its rows from L2 (with the tiles on x the down GEMM's act rows, 59 MB
+    at 4096 tokens, are read from HBM once per slab); the older kernels put the tiles on x."""
     return (slabs, tiles) if v.module == "moe_wgmma" else (tiles, slabs)
 
 
@@ -197,9 +198,9 @@ class Kernels:
         self.k_silu_mul = ew.kernel(f"silu_mul_{sfx}")
         self.k_conv = ew.kernel(f"shortconv_{sfx}")
         self.k_conv_tiled = ew.kernel(f"shortconv_tiled_{sfx}")
-        # shortconv_tiled where it applies (3 taps, even H), bf16 only: same bits as shortconv, and in the
-        # session-8 A/B (results/h100-session8, call 14) bf16 8x512 47.89 -> 47.03 ms, 64x16 17.61 -> 17.22 ms,
-        # but fp32 64x16 59.22 -> 61.08 ms (not understood; left on the per-channel kernel). Tests flip it.
+        # shortconv_tiled where it applies (3 taps, even H), bf16 only: same bits as shortconv, and on an
+        # H100 bf16 8x512 47.89 -> 47.03 ms, 64x16 17.61 -> 17.22 ms, but fp32 64x16 59.22 -> 61.08 ms
+        # (not understood; fp32 stays on the per-channel kernel). Tests flip it.
         self.conv_tiled = dtype == torch.bfloat16
         self.k_rope = ew.kernel(f"qk_norm_rope_{sfx}")
         self.k_route = {t: ew.kernel(f"route_{SUFFIX[t]}") for t in SUFFIX}  # by the router logits' dtype

@@ -1,18 +1,18 @@
 """The forward's logits from the device into a new host array, with the host's part overlapped.
 
 A forward returns float32 [B, V] logits in a fresh numpy array (the caller keeps every batch's).
-At fp32 64 x 16 that is 16.8 MB, and session 7 measured ~2 ms between the GPU's last kernel and
-the return: the DMA into the plan's pinned buffer, then a one-thread copy into a new array whose
-pages the OS faults in (and zeroes) on first touch. Here:
+At fp32 64 x 16 that is 16.8 MB, and a plain download takes ~2 ms on an H100 between the GPU's
+last kernel and the return: the DMA into the plan's pinned buffer, then a one-thread copy into a
+new array whose pages the OS faults in (and zeroes) on first touch. Here:
 - the new array is allocated and its pages touched while the GPU still runs the forward
   (`prepare`, called after the launches are queued);
 - the DMA goes in row chunks of ~CHUNK_BYTES, each followed by an event (`enqueue`);
 - the host copies chunk k out of the pinned buffer (torch's copy, multi-threaded for large
   tensors) as soon as its event fires, while chunk k + 1 is still on the bus (`collect`).
-Session 8 (results/h100-session8): fp32 64 x 16 64.60 -> 62.76 ms per forward, bf16 64 x 16 21.35
--> 19.06 ms, nearly all of it from the multi-threaded copy. Under SMALL_BYTES (1 x 16's 256 KB)
-the same path was 0.03-0.09 ms slower than a plain copy (waking torch's thread pool costs more
-than it saves), so small downloads keep the plain copy after their one DMA.
+On an H100 that takes fp32 64 x 16 from 64.60 to 62.76 ms per forward and bf16 64 x 16 from
+21.35 to 19.06 ms, nearly all of it from the multi-threaded copy. Under SMALL_BYTES (1 x 16's
+256 KB) the same path is 0.03-0.09 ms slower than a plain copy (waking torch's thread pool costs
+more than it saves), so small downloads keep the plain copy after their one DMA.
 """
 from __future__ import annotations
 

@@ -115,8 +115,7 @@ __device__ __forceinline__ void fast_split(unsigned x, unsigned& hi, unsigned& l
     lo = __float_as_uint(__uint_as_float(x) - __uint_as_float(hi));
 }
 
-// Options (a variant's FLAGS; session 8, results/h100-session8/fp32-moe-notes.md; LATE_REFILL is also
-// an option of the bf16 loop):
+// Options (a variant's FLAGS; LATE_REFILL is also an option of the bf16 loop):
 // SPLIT_TRUNC: hi = x itself (the MMA reads its top 19 bits, i.e. x truncated to TF32), lo = x -
 // trunc(x), exact: 2 instructions per value instead of fast_split's 3, and hi needs no register of
 // its own (mma128r's 16 warps per SM fit 128 registers only so). |lo| < 2^-10 |x| instead of 2^-11,
@@ -312,7 +311,7 @@ __device__ void moe_stream(const T* A, const T* W, T* out, const int* sorted_pai
         // with round-to-nearest FADDs once per stage: the tensor core's truncating accumulation then
         // biases a partial of 24 MMAs (~1e-6 of it), not the whole sum (see mma_step). Measured at
         // the real shape (K = 2048 and 1792): max error 9e-7 of the output scale, the per-K-step
-        // partial of mma128_f32 7.9e-7 (results/h100-session7/fp32-moe-notes.md).
+        // partial of mma128_f32 7.9e-7.
         auto loop = [&](auto nm_c) {
             constexpr int NM = decltype(nm_c)::value;
             for (int kt = 0; kt < ktiles; ++kt) {

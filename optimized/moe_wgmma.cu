@@ -3,7 +3,7 @@
 // Same contract as moe_stream.cu (the tile table of moe_sort_pairs with 128-row tiles, MODE_GATEUP
 // with SiLU*up in the epilogue, MODE_DOWN writing ys[pair] scaled by the routing weight), for the
 // batches where the MoE is compute-bound (thousands of tokens: hundreds of rows per expert).
-// moe_stream.cu's mma.sync kernels top out near 250-300 TFLOP/s there (session 8); mma.sync issues
+// moe_stream.cu's mma.sync kernels top out near 250-300 TFLOP/s there on an H100; mma.sync issues
 // one m16n8k16 per warp instruction and feeds it from registers loaded by ldmatrix, while wgmma
 // lets a warpgroup (4 warps) multiply a 64 x N tile straight out of shared memory, asynchronously.
 //
@@ -27,13 +27,13 @@
 //   side and read its rows from L2 once.
 // Compiled for sm_90a (kernels.py asks for it); for any other target the kernels are a trap, so
 // that the project's sm_90 compile check still builds this file.
-// Session 9 (results/h100-session9, moe_probe.py at 4096 tokens, real shape, 12.5 % of the rows padding):
-// wg256 gate/up ~450 us + down ~250 us (~540 / 480 TFLOP/s useful). The same loop with no loads, no
+// H100, 4096 tokens, real shape, 12.5 % of the rows padding: wg256 gate/up ~450 us + down ~250 us
+// (~540 / 480 TFLOP/s useful). The same loop with no loads, no
 // barrier and no epilogue runs at ~790 TFLOP/s (cuBLAS's 8192^3: 788), so what is left is around the
 // wgmmas: the epilogue (not overlapped: one block per SM; gate/up's staging ~60 us) and the loads of
 // the down GEMM. Tried and lost: 3 stages (-20 %), the 64-byte swizzle with 32-byte k-steps and 6 or 8
 // stages (-10 %), 128 x 128 tiles with 6 stages (-15 %), no proxy fence (no faster), a persistent grid
-// whose next item loads during the epilogue (a tie; results/h100-session9/lead/call11-persistent-wgmma.patch).
+// whose next item loads during the epilogue (a tie).
 // Variants (extern "C" names moe_{gateup,down}_<variant>_bf16; kernels.py mirrors the table):
 //   variant  BM  BN STAGES  dynamic smem = STAGES * (BM + BN) * 128 + 1024 (alignment)  blocks/SM
 //   wg128   128 128   3     99,328                                                        2

@@ -1,6 +1,6 @@
 // Routing of one token (model.md 2.6): sigmoid of the router logits, top-k on sigmoid + expert_bias
 // (fp32), the chosen sigmoids renormalised and scaled. Shared by elementwise.cu's route (logits
-// from a GEMM) and gemv.cu's router_topk (logits computed in the same block), so both choose alike.
+// from a GEMM) and router.cu's router_topk (logits computed in the same block), so both choose alike.
 #pragma once
 #include "common.cuh"
 
@@ -50,7 +50,7 @@ __device__ void route_token(const T* row_logits, const float* bias, int E, int k
 // for e >= E). Instead of route_token's k dependent pick rounds, each expert's rank in the pick
 // order (score descending, ties to the lower id) is counted against all 32 scores with independent
 // shuffles; the expert ranked p is found by a ballot, and the weights are summed over the k picks in
-// pick order, so idx and wts come out bit-equal to route_token's. Used by gemv.cu's
+// pick order, so idx and wts come out bit-equal to route_token's. Used by router.cu's
 // norm_route_folded, where the routing is on the batch-1 decode step's critical path.
 __device__ __forceinline__ void route_token32(float logit, float bias_e, int E, int k, int norm_topk, float scale,
                                               int* idx_row, float* wts_row, int lane)

@@ -16,9 +16,8 @@ In the fp32 engine (one accumulator) 13 of 256 prompts of 16 tokens then ended u
 float64 with top-1 intact, each at one of the prompts' smallest routing margins (a near-tie,
 model.md 5.2; plain fp32: one, shared with the float32 reference), so the big product is summed in
 `chunks` GEMMs of K / chunks each, every one from a fresh accumulator, added by cuBLAS's fp32
-epilogue (round to nearest): the bias falls with the chunk length. Measured forms, speeds and
-errors: results/h100-session7/fp32-dense-notes.md. TF32 is on only around these calls (tf32_matmul);
-the engine keeps it off.
+epilogue (round to nearest): the bias falls with the chunk length. TF32 is on only around these
+calls (tf32_matmul); the engine keeps it off.
 
 split_tf32() is the split in plain torch (any device): the weights' split at load and the CPU
 mirror of the kernel that the tests compare bit for bit.

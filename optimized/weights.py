@@ -17,7 +17,7 @@ With tf32x3 (fp32 engines only) every dense projection that cuBLAS runs for more
 as split_tf32.split_weight's [wl | wh] [N, 2K] (2x its fp32 bytes more, 3.6 GB for the real
 model; the originals stay for the small-batch GEMVs and plain cuBLAS): `split_of(w)` finds it.
 The router (routing precision) and the tied LM head (at 64 rows 3xTF32 lost to plain fp32, and
-its split would cost 1.1 GB) stay plain fp32 (results/h100-session7/fp32-dense-notes.md).
+its split would cost 1.1 GB) stay plain fp32.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class PackedWeights:
     def fold_routers(self) -> None:
         """L.router_Gw and L.router_M for every MoE layer: the router's logits of a token are
         rstd * Gw . (x + out_proj(a)) = rstd * (Gw . x + M . a), so the out_proj launch can compute
-        them beside its output and the ffn_norm after it only scales (gemv.cu's norm_route_folded).
+        them beside its output and the ffn_norm after it only scales (router.cu's norm_route_folded).
         22 x 2 x 256 KB for the real model."""
         for L in self.layers:
             if "gate" in L:

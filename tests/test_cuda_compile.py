@@ -28,8 +28,9 @@ def project_cu_files() -> list[Path]:
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 
 
-def test_the_baseline_kernels_are_found():
-    assert ROOT / "baseline" / "kernels.cu" in project_cu_files()
+def test_the_kernel_sources_are_found():
+    found = set(project_cu_files())
+    assert {ROOT / "baseline" / "kernels.cu", ROOT / "optimized" / "gemv.cu", ROOT / "optimized" / "router.cu"} <= found
 
 
 @needs_nvcc

@@ -3,12 +3,17 @@ from it with no host sync, so it must cover every routing), the bench tool's sha
 the dtype option's refusal message and the logits download's row chunks."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from optimized.__main__ import parse_shapes
 from optimized.kernels import GEMM_TILE_ROWS, max_gemm_tiles
+
+OPTIMIZED = Path(__file__).resolve().parents[1] / "optimized"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -35,37 +40,34 @@ def test_unknown_dtype_is_refused_before_any_gpu_work(tiny_ckpt):
         OptimizedEngine(tiny_ckpt, device=0, dtype="fp16")
 
 
-def test_gemv_constants_match_the_kernel_source():
-    """gemv.py sizes grids from these; gemv.cu's #defines must say the same."""
-    import re
-    from pathlib import Path
+def source_defines(name: str) -> dict[str, int]:
+    """The integer #defines of optimized/<name>."""
+    src = (OPTIMIZED / name).read_text()
+    return {m[0]: int(m[1]) for m in re.findall(r"#define (\w+) (\d+)", src)}
 
-    from optimized import gemv
-    src = (Path(gemv.__file__).parent / "gemv.cu").read_text()
-    defines = {m[0]: int(m[1]) for m in re.findall(r"#define (\w+) (\d+)", src)}
+
+def test_gemv_and_router_constants_match_the_kernel_sources():
+    """gemv.py and router.py size grids from these; the #defines of gemv.cuh and router.cu must
+    say the same."""
+    from optimized import gemv, router
+    defines = source_defines("gemv.cuh") | source_defines("router.cu")
     assert defines["GV_MAXB"] == gemv.GEMV_MAX_TOKENS
     assert defines["GV_WARPS"] == gemv.GEMV_WARPS
-    assert defines["RT_THREADS"] == gemv.ROUTER_THREADS
-    assert defines["NRS_MAXT"] == gemv.NORM_ROUTE_SPLIT_MAX_TOKENS
-    assert defines["FR_PARTS"] == gemv.FOLDED_ROUTER_PARTS
-    assert gemv.MOE_GEMV_MAX_PAIRS <= 65535 and gemv.ROUTER_MAX_TOKENS >= gemv.GEMV_MAX_TOKENS
+    assert defines["RT_THREADS"] == router.ROUTER_THREADS
+    assert defines["NR_MAX_H"] == router.NORM_ROUTE_MAX_H
+    assert defines["NRS_MAXT"] == router.NORM_ROUTE_SPLIT_MAX_TOKENS
+    assert defines["FR_PARTS"] == router.FOLDED_ROUTER_PARTS
+    assert gemv.MOE_GEMV_MAX_PAIRS <= 65535 and router.ROUTER_MAX_TOKENS >= gemv.GEMV_MAX_TOKENS
 
 
 def test_grid_constants_match_the_kernel_sources():
     """kernels.py sizes the grids of shortconv_tiled and the two attention kernels from these; the
     .cu files' #defines must say the same."""
-    import re
-    from pathlib import Path
-
     from optimized import kernels
-
-    def defines(name):
-        src = (Path(kernels.__file__).parent / name).read_text()
-        return {m[0]: int(m[1]) for m in re.findall(r"#define (\w+) (\d+)", src)}
-    ew = defines("elementwise.cu")
+    ew = source_defines("elementwise.cu")
     assert (ew["SC_TOKENS"], ew["SC_L"]) == (kernels.CONV_TILED_TOKENS, kernels.CONV_TILED_TAPS)
-    assert defines("attention.cu")["QT"] == kernels.ATTN_QT
-    assert defines("attention_mma.cu")["AM_QT"] == kernels.ATTN_MMA_QT
+    assert source_defines("attention.cu")["QT"] == kernels.ATTN_QT
+    assert source_defines("attention_mma.cu")["AM_QT"] == kernels.ATTN_MMA_QT
 
 
 def test_cli_refuses_a_moe_variant_not_built_for_the_dtype():

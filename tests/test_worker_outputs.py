@@ -1,6 +1,6 @@
 """The timed loop copies each batch's logits into one array made before the clock and lets the
 engine's own array go (harness/run/prefill.py): kept arrays made every batch fault in fresh host pages,
-which on the session-9 device machines cost the optimized 64 x 16 forward ~40 ms per batch."""
+which on the H100 machines costs the optimized 64 x 16 forward ~40 ms per batch."""
 from __future__ import annotations
 
 import gc

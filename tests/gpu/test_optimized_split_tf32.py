@@ -100,7 +100,7 @@ def test_mm_matches_float64(X, M, N, K):
 
 
 def test_mm_replays_from_a_cuda_graph(gpu):
-    from optimized.engine import capturing
+    from optimized.plan import capturing
     from optimized.split_tf32 import SplitTF32, split_weight
     stream = gpu.cuda.Stream()
     ts = torch.cuda.ExternalStream(stream.handle, device=gpu.torch_device)
