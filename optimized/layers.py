@@ -129,6 +129,8 @@ class ForwardLayers:
         k, T = cfg.num_experts_per_tok, P.T
         moe = cfg.is_moe(i)
         self._ffn_norm(P, L, moe)
+        if moe and self._route_probe is not None:  # OptimizedEngine.touched_experts (never in a graph)
+            self._route_probe.append(P.idx.clone())
         if moe:
             if self._moe_gemv(P):
                 self.G.moe_gateup(P.h, L["w13"], P.act, P.idx, k)

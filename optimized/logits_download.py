@@ -1,18 +1,14 @@
-"""The forward's logits from the device into a new host array, with the host's part overlapped.
+"""The forward's logits from the device into host memory, with the host's part overlapped.
 
-A forward returns float32 [B, V] logits in a fresh numpy array (the caller keeps every batch's).
-At fp32 64 x 16 that is 16.8 MB, and a plain download takes ~2 ms on an H100 between the GPU's
-last kernel and the return: the DMA into the plan's pinned buffer, then a one-thread copy into a
-new array whose pages the OS faults in (and zeroes) on first touch. Here:
-- the new array is allocated and its pages touched while the GPU still runs the forward
-  (`prepare`, called after the launches are queued);
-- the DMA goes in row chunks of ~CHUNK_BYTES, each followed by an event (`enqueue`);
-- the host copies chunk k out of the pinned buffer (torch's copy, multi-threaded for large
-  tensors) as soon as its event fires, while chunk k + 1 is still on the bus (`collect`).
-On an H100 that takes fp32 64 x 16 from 64.60 to 62.76 ms per forward and bf16 64 x 16 from
-21.35 to 19.06 ms, nearly all of it from the multi-threaded copy. Under SMALL_BYTES (1 x 16's
-256 KB) the same path is 0.03-0.09 ms slower than a plain copy (waking torch's thread pool costs
-more than it saves), so small downloads keep the plain copy after their one DMA.
+A forward's float32 [B, V] logits are 16.8 MB at 64 x 16. The DMA goes into the plan's pinned
+buffer in row chunks of ~CHUNK_BYTES, each followed by an event (`enqueue`); the host copies chunk
+k out (torch's copy, multi-threaded for large tensors) as soon as its event fires, while chunk
+k + 1 is still on the bus (`collect`), into the caller's rows or into a new array whose pages were
+faulted in while the GPU still ran the forward (`prepare`). On an H100 this took fp32 64 x 16 from
+64.60 to 62.76 ms per forward and bf16 from 21.35 to 19.06 ms, nearly all of it from the
+multi-threaded copy. Under SMALL_BYTES (1 x 16's 256 KB) the same path was 0.03-0.09 ms slower
+than a plain copy (waking torch's thread pool costs more than it saves), so small downloads keep
+the plain copy after their one DMA.
 """
 from __future__ import annotations
 
@@ -60,14 +56,19 @@ class LogitsDownload:
         self.out = torch.empty(self.pinned.shape, dtype=torch.float32)
         self.out.view(-1)[::PAGE_FLOATS] = 0.0
 
-    def collect(self) -> np.ndarray:
-        """Wait for each chunk in turn and copy it out; the whole float32 [B, V] as a new numpy array."""
+    def collect(self, into: np.ndarray | None = None) -> np.ndarray:
+        """Wait for each chunk in turn and copy it out: into `into` (float32 [B, V]) when given,
+        else into a new array; returns the array written."""
         if self.small:
             self.done[-1].synchronize()
-            return self.pinned.numpy().copy()
-        if self.out is None:
+            if into is None:
+                return self.pinned.numpy().copy()
+            into[:] = self.pinned.numpy()
+            return into
+        if into is None and self.out is None:
             self.prepare()
-        out, self.out = self.out, None
+        out = torch.from_numpy(into) if into is not None else self.out
+        self.out = None
         for (a, b), event in zip(self.chunks, self.done):
             event.synchronize()
             out[a:b].copy_(self.pinned[a:b])

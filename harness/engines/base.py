@@ -4,11 +4,14 @@ An engine is built once from a checkpoint and a device, then asked for the last-
 of batches of prompts. The harness times `forward` calls between barriers; everything an engine
 does at construction (weight upload for resident engines, kernel compilation) is load time.
 
-Generation (issue 12) will add `prefill`/`decode_step` on engines that keep caches; engines
-that cannot generate simply do not define them (`supports_generation` is False).
+The timed loop hands each batch's rows of one output array made before the clock to
+`forward_into` (inside `outputs_held(array)`), so an engine that can copy its logits straight
+into them spares the host its copies. Engines that keep caches also generate (`prefill`,
+`decode`; `supports_generation`).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 
@@ -66,6 +69,22 @@ class Engine:
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         """tokens: int32 [batch, seq_len] -> float32 [batch, vocab] last-position logits."""
         raise NotImplementedError
+
+    def forward_into(self, tokens: np.ndarray, out: np.ndarray) -> None:
+        """forward's logits written into `out` (float32 [batch, vocab], rows of the caller's array);
+        engines that can put them there without a host copy override it."""
+        out[:] = np.asarray(self.forward(tokens), dtype=np.float32).reshape(out.shape)
+
+    def outputs_held(self, array: np.ndarray):
+        """A context inside which every forward_into's `out` lies in `array` (the timed loop's
+        output rows): an engine may page-lock it for the while, so its copies land there directly."""
+        return contextlib.nullcontext()
+
+    def touched_experts(self, tokens: np.ndarray) -> list[int] | None:
+        """How many distinct experts the engine's own router picked in each MoE layer for one
+        forward of `tokens` (run outside any timing), or None where the engine cannot say. The
+        harness turns it into the bytes that forward had to read (its weight-streaming floor)."""
+        return None
 
     # ----- generation (engines with supports_generation = True) ----------------------------------
     def prefill(self, prompts: np.ndarray) -> np.ndarray:

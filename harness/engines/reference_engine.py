@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from harness.engines.base import Engine
-from harness.engines.reference import WeightCache, _Weights, check_prompts, check_tokens, reference_logits
+from harness.engines.reference import (WeightCache, _Weights, check_prompts, check_tokens, reference_forward,
+                                       reference_logits)
 from harness.engines.reference_generate import SequenceCache, _chunk
 
 
@@ -28,6 +29,11 @@ class ReferenceEngine(Engine):
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         return reference_logits(self.checkpoint, tokens, dtype=self._torch_dtype, device=self.torch_device,
                                 cache=self._cache)
+
+    def touched_experts(self, tokens: np.ndarray) -> list[int]:
+        out = reference_forward(self.checkpoint, tokens, dtype=self._torch_dtype, device=self.torch_device,
+                                debug=True, cache=self._cache)
+        return [int(torch.unique(out.router_indices[i]).numel()) for i in self.config.moe_layers]
 
     @torch.no_grad()
     def prefill(self, prompts) -> np.ndarray:

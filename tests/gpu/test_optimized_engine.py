@@ -4,12 +4,14 @@ reported and bounded), a batch equals its samples one at a time, the CUDA graph 
 what the eager forward computes, and a timed forward moves only ids up and logits down."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
 from harness.jobs.files import synthetic_prompts, validate
-from harness.engines.reference import reference_logits
+from harness.engines.reference import reference_forward, reference_logits
 
 pytestmark = pytest.mark.gpu
 PRESETS = ["tiny", "tiny-top3", "small"]
@@ -158,3 +160,38 @@ def test_profile_lists_the_forwards_own_kernels(engine, ckpt):
     names = " ".join(op["name"] for op in ops)
     assert "add_norm" in names and "moe_gateup" in names and "moe_down" in names
     assert all(op["us"] > 0 and op["calls"] >= 1 for op in ops)
+
+
+def test_forward_into_lands_in_the_callers_rows(engine, ckpt):
+    """forward_into writes forward's logits into the caller's rows: straight from the device inside
+    outputs_held (the array page-locked), through the pinned buffer outside it; the rows around
+    stay untouched and the counters see one download of the logits."""
+    cfg = ckpt.config
+    tokens = synthetic_prompts(cfg.vocab_size, 4, 9, seed=12)
+    want = engine.forward(tokens)
+    rows = max(16, -(-(2 << 20) // (cfg.vocab_size * 4)))  # an array over HOLD_MIN_BYTES
+    for held in (False, True):
+        out = np.full((rows, cfg.vocab_size), np.nan, np.float32)
+        with engine.outputs_held(out) if held else contextlib.nullcontext():
+            assert engine._is_held(out[5:9]) == held
+            engine.counters.reset()
+            engine.forward_into(tokens, out[5:9])
+        np.testing.assert_array_equal(out[5:9], want)
+        assert np.isnan(out[:5]).all() and np.isnan(out[9:]).all()
+        assert engine.counters.d2h_bytes == want.nbytes
+    assert engine._held is None
+
+
+@pytest.mark.parametrize("seq_len", [1, 17])
+def test_touched_experts_are_the_routers_choice(engine, ckpt, seq_len):
+    """The distinct experts per MoE layer that the engine's own router picked (1 token: the router
+    folded through out_proj; 34 tokens: the grouped path), against the float64 reference's routing."""
+    cfg = ckpt.config
+    tokens = synthetic_prompts(cfg.vocab_size, 2 if seq_len > 1 else 1, seq_len, seed=4)
+    got = engine.touched_experts(tokens)
+    ref = reference_forward(ckpt, tokens, dtype=torch.float64, debug=True)
+    want = [int(torch.unique(ref.router_indices[i]).numel()) for i in cfg.moe_layers]
+    assert len(got) == len(want)
+    assert all(cfg.num_experts_per_tok <= g <= cfg.num_experts for g in got)
+    if engine.dtype == "fp32":
+        assert got == want
