@@ -2,7 +2,6 @@
 reference's, from its router choices) and measure.model_stats.forward_weight_bytes."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from harness.checkpoints.synthetic import synthetic_checkpoint
