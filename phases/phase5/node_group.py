@@ -78,6 +78,22 @@ class NodeGroup:
     def bcast_object(self, obj):
         return obj if self.comm is None else self.comm.bcast(obj, root=0)
 
+    def gather_object(self, obj) -> list | None:
+        """Every rank's obj, in rank order, at rank 0 (None elsewhere)."""
+        return [obj] if self.comm is None else self.comm.gather(obj, root=0)
+
+    def allgather_object(self, obj) -> list:
+        return [obj] if self.comm is None else self.comm.allgather(obj)
+
+    def allgather_floats(self, values) -> np.ndarray:
+        """Each rank's float64 [n] -> [size, n] on every rank."""
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        if self.comm is None:
+            return values[None, :].copy()
+        out = np.empty((self.size, values.size), dtype=np.float64)
+        self.comm.Allgather(values, out)
+        return out
+
     def send_object(self, obj, dest: int, tag: int = 0) -> None:
         self.comm.send(obj, dest=dest, tag=tag)
 
