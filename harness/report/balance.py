@@ -1,6 +1,6 @@
 """The load-balance figure of phase 5's expert placement, from harness run records.
 
-    python -m harness run --engine phase5 --preset small --skew 0.5 --ranks 4 --samples 256 --batch 64 \\
+    python -m harness run --engine phase5 --preset small --skew 2 --ranks 4 --samples 256 --batch 64 \\
         --no-validate --option expert_parallel=true --run-id ep-skew
     python -m harness run ... --option rebalance=never --run-id ep-skew-never      # optional
     python -m harness.report.balance results/ep-skew [results/ep-skew-never] --out results/ep-skew
