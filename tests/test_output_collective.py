@@ -1,7 +1,8 @@
 """How outputs reach rank 0 (harness/run/outputs.py): "reduce" (phases 0-4, the original's MPI
 Reduce(SUM) of a full samples x vocab array, other ranks' rows zeroed) or "gather" (phase 5 on:
-each rank's own rows). Under a real mpiexec with 2 ranks and the reference engine on the tiny
-preset: both give bit-identical outputs, and the record says how many bytes each moved."""
+each rank's own rows), inside the timed region. Under a real mpiexec with 2 ranks and the
+reference engine on the tiny preset: both give bit-identical outputs, and the record says how many
+bytes each moved and how long it took inside the clock."""
 from __future__ import annotations
 
 import json
@@ -70,3 +71,12 @@ def test_bytes_moved_are_recorded(runs):
     # ... and reach the summary columns
     assert (rec_r["output_collective"], rec_r["mpi_output_bytes"]) == ("reduce", SAMPLES * VOCAB * 4)
     assert (rec_g["output_collective"], rec_g["mpi_output_bytes"]) == ("gather", 2 * VOCAB * 4)
+
+
+def test_collective_time_is_recorded_inside_the_clock(runs):
+    for mode in ("reduce", "gather"):
+        _, rec, _ = runs[mode]
+        per_rank = [r["output_s"] for r in rec["per_rank"]]
+        assert all(s > 0 for s in per_rank) and rec["output_collective_s"] == max(per_rank)
+        assert all(r["end_s"] + r["output_s"] <= rec["elapsed_s"] for r in rec["per_rank"])  # both inside
+        assert any("ms inside the timed region" in n for n in rec["notes"])

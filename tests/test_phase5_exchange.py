@@ -102,9 +102,12 @@ def mpi_rank_program(out_dir: str) -> None:
     ok_experts = bool(np.isin(got[:, 3], order[first[g.rank]:first[g.rank + 1]]).all())  # only my experts' rows
     recv[:plan.total] = got * 10 + got[:, 3:4]  # "run" each row's expert
     g.alltoallv_rows(recv, plan.recv_rows, send, send_rows, H)
+    seconds = g.allgather_floats([g.rank + 0.5, 2.0 * g.rank])  # what the drift checks share
+    points = g.gather_object([(g.rank, g.rank * 10, 0.1)])  # what the calibration gathers at rank 0
     result = {"rank": g.rank, "size": G, "experts_ok": ok_experts,
               "round_trip_ok": bool(np.array_equal(send[:len(rows)], rows * 10 + rows[:, 3:4])),
-              "agreed": g.allreduce_max(g.rank * 7), "sent": int(send_rows.sum()), "served": plan.total}
+              "agreed": g.allreduce_max(g.rank * 7), "sent": int(send_rows.sum()), "served": plan.total,
+              "seconds": seconds.tolist(), "points": points, "gpus": g.allgather_object(f"bus{g.rank % 2}")}
     Path(out_dir, f"rank{g.rank}.json").write_text(json.dumps(result))
     g.free()
 
@@ -122,6 +125,9 @@ def test_real_mpi_exchange_three_ranks(tmp_path):
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
     for r in results:
         assert r["size"] == 3 and r["experts_ok"] and r["round_trip_ok"] and r["agreed"] == 14
+        assert r["seconds"] == [[0.5, 0.0], [1.5, 2.0], [2.5, 4.0]] and r["gpus"] == ["bus0", "bus1", "bus0"]
+    assert results[0]["points"] == [[[0, 0, 0.1]], [[1, 10, 0.1]], [[2, 20, 0.1]]]
+    assert results[1]["points"] is None and results[2]["points"] is None
     assert results[1]["sent"] == 0 and results[1]["served"] > 0  # the idle rank still serves its experts
     assert sum(r["sent"] for r in results) == sum(r["served"] for r in results) == (5 + 3) * 2
 

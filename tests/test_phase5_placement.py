@@ -1,13 +1,15 @@
 """Phase 5's expert placement (phases/phase5/placement.py), on the CPU: every expert placed exactly
-once, equal expert counts per shard, deterministic, and on skewed routing the balanced placement
-spreads the busy experts so the busiest shard carries far less than under the contiguous one."""
+once, equal expert counts per shard, deterministic, LPT improved by swaps where LPT falls short,
+and on skewed routing the balanced placement spreads the busy experts so the busiest shard carries
+far less than under the contiguous one."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from phases.phase5.placement import (balanced_layers, balanced_placement, contiguous_placement, critical_rows,
-                                     imbalance, shard_loads, shard_order)
+from phases.phase5.placement import (balanced_layers, balanced_placement, contiguous_placement, critical_load,
+                                     fewer_moves, imbalance, improve_busiest, shard_loads, shard_names_kept,
+                                     shard_order)
 
 
 def skewed_loads(num_experts: int, seed: int, hot: int = 4, hot_share: float = 0.8, total: int = 65536):
@@ -84,9 +86,45 @@ def test_layers_do_not_all_put_their_hot_experts_on_the_same_shards():
     assert totals(contiguous) == [0, 512, 512, 0]  # experts 2 and 5 sit on shards 1 and 2 every layer
     assert totals(per_layer_alone) == [512, 512, 0, 0]  # optimal per layer, lopsided over the layers
     assert totals(layered) == [256, 256, 256, 256]
-    assert critical_rows(loads, layered, 4) == critical_rows(loads, per_layer_alone, 4) == 4 * 128
+    assert critical_load(loads, layered, 4) == critical_load(loads, per_layer_alone, 4) == 4 * 128
     hot_on_one = {layer: np.array([1, 1, 0, 2, 2, 0, 3, 3]) for layer in loads}  # experts 2 and 5 on shard 0
-    assert critical_rows(loads, hot_on_one, 4) == 4 * 256
+    assert critical_load(loads, hot_on_one, 4) == 4 * 256
+
+
+def test_swaps_fix_what_lpt_leaves():
+    """LPT's classic miss: 3, 3, 2, 2, 2 on two shards gives 7 + 5; the optimum is 6 + 6."""
+    loads = np.array([3, 3, 2, 2, 2])
+    lpt_only = np.array([0, 1, 0, 1, 0])  # what the greedy pass makes
+    assert shard_loads(loads, lpt_only, 2).tolist() == [7, 5]
+    assert shard_loads(loads, improve_busiest(loads, lpt_only, 2), 2).tolist() == [6, 6]
+    assert shard_loads(loads, balanced_placement(loads, 2), 2).tolist() == [6, 6]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_swaps_never_raise_the_busiest_shard_and_keep_counts(seed):
+    rng = np.random.default_rng(seed)
+    loads = rng.exponential(1.0, 32)
+    start = rng.permutation(np.repeat(np.arange(4), 8))
+    better = improve_busiest(loads, start, 4)
+    assert shard_loads(loads, better, 4).max() <= shard_loads(loads, start, 4).max() + 1e-12
+    assert np.bincount(better, minlength=4).max() <= 8
+
+
+def test_placing_again_moves_few_experts():
+    current = contiguous_placement(8, 2)  # [0 0 0 0 1 1 1 1]
+    renamed = 1 - current
+    assert shard_names_kept(renamed, current, 2).tolist() == current.tolist()  # a renaming moves nothing
+    loads = np.array([5, 1, 1, 0, 5, 1, 1, 0])
+    traded = np.array([0, 1, 0, 0, 1, 0, 1, 1])  # experts 1 and 5 (equal loads) trade shards, 3 and 7 too
+    kept = fewer_moves(loads, traded, current, 2)
+    assert kept.tolist() == current.tolist()
+    assert shard_loads(loads, kept, 2).tolist() == shard_loads(loads, traded, 2).tolist()
+    skewed = {1: np.array([9, 9, 1, 1, 1, 1, 1, 1]), 2: np.array([1, 1, 1, 1, 1, 1, 9, 9])}
+    fresh = balanced_layers(skewed, 2)
+    near = balanced_layers(skewed, 2, {l: current for l in skewed})
+    for l in skewed:
+        assert shard_loads(skewed[l], near[l], 2).max() == shard_loads(skewed[l], fresh[l], 2).max() == 12
+        assert (near[l] != current).sum() == 2  # one hot expert out, one cold expert in: nothing more
 
 
 def test_ties_are_broken_by_expert_id_then_shard():
@@ -108,7 +146,7 @@ def test_bad_input_says_what_to_do():
         contiguous_placement(4, 8)
     with pytest.raises(ValueError, match="negative"):
         balanced_placement(np.array([1, -1, 2, 3]), 2)
-    with pytest.raises(ValueError, match="one count per expert"):
+    with pytest.raises(ValueError, match="one number per expert"):
         balanced_placement(np.ones((2, 4)), 2)
     with pytest.raises(ValueError, match="at least one shard"):
         balanced_placement(np.ones(4), 0)

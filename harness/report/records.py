@@ -30,7 +30,9 @@ EXTRA_COLUMNS = [
     "run_id", "variant", "model", "batch_used", "samples_requested", "budget_s", "budget_hit",
     "elapsed_s", "load_s", "warmup_s", "gpus", "peak_tflops", "math_mode", "h2d_copy_gbps",
     "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample",
-    "output_collective", "mpi_output_bytes", "load_mode", "load_bytes_read",
+    "output_collective", "mpi_output_bytes", "output_collective_s", "load_mode", "load_bytes_read",
+    "calibrate_s", "expert_shards", "ep_placement", "ep_imbalance_predicted", "ep_imbalance_measured",
+    "ep_replacements", "ep_exchange_s",
     "workload", "max_new_tokens", "decode_mode", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
     "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
     "invalid_samples", "error",
@@ -100,8 +102,17 @@ class VariantRecord:
     expert_h2d_bytes_per_sample: float | None = None  # the expert part of it (phase 2's evidence)
     output_collective: str | None = None  # how outputs reached rank 0: reduce (phases 0-4) or gather
     mpi_output_bytes: float | None = None  # bytes all ranks sent for it
+    output_collective_s: float | None = None  # the slowest rank's seconds in it, inside the timed region
     load_mode: str | None = None  # phase 5: each rank reads the checkpoint, or one per node broadcasts
     load_bytes_read: float | None = None  # checkpoint bytes read, summed over ranks
+    calibrate_s: float | None = None  # the engine's calibration hook, outside the clock (slowest rank)
+    # ---- phase 5's expert placement (the engine's record_fields) ----
+    expert_shards: int | None = None  # ranks the experts are split over (1: every rank holds all)
+    ep_placement: str | None = None  # where the placement came from (measured calibration, contiguous)
+    ep_imbalance_predicted: float | None = None  # timed loop: per layer the busiest shard, summed, over the
+    ep_imbalance_measured: float | None = None  # even share; by the cost model / by CUDA events (1.0 = even)
+    ep_replacements: int | None = None  # placements made again in the timed loop because the load drifted
+    ep_exchange_s: float | None = None  # the slowest rank's seconds inside the MoE exchange collectives
     # ---- the generate workload (issue 12) ----
     workload: str = "prefill"
     max_new_tokens: int | None = None
@@ -124,6 +135,7 @@ class VariantRecord:
     ran_indices: list[int] = field(default_factory=list)
     invalid_sample_indices: list[int] = field(default_factory=list)  # job sample indices, first 100
     op_profile: list[dict] = field(default_factory=list)  # --profile-ops: {name, calls, us}, most time first
+    expert_placement: dict = field(default_factory=dict)  # per node: placement, cost model, per-rank load
     options: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

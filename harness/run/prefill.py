@@ -1,5 +1,6 @@
-"""The prefill workload inside a rank: warm-up, the timed loop between two barriers, and an
-optional op profile of one forward after it. `worker` is the rank's harness.run.worker.Worker."""
+"""The prefill workload inside a rank: warm-up, the engine's calibration, the timed loop between
+two barriers (its outputs reaching rank 0 inside it), and an optional op profile of one forward
+after it. `worker` is the rank's harness.run.worker.Worker."""
 from __future__ import annotations
 
 import sys
@@ -8,6 +9,7 @@ import time
 import numpy as np
 
 from harness.measure.nvml import NvmlSampler
+from harness.run.outputs import output_buffers
 from harness.run.stages import err_text, raise_if
 
 
@@ -20,19 +22,39 @@ def warm_up(worker, engine, tokens, b: int) -> None:
     worker.info["warmup_s"] = time.perf_counter() - t
 
 
-def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int) -> dict:
+def calibrate(worker, engine, tokens, lo: int, hi: int, b: int) -> None:
+    """The calibration hook, outside the clock, after the warm-up: an engine that places work by
+    measured traffic defines `calibrate(tokens, batch)` and is handed this rank's samples in timed
+    order (tokens[lo:hi], maybe none) and the timed loop's batch size; it runs what it needs (phase
+    5: its first batches, to place experts by their measured load; measured_placement.py). Every
+    rank calls it, so it may be collective. The warm-up cannot serve: it repeats sample 0.
+    Engines without the method are not touched."""
+    hook = getattr(engine, "calibrate", None)
+    if hook is None:
+        return
+    t = time.perf_counter()
+    hook(np.ascontiguousarray(tokens[lo:hi]), b)
+    engine.synchronize()
+    worker.info["calibrate_s"] = time.perf_counter() - t
+
+
+def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int, collective=None) -> dict:
+    """This rank's samples lo..hi in batches of b between two barriers; `collective` (made by
+    harness.run.outputs.output_buffers before the clock; made here when not given) takes each
+    batch's logits and brings them to rank 0 before the closing barrier."""
     MPI, comm, spec = worker.MPI, worker.comm, worker.spec
     my_steps = -(-(hi - lo) // b)
     steps = comm.allreduce(my_steps, op=MPI.MAX)
-    collective = bool(getattr(engine, "collective_forward", False))
+    collective_forward = bool(getattr(engine, "collective_forward", False))
     sampler = NvmlSampler(worker.gpu, spec.nvml_interval_s)
-    # Each batch's logits are copied into one array allocated and touched before the clock, so the
-    # memory an engine returns is recycled batch after batch, as in a server. Keeping every returned
-    # array instead made each batch fault in fresh host pages: on the session-9 device machines the
+    # Each batch's logits are copied into the output collective's array, allocated and touched
+    # before the clock, so the memory an engine returns is recycled batch after batch, as in a
+    # server. Keeping every returned array instead made each batch fault in fresh host pages: the
     # optimized 64 x 16 bf16 forward (16.8 MB of logits) took ~12 ms in a plain process and 33-53 ms
-    # p50 in this loop, and hf lost ~18 ms per batch too (docs/perf-notes.md, session 9).
-    results = np.zeros((max(0, hi - lo), engine.config.vocab_size), np.float32)
-    outputs: list[np.ndarray] = []
+    # p50 in this loop, and hf lost ~18 ms per batch too (docs/perf-notes.md).
+    collective = collective or output_buffers(worker, engine, len(tokens), lo, hi)
+    results = collective.rows
+    ran = 0
     lat_ms: list[float] = []
     err = None
     budget_hit = False
@@ -64,14 +86,13 @@ def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int) -> dict:
                 out = engine.forward(batch)
                 engine.synchronize()
                 lat_ms.append((time.perf_counter() - tc) * 1e3)
-                rows = results[s0 - lo: s0 - lo + len(batch)]
-                rows[:] = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
-                outputs.append(rows)
+                results[s0 - lo: s0 - lo + len(batch)] = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+                ran += len(batch)
                 del out  # the engine's array goes back to the allocator before the next batch
             except Exception as e:
                 err = err_text(e)
                 print(f"[rank {worker.rank}] forward failed: {err}", file=sys.stderr, flush=True)
-        elif collective and not err:  # the other ranks' forward needs this rank's part
+        elif collective_forward and not err:  # the other ranks' forward needs this rank's part
             try:
                 engine.forward(tokens[:0])
             except Exception as e:
@@ -79,16 +100,25 @@ def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int) -> dict:
                 print(f"[rank {worker.rank}] idle forward failed: {err}", file=sys.stderr, flush=True)
     engine.synchronize()
     t_rank_end = time.perf_counter() - t0
+    # Inside the clock, as the original's MPI_Reduce: every rank takes part, even after an error
+    # (the arrays exist), so no rank waits for another forever.
+    collected, sent = None, 0
+    try:
+        collected, sent = collective.collect(ran)
+    except Exception as e:
+        err = err or err_text(e)
+    output_s = time.perf_counter() - t0 - t_rank_end
     comm.Barrier()
     t1 = time.perf_counter()
     series = sampler.stop()
     worker.stage("the timed loop", lambda: raise_if(err))
     worker.info.update(
-        samples_ran=sum(len(o) for o in outputs), calls=len(lat_ms), busy_s=sum(lat_ms) / 1e3,
-        end_s=t_rank_end, counters=engine.counters.as_dict(), device_name=series.device_name,
+        samples_ran=ran, calls=len(lat_ms), busy_s=sum(lat_ms) / 1e3, end_s=t_rank_end,
+        output_collective=collective.mode, mpi_output_bytes=sent, output_s=output_s,
+        counters=engine.counters.as_dict(), device_name=series.device_name,
     )
-    return {"elapsed": t1 - t0, "outputs": outputs, "lat_ms": lat_ms, "nvml": series,
-            "budget_hit": budget_hit}
+    return {"elapsed": t1 - t0, "outputs": collected, "collective": collective, "lat_ms": lat_ms,
+            "nvml": series, "budget_hit": budget_hit}
 
 
 def profile_one_forward(worker, engine, tokens, b: int) -> None:

@@ -12,6 +12,7 @@ Run folder layout (results/<run-id>/):
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +30,15 @@ class Variant:
     ranks: int
     batch: int | None = None  # most samples per forward; None: the engine's own max_batch
     dtype: str | None = None  # None: the engine's default
+    # Engine options of this variant alone, over the run's (e.g. (("expert_parallel", True),)):
+    # they end its name, so two variants of one engine differing only in them keep two records.
+    options: tuple = ()
 
     @property
     def name(self) -> str:
         parts = [self.engine] + ([self.dtype] if self.dtype else [])
         parts += [f"s{self.seq_len}", f"r{self.ranks}", f"b{self.batch}" if self.batch else "bmax"]
+        parts += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in self.options]
         return "-".join(parts)
 
 
@@ -60,7 +65,7 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
     run_dir = Path(run_dir)
     record_path = run_dir / "records" / f"{variant.name}.json"
     record_path.unlink(missing_ok=True)  # a stale record must not pass for this run's
-    options = dict(settings.options)
+    options = {**settings.options, **dict(variant.options)}
     if variant.dtype:
         options["dtype"] = variant.dtype
     spec = WorkerSpec(

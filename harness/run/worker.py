@@ -6,18 +6,24 @@ What every rank does (baseline.md's job contract, plus what the harness measures
   2. Rank 0 reads inputs.bin and broadcasts it; samples are split into contiguous ranges.
   3. Load: open the checkpoint, build the engine (all outside the timed region).
   4. Warm-up: `warmup` forwards of sample 0 at the batch size of the timed loop.
-  5. Counters reset; device sync; barrier; start clock; forward this rank's samples in batches
-     of `batch_used` (each call timed after a device sync); device sync; barrier; stop clock.
-     A budget (`budget_s`) stops ranks from *starting* batches once the next one would not fit
-     (all ranks agree each step, so every rank runs the same number of steps; one at least).
-     An engine whose forwards are collective across ranks (`collective_forward`, e.g. phase 5's
-     expert parallelism) is called with zero rows on steps where its rank has no batch left.
-  6. Outputs reach rank 0 by the engine's `output_collective`: "reduce" (phases 0-4, as the
-     original: MPI Reduce(SUM) of a full samples x vocab array with the other ranks' rows zeroed)
-     or "gather" (phase 5 on, and engines that do not say: each rank's own rows, Gatherv);
-     `--option output_collective=...` overrides it. The bytes each rank sent go into its
-     per-rank record (mpi_output_bytes). Rank 0 validates the rows that ran against the answers
-     and writes one JSON record.
+  5. Calibration (engines that define `calibrate(tokens, batch)`, e.g. phase 5 placing its
+     experts by measured load): the rank's own samples in timed order, outside the clock.
+  6. Counters reset; device sync; barrier; start clock; forward this rank's samples in batches
+     of `batch_used` (each call timed after a device sync); device sync; the outputs reach rank
+     0; barrier; stop clock. A budget (`budget_s`) stops ranks from *starting* batches once the
+     next one would not fit (all ranks agree each step, so every rank runs the same number of
+     steps; one at least). An engine whose forwards are collective across ranks
+     (`collective_forward`, e.g. phase 5's expert parallelism) is called with zero rows on steps
+     where its rank has no batch left.
+     Outputs reach rank 0 by the engine's `output_collective`, inside the clock as the original's
+     did: "reduce" (phases 0-4, as the original: MPI Reduce(SUM) of a full samples x vocab array
+     with the other ranks' rows zeroed) or "gather" (phase 5 on, and engines that do not say:
+     each rank's own rows, Gatherv); `--option output_collective=...` overrides it. The bytes
+     each rank sent and its seconds in the collective go into its per-rank record
+     (mpi_output_bytes, output_s).
+  7. Rank 0 validates the rows that ran against the answers and writes one JSON record; an
+     engine with `record_fields(ranks_info)` adds its own fields to it (phase 5: the expert
+     placement and the per-rank load it predicted and measured).
 Errors are agreed on collectively at each stage, so a failure on one rank ends every rank
 cleanly with a record that names the rank and the error instead of a hang.
 """
@@ -115,6 +121,7 @@ class Worker:
 
     def run(self) -> int:
         from harness.run import prefill
+        from harness.run.outputs import output_buffers
         spec = self.spec
         try:
             tokens, shape = self.stage("reading inputs", self.read_inputs)
@@ -131,7 +138,9 @@ class Worker:
                 engine.close()
                 return rc
             self.stage("warm-up", lambda: prefill.warm_up(self, engine, tokens, b))
-            timed = prefill.timed_loop(self, engine, tokens, lo, hi, b)
+            self.stage("calibration", lambda: prefill.calibrate(self, engine, tokens, lo, hi, b))
+            collective = self.stage("output buffers", lambda: output_buffers(self, engine, n, lo, hi))
+            timed = prefill.timed_loop(self, engine, tokens, lo, hi, b, collective)
             if spec.profile_ops:
                 prefill.profile_one_forward(self, engine, tokens, b)
             rc = self.finish(engine, timed, b, n, seq_len)
@@ -147,13 +156,6 @@ class Worker:
 
         from harness.report.metrics import build_record
         from harness.run import outputs
-        vocab = engine.config.vocab_size
-        mode = outputs.output_collective(self, engine)
-        if mode == "reduce":
-            outs, sent = outputs.reduce_outputs(self, timed["outputs"], vocab, n)
-        else:
-            outs, sent = outputs.gather_outputs(self, timed["outputs"], vocab)
-        self.info.update(output_collective=mode, mpi_output_bytes=sent)
         ranks_info = self.comm.gather(self.info, root=0)
         lat_all = self.comm.gather(timed["lat_ms"], root=0)
         nvml_all = self.comm.gather(timed["nvml"].as_dict(), root=0)
@@ -166,11 +168,15 @@ class Worker:
         if self.spec.profile_ops:
             rec.op_profile = getattr(self, "op_profile", [])
             rec.notes.append(getattr(self, "op_profile_note", "op profile: not taken"))
-        if mode == "reduce":
-            outs = outs[idx]
-        rec.notes.append(f"outputs to rank 0 by MPI {mode}: {sum(r['mpi_output_bytes'] for r in ranks_info):,} "
-                         "bytes sent by the other ranks")
+        collective = timed["collective"]
+        outs = collective.select(timed["outputs"], idx)
+        rec.output_collective_s = max(r.get("output_s", 0.0) for r in ranks_info)
+        rec.calibrate_s = max((r["calibrate_s"] for r in ranks_info if "calibrate_s" in r), default=None)
+        rec.notes.append(f"outputs to rank 0 by MPI {collective.mode}: "
+                         f"{sum(r['mpi_output_bytes'] for r in ranks_info):,} bytes sent by the other ranks, "
+                         f"{1e3 * rec.output_collective_s:.3g} ms inside the timed region")
         try:
+            self.add_engine_fields(engine, rec, ranks_info)
             outputs.check_answers(self, rec, outs, idx)
             if self.spec.outputs:
                 outputs.write_outputs(self, rec, outs, n)
@@ -179,6 +185,19 @@ class Worker:
             rec.valid = False
         rec.write(self.spec.record)
         return 0 if rec.error is None else 1
+
+    @staticmethod
+    def add_engine_fields(engine, rec, ranks_info: list[dict]) -> None:
+        """An engine's own record fields (`record_fields(ranks_info)` -> {field: value}); each must be
+        a field of VariantRecord, so nothing lands in the record unnamed."""
+        hook = getattr(engine, "record_fields", None)
+        if hook is None:
+            return
+        for key, value in hook(ranks_info).items():
+            if not hasattr(rec, key):
+                raise AttributeError(f"{type(engine).__name__}.record_fields gave {key!r}, which is not a field of "
+                                     "VariantRecord (harness/report/records.py): add it there")
+            setattr(rec, key, value)
 
     def write_failure(self, message: str) -> None:
         from harness.report.metrics import failure_record

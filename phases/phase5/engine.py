@@ -9,21 +9,28 @@
 |                      |                                            | node reads, the node's other ranks receive      |
 |                      |                                            | (node_loading.py); load="each" to compare       |
 | outputs              | (harness) MPI Reduce(SUM) of the full      | output_collective = "gather": each rank's own   |
-|                      | samples x vocab array, others' rows zeroed | rows only (Gatherv)                             |
-| experts              | all 32 on every rank                       | expert_parallel=True: split over the node's     |
-|                      |                                            | ranks, tokens exchanged per MoE layer, placed   |
-|                      |                                            | by measured load (expert_parallel.py)           |
+|                      | samples x vocab array, others' rows zeroed | rows only (Gatherv); both inside the clock      |
+| experts              | all 32 on every rank                       | split over the node's ranks where they use more |
+|                      |                                            | than one GPU (expert_parallel.py), placed by    |
+|                      |                                            | the measured load of the timed prompts, placed  |
+|                      |                                            | again on drift (measured_placement.py)          |
 The layer math is phases 1-4's device functions, unchanged.
 
 Options (engine constructor keywords; `--option KEY=VALUE` in the harness):
-  max_batch=1024        most prompts per forward call
-  max_tokens=16384      rows (prompts x seq_len) per model forward; more prompts run as pipelined chunks
-  load="bcast"|"each"   weight loading over the node's ranks
-  expert_parallel=False True: the node's ranks form an expert-parallel group (G = ranks on the node)
-  rebalance="first"     (expert parallel) balance the placement after the first forward; "never"
-  comm=None             an mpi4py communicator; default MPI.COMM_WORLD when the process runs MPI
+  max_batch=1024          most prompts per forward call
+  max_tokens=16384        rows (prompts x seq_len) per model forward; more prompts run as pipelined chunks
+  load="bcast"|"each"     weight loading over the node's ranks
+  expert_parallel=None    True: the node's ranks form an expert-parallel group (G = ranks on the node);
+                          None/"auto": on where the node's ranks use more than one GPU; False: off
+  rebalance="drift"       (expert parallel) place by the calibration's measured load and again on drift;
+                          "once": calibration only; "never": contiguous
+  calibrate_batches=2     batches of each rank's timed samples the calibration runs
+  rebalance_window=4      forwards between drift checks
+  rebalance_threshold=0.1 measured slowest/mean above 1 + this, and a predicted gain as large, moves experts
+  comm=None               an mpi4py communicator; default MPI.COMM_WORLD when the process runs MPI
 What load and balancing cost is in counters.extra (kept across the harness's counter reset):
-load_seconds, load_bytes_read, load_bytes_sent, load_bytes_received, ep_balance, ep_placement.
+load_seconds, load_bytes_read, load_bytes_sent, load_bytes_received, ep_balance, ep_placement,
+ep_cost_model; record_fields turns the per-rank counters into the record's expert-placement fields.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from phases.phase4.workspace import Workspace
 from .batching import SampleBatching
 from .expert_parallel import ExpertParallel
 from .kept_counters import KeptCounters
+from .measured_placement import MeasuredPlacement
 from .node_group import NodeGroup
 from .node_loading import NodeTensorSource
 from .rank_weights import RankResidentWeights
@@ -43,10 +51,10 @@ from .rank_weights import RankResidentWeights
 F32 = 4
 
 
-class Phase5Engine(ExpertParallel, SampleBatching, Phase4Engine):
+class Phase5Engine(MeasuredPlacement, ExpertParallel, SampleBatching, Phase4Engine):
     name = "phase5"
     phase = 5
-    output_collective = "gather"  # the harness worker gathers each rank's own rows (plan 4.2)
+    output_collective = "gather"  # the harness worker gathers each rank's own rows, inside the clock (plan 4.2)
 
     def __init__(self, checkpoint, device=0, **options):
         options.setdefault("max_batch", 1024)

@@ -1,7 +1,6 @@
-"""Plan 4.3: the experts of each MoE layer split over the ranks of a node (expert parallelism),
-placed by measured load.
+"""Plan 4.3: the experts of each MoE layer split over the ranks of a node (expert parallelism).
 
-A mixin over phases 2-4's device API. With `expert_parallel=True` and G ranks on the node, the
+A mixin over phases 2-4's device API. With expert parallelism on and G ranks on the node, the
 node's ranks form the expert-parallel group: each keeps the attention/conv/dense/router weights
 and ITS experts resident, runs its own samples (data parallel), and at every MoE layer:
 
@@ -15,7 +14,8 @@ and ITS experts resident, runs its own samples (data parallel), and at every MoE
                          MPI cannot be assumed; this is the cost of the scheme on one node)
     rows up              one async copy per (expert, source rank) segment, so the received rows land
                          expert-major and each local expert runs ONCE over all ranks' rows
-    experts_dev          phase 2's grouped expert GEMMs over the local experts
+    experts_dev          phase 2's grouped expert GEMMs over the local experts, between two CUDA
+                         events (read after the sync below: the shard's measured expert seconds)
     results back         the same segments down, Alltoallv back, one copy up into the sender's
                          grouped order, then phase 2's combine_slots on the GPU
 
@@ -23,18 +23,16 @@ Every per-row result is computed by the same kernels with a per-row, fixed-order
 tiled GEMM's output element does not depend on which other rows share the launch), so the logits
 do not depend on G. With G = 1 (one rank on the node, or the option off) moe_dev is phase 2's.
 
+When it is on: `expert_parallel` True or False; left out (None or "auto"), it is on wherever the
+node's ranks use more than one GPU (each GPU then holds only its shard's experts) and off where
+they share one (the shards would share its SMs and only add the exchange: measured, not assumed,
+by running with expert_parallel=true).
+
 Collectives run at every MoE layer, so every rank of the group must run the same number of model
 forwards: the engine agrees the chunk count of each forward call (allreduce max) and a rank
 with fewer samples runs empty chunks (`idle_chunk`: the exchanges only, serving its experts to
 the others). The harness worker calls forward with zero rows when a rank has no batch left
-(`collective_forward`).
-
-Balancing: the placement starts contiguous (experts 0..E/G-1 on shard 0, as the original); the
-token counts of each expert are accumulated from the exchanged counts (identical on every rank);
-after the first forward (`rebalance="first"`, the default; "never" keeps contiguous) every rank
-computes the same greedy LPT placement (placement.py), per layer (each MoE layer's exchange
-waits for its busiest shard), and the experts that change shard move rank to rank (download,
-MPI Send/Recv, upload). Before/after per-shard loads go to counters.extra["ep_balance"].
+(`collective_forward`). Where the experts go, and when they move, is measured_placement.py's.
 """
 from __future__ import annotations
 
@@ -47,48 +45,62 @@ import numpy as np
 from harness.checkpoints.base import expected_shapes
 from harness.gpu import load_module, nvtx
 from phases.phase2.expert_batching import ROW_BLOCK, offset_ptr
-from phases.phase4.engine import ResidentShape
 
 from .exchange_plan import receive_plan, shard_rows
-from .placement import balanced_layers, contiguous_placement, critical_rows, shard_loads, shard_order
+from .placement import contiguous_placement, shard_order
 
 KERNELS = Path(__file__).with_name("kernels.cu")
 F32 = I32 = 4
 BLOCK = 256
 EXPERT_NAME = re.compile(r"^layers\.(\d+)\.feed_forward\.experts\.(\d+)\.")
-REBALANCE = ("first", "never")
+
+
+def expert_parallel_wanted(option, gpus_of_node: int) -> tuple[bool, str]:
+    """(on?, why) from the `expert_parallel` option and the distinct GPUs the node's ranks use."""
+    if option is None or option == "auto":
+        on = gpus_of_node > 1
+        return on, (f"auto: the node's ranks use {gpus_of_node} GPU(s), so "
+                    + ("experts are split over them" if on else "every rank keeps every expert"))
+    if isinstance(option, bool):
+        return option, f"expert_parallel={str(option).lower()}"
+    raise ValueError(f"expert_parallel={option!r}: choose true, false or auto (default: on where the node's "
+                     "ranks use more than one GPU)")
 
 
 class ExpertParallel:
-    """Overrides moe_dev; adds setup_expert_parallel, expert_owner, moe_ep_dev, idle_chunk, and the
-    after-forward rebalance (after_forward)."""
+    """Overrides moe_dev; adds setup_expert_parallel, expert_owner, moe_ep_dev and idle_chunk.
+    Every MoE layer's exchange reports to `observe_layer` (measured_placement.py)."""
 
     def setup_device(self, device) -> None:
         super().setup_device(device)
         self.k_map_ids = load_module(KERNELS, self.gpu).kernel("map_ids")
+        cuda = self.transfers.cuda
+        self._experts_began, self._experts_ended = cuda.Event(), cuda.Event()
 
     # ----- setup ---------------------------------------------------------------------------------
+    def gpus_of_node(self) -> int:
+        """Distinct GPUs the ranks of this node use (collective over the node's group)."""
+        try:
+            mine = self.gpu.device.pci_bus_id()
+        except Exception:  # a driver without the query: the ordinal, as the harness assigns it
+            mine = str(self.gpu.index)
+        return len(set(self.group.allgather_object(mine)))
+
     def setup_expert_parallel(self) -> None:
         """The group and the initial (contiguous) placement; needs self.group (the node's ranks)."""
         cfg = self.config
-        want = bool(self.options.get("expert_parallel", False))
-        self.rebalance = self.options.get("rebalance", "first")
-        if self.rebalance not in REBALANCE:
-            raise ValueError(f"rebalance={self.rebalance!r}: choose 'first' (balance after the first forward) "
-                             "or 'never' (keep the contiguous placement)")
+        want, why = expert_parallel_wanted(self.options.get("expert_parallel"), self.gpus_of_node())
         self.ep_size = self.group.size if want else 1
         self.ep_rank = self.group.rank if want else 0
         self.collective_forward = self.ep_size > 1
-        E = cfg.num_experts
         self._all_shapes = expected_shapes(cfg)
-        self.placement = {layer: contiguous_placement(E, self.ep_size) for layer in cfg.moe_layers}
+        self.placement = {layer: contiguous_placement(cfg.num_experts, self.ep_size) for layer in cfg.moe_layers}
         self._order = {layer: shard_order(p, self.ep_size) for layer, p in self.placement.items()}
-        self._hist = {layer: np.zeros(E, np.int64) for layer in cfg.moe_layers}
-        self._balanced = self.rebalance == "never" or self.ep_size == 1
         self._stage: dict[str, np.ndarray] = {}
         self._d_pos: dict[int, object] = {}
-        self.counters.extra.update(ep_shards=self.ep_size, ep_rank=self.ep_rank,
-                                   ep_placement=self._placement_lists())
+        self.counters.extra.update(ep_shards=self.ep_size, ep_rank=self.ep_rank, ep_mode=why,
+                                   ep_placement=self.placement_lists())
+        self.setup_measured_placement()
 
     def expert_owner(self, name: str) -> int | None:
         """The rank that holds tensor `name` (an expert), or None when every rank needs it."""
@@ -108,7 +120,7 @@ class ExpertParallel:
             pos = np.argsort(order).astype(np.int32)
             self._d_pos[layer] = self.transfers.to_device(pos, what=f"expert positions of layer {layer}")
 
-    def _placement_lists(self) -> dict:
+    def placement_lists(self) -> dict:
         return {str(layer): p.tolist() for layer, p in self.placement.items()}
 
     # ----- the MoE block ---------------------------------------------------------------------------
@@ -162,17 +174,18 @@ class ExpertParallel:
         with nvtx.range("alltoallv rows"):
             self.group.alltoallv_rows(send, send_rows, recv, plan.recv_rows, H)
         mpi_s = time.perf_counter() - t0
+        seconds = 0.0
         if plan.total:
             with nvtx.range("experts"):
-                self._serve_experts(layer, recv, plan, order[first[me]:first[me + 1]])
+                seconds = self._serve_experts(layer, recv, plan, order[first[me]:first[me + 1]])
         t0 = time.perf_counter()
         with nvtx.range("alltoallv results"):
             self.group.alltoallv_rows(recv, plan.recv_rows, send, send_rows, H)
         mpi_s += time.perf_counter() - t0
-        if not self._balanced:
-            self._hist[layer][order] += everyone.sum(axis=0)
+        rows_by_expert = np.zeros(E, np.int64)
+        rows_by_expert[order] = everyone.sum(axis=0)
+        self.observe_layer(layer, rows_by_expert, int((plan.expert_rows > 0).sum()), plan.total, seconds)
         others = np.arange(G) != me
-        ex["ep_rows_served"] = ex.get("ep_rows_served", 0) + plan.total
         ex["ep_bytes_to_other_ranks"] = (ex.get("ep_bytes_to_other_ranks", 0)
                                          + int(send_rows[others].sum() + plan.recv_rows[others].sum()) * H * F32)
         ex["ep_mpi_seconds"] = ex.get("ep_mpi_seconds", 0.0) + mpi_s
@@ -188,83 +201,30 @@ class ExpertParallel:
             self.dfree(d)
         return d_out
 
-    def _serve_experts(self, layer: int, recv: np.ndarray, plan, my_experts) -> None:
+    def _serve_experts(self, layer: int, recv: np.ndarray, plan, my_experts) -> float:
         """Run this rank's experts (ids ascending, = its positions in order) on the rows every
         rank sent (recv: rank-major), writing each result over its input row. Uploaded
-        expert-major, one copy per (expert, source rank) segment, so each expert runs once."""
+        expert-major, one copy per (expert, source rank) segment, so each expert runs once.
+        -> the experts' GPU seconds (CUDA events around experts_dev, read after the sync the
+        results' download needs anyway)."""
         H, E = self.config.hidden_size, self.config.num_experts
         d_xr = self.dalloc(plan.total * H * F32, "received expert inputs (expert-major)")
         for row, at, n in plan.segments:
             self.transfers.htod_async(offset_ptr(d_xr, row * H * F32), recv[at:at + n], self.stream)
         counts_by_id = np.zeros(E, np.int64)
         counts_by_id[my_experts] = plan.expert_rows  # experts_dev's offsets: ascending expert id
+        self._experts_began.record(self.stream)
         d_yr = self.experts_dev(layer, d_xr, counts_by_id)
+        self._experts_ended.record(self.stream)
         for row, at, n in plan.segments:
             self.transfers.dtoh_async(recv[at:at + n], offset_ptr(d_yr, row * H * F32), self.stream)
         self.stream.synchronize()
         self.dfree(d_yr)
         self.dfree(d_xr)
+        return self._experts_ended.time_since(self._experts_began) / 1e3
 
     def idle_chunk(self) -> None:
         """A model forward with no rows of this rank's own: only the MoE exchanges, serving this
         rank's experts to the ranks that still have samples."""
         for layer in self.config.moe_layers:
             self.moe_ep_dev(layer, None, 0)
-
-    # ----- balancing by measured load --------------------------------------------------------------
-    def after_forward(self) -> None:
-        super().after_forward()
-        if not self._balanced:
-            self.rebalance_now()
-
-    def rebalance_now(self) -> None:
-        """Collective: every rank computes the same LPT placement from the counts seen so far and
-        the experts that change shard move to their new rank. Reported in counters.extra
-        ["ep_balance"]: rows per shard summed over layers, and the critical rows (per layer the
-        busiest shard, summed: what the per-layer exchanges wait for) over the even share."""
-        G = self.ep_size
-        new = balanced_layers(self._hist, G)
-        total = int(sum(h.sum() for h in self._hist.values()))
-        report = {"calibration_rows": total, "layers": {}}
-        for key, placement in (("before", self.placement), ("after", new)):
-            per_shard = sum(shard_loads(self._hist[l], placement[l], G) for l in self._hist)
-            critical = critical_rows(self._hist, placement, G)
-            report[f"shard_rows_{key}"] = per_shard.tolist()
-            report[f"critical_rows_{key}"] = critical
-            report[f"imbalance_{key}"] = critical / (total / G) if total else 1.0
-        for layer, hist in self._hist.items():
-            report["layers"][str(layer)] = {
-                "expert_rows": hist.tolist(),
-                "shard_rows_before": shard_loads(hist, self.placement[layer], G).tolist(),
-                "shard_rows_after": shard_loads(hist, new[layer], G).tolist()}
-        report["experts_moved"] = int(sum((new[l] != self.placement[l]).sum() for l in new))
-        t0 = time.perf_counter()
-        self._migrate(new)
-        report["migrate_seconds"] = time.perf_counter() - t0
-        self._balanced = True
-        self.counters.extra.update(ep_balance=report, ep_placement=self._placement_lists())
-
-    def _migrate(self, new: dict) -> None:
-        """Move every expert whose shard changes, old rank -> new rank (download, Send, Recv,
-        upload), in one order on every rank so each blocking Send meets its Recv."""
-        self.synchronize()
-        me, res = self.ep_rank, self.resident
-        tag = 0
-        for layer in sorted(new):
-            for e in np.flatnonzero(new[layer] != self.placement[layer]):
-                src, dst = int(self.placement[layer][e]), int(new[layer][e])
-                for w in ("w1", "w3", "w2"):
-                    name = f"layers.{layer}.feed_forward.experts.{e}.{w}.weight"
-                    tag += 1
-                    if me == src:
-                        self.group.send(res.take(name), dest=dst, tag=tag)
-                        self.weights.pop(name, None)
-                    elif me == dst:
-                        arr = np.empty(self._all_shapes[name], np.float32)
-                        self.group.recv(arr, source=src, tag=tag)
-                        res.put(name, arr)
-                        self.weights[name] = ResidentShape(name, arr.shape) if name in res.device else res.host[name]
-        self.placement = {layer: p.copy() for layer, p in new.items()}
-        self._order = {layer: shard_order(p, self.ep_size) for layer, p in self.placement.items()}
-        self.upload_position_tables()
-        self.counters.extra["resident_weight_bytes"] = res.resident_bytes

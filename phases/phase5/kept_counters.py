@@ -2,13 +2,15 @@
 
 The harness resets an engine's counters just before the timed region, which would erase what
 was measured at load (the weight broadcast's seconds and bytes) and at calibration (the expert
-placement before/after balancing). Keys with these prefixes stay; everything else resets.
+placement, its cost model, its loads before/after). Keys with these prefixes stay; everything
+else resets.
 """
 from __future__ import annotations
 
 from harness.engines.base import Counters
 
-KEPT_PREFIXES = ("load_", "resident_", "ep_balance", "ep_placement", "ep_shards", "ep_rank")
+KEPT_PREFIXES = ("load_", "resident_", "ep_balance", "ep_placement", "ep_shards", "ep_rank", "ep_mode",
+                 "ep_cost_model")
 
 
 class KeptCounters(Counters):

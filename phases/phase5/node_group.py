@@ -50,11 +50,18 @@ class NodeGroup:
 
     def allgather_counts(self, counts: np.ndarray) -> np.ndarray:
         """Each rank's int32 [E] -> [size, E] on every rank."""
-        counts = np.ascontiguousarray(counts, dtype=np.int32)
+        return self.allgather_array(counts, np.int32)
+
+    def allgather_floats(self, values) -> np.ndarray:
+        """Each rank's float64 [n] -> [size, n] on every rank."""
+        return self.allgather_array(values, np.float64)
+
+    def allgather_array(self, values, dtype) -> np.ndarray:
+        values = np.ascontiguousarray(values, dtype=dtype)
         if self.comm is None:
-            return counts[None, :].copy()
-        out = np.empty((self.size, counts.size), dtype=np.int32)
-        self.comm.Allgather(counts, out)
+            return values[None, :].copy()
+        out = np.empty((self.size, values.size), dtype=dtype)
+        self.comm.Allgather(values, out)
         return out
 
     def alltoallv_rows(self, send: np.ndarray, send_rows, recv: np.ndarray, recv_rows, width: int) -> None:
@@ -77,6 +84,13 @@ class NodeGroup:
 
     def bcast_object(self, obj):
         return obj if self.comm is None else self.comm.bcast(obj, root=0)
+
+    def gather_object(self, obj) -> list | None:
+        """Every rank's obj, in rank order, at rank 0 (None elsewhere)."""
+        return [obj] if self.comm is None else self.comm.gather(obj, root=0)
+
+    def allgather_object(self, obj) -> list:
+        return [obj] if self.comm is None else self.comm.allgather(obj)
 
     def send_object(self, obj, dest: int, tag: int = 0) -> None:
         self.comm.send(obj, dest=dest, tag=tag)

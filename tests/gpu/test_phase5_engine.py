@@ -125,5 +125,8 @@ def test_expert_parallel_alone_is_phase_2s_path(gpu, ckpt, engine):
         assert ep.ep_size == 1 and not ep.collective_forward
         tokens = synthetic_prompts(ckpt.config.vocab_size, 4, 6, seed=8)
         np.testing.assert_array_equal(ep.forward(tokens), engine.forward(tokens))
+        ep.calibrate(tokens, 2)  # the harness's hook: nothing to place in a group of one
+        assert "ep_balance" not in ep.counters.extra and ep.record_fields([]) == {"expert_shards": 1}
+        assert engine.counters.extra["ep_mode"].startswith("auto: the node's ranks use 1 GPU")
     finally:
         ep.close()
