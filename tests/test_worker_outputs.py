@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from harness.config import get_preset
-from harness.engines.base import Counters
+from harness.engines.base import Counters, Engine
 
 pytest.importorskip("mpi4py")
 
 
-class FreshArrays:
+class FreshArrays(Engine):
     """An engine whose every forward returns a new float32 array (row = token sum): np.asarray of it is
     the same object, so keeping it would keep the engine's memory."""
     config = SimpleNamespace(vocab_size=6)
@@ -103,7 +103,7 @@ class Logged(Counters):
         return {k: v for k, v in super().as_dict().items() if k != "_log"}
 
 
-class Calibrated:
+class Calibrated(Engine):
     """A prefill engine with the calibration hook and its own record fields, logging its calls."""
     name, phase, dtype, max_batch = "fake", None, "fp32", 3
     config = get_preset("tiny")

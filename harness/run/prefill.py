@@ -47,11 +47,11 @@ def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int, collective=None
     steps = comm.allreduce(my_steps, op=MPI.MAX)
     collective_forward = bool(getattr(engine, "collective_forward", False))
     sampler = NvmlSampler(worker.gpu, spec.nvml_interval_s)
-    # Each batch's logits are copied into the output collective's array, allocated and touched
-    # before the clock, so the memory an engine returns is recycled batch after batch, as in a
-    # server. Keeping every returned array instead made each batch fault in fresh host pages: the
-    # optimized 64 x 16 bf16 forward (16.8 MB of logits) took ~12 ms in a plain process and 33-53 ms
-    # p50 in this loop, and hf lost ~18 ms per batch too (docs/perf-notes.md).
+    # Each batch's logits land in the output collective's array, allocated and touched before the
+    # clock (engine.forward_into; inside engine.outputs_held, which lets the optimized engine page-lock
+    # it and copy from the device straight into the rows). Keeping every array an engine returned
+    # instead made each batch fault in fresh host pages: the optimized 64 x 16 bf16 forward (16.8 MB
+    # of logits) took ~12 ms in a plain process and 33-53 ms p50 in this loop, hf lost ~18 ms too.
     collective = collective or output_buffers(worker, engine, len(tokens), lo, hi)
     results = collective.rows
     ran = 0
@@ -61,55 +61,54 @@ def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int, collective=None
     flags = np.zeros(2, dtype=np.int32)
     agreed = np.zeros(2, dtype=np.int32)
 
-    engine.counters.reset()
-    engine.synchronize()
-    comm.Barrier()
-    t0 = time.perf_counter()
-    sampler.start(t0)
-    for step in range(steps):
-        # Would this rank's next batch overrun the budget? Any rank saying so stops all.
-        elapsed = time.perf_counter() - t0
-        next_cost = (sum(lat_ms) / len(lat_ms) / 1e3) if lat_ms else 0.0
-        flags[0] = 1 if err else 0
-        flags[1] = 1 if (step > 0 and elapsed + next_cost > spec.budget_s) else 0
-        comm.Allreduce(flags, agreed, op=MPI.MAX)
-        if agreed[0]:
-            break
-        if agreed[1]:
-            budget_hit = True
-            break
-        if step < my_steps:
-            s0 = lo + step * b
-            batch = tokens[s0: min(s0 + b, hi)]
-            try:
-                tc = time.perf_counter()
-                out = engine.forward(batch)
-                engine.synchronize()
-                lat_ms.append((time.perf_counter() - tc) * 1e3)
-                results[s0 - lo: s0 - lo + len(batch)] = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
-                ran += len(batch)
-                del out  # the engine's array goes back to the allocator before the next batch
-            except Exception as e:
-                err = err_text(e)
-                print(f"[rank {worker.rank}] forward failed: {err}", file=sys.stderr, flush=True)
-        elif collective_forward and not err:  # the other ranks' forward needs this rank's part
-            try:
-                engine.forward(tokens[:0])
-            except Exception as e:
-                err = err_text(e)
-                print(f"[rank {worker.rank}] idle forward failed: {err}", file=sys.stderr, flush=True)
-    engine.synchronize()
-    t_rank_end = time.perf_counter() - t0
-    # Inside the clock, as the original's MPI_Reduce: every rank takes part, even after an error
-    # (the arrays exist), so no rank waits for another forever.
-    collected, sent = None, 0
-    try:
-        collected, sent = collective.collect(ran)
-    except Exception as e:
-        err = err or err_text(e)
-    output_s = time.perf_counter() - t0 - t_rank_end
-    comm.Barrier()
-    t1 = time.perf_counter()
+    with engine.outputs_held(results):  # held from before the first barrier to after the last
+        engine.counters.reset()
+        engine.synchronize()
+        comm.Barrier()
+        t0 = time.perf_counter()
+        sampler.start(t0)
+        for step in range(steps):
+            # Would this rank's next batch overrun the budget? Any rank saying so stops all.
+            elapsed = time.perf_counter() - t0
+            next_cost = (sum(lat_ms) / len(lat_ms) / 1e3) if lat_ms else 0.0
+            flags[0] = 1 if err else 0
+            flags[1] = 1 if (step > 0 and elapsed + next_cost > spec.budget_s) else 0
+            comm.Allreduce(flags, agreed, op=MPI.MAX)
+            if agreed[0]:
+                break
+            if agreed[1]:
+                budget_hit = True
+                break
+            if step < my_steps:
+                s0 = lo + step * b
+                batch = tokens[s0: min(s0 + b, hi)]
+                try:
+                    tc = time.perf_counter()
+                    engine.forward_into(batch, results[s0 - lo: s0 - lo + len(batch)])
+                    engine.synchronize()
+                    lat_ms.append((time.perf_counter() - tc) * 1e3)
+                    ran += len(batch)
+                except Exception as e:
+                    err = err_text(e)
+                    print(f"[rank {worker.rank}] forward failed: {err}", file=sys.stderr, flush=True)
+            elif collective_forward and not err:  # the other ranks' forward needs this rank's part
+                try:
+                    engine.forward(tokens[:0])
+                except Exception as e:
+                    err = err_text(e)
+                    print(f"[rank {worker.rank}] idle forward failed: {err}", file=sys.stderr, flush=True)
+        engine.synchronize()
+        t_rank_end = time.perf_counter() - t0
+        # Inside the clock, as the original's MPI_Reduce: every rank takes part, even after an error
+        # (the arrays exist), so no rank waits for another forever.
+        collected, sent = None, 0
+        try:
+            collected, sent = collective.collect(ran)
+        except Exception as e:
+            err = err or err_text(e)
+        output_s = time.perf_counter() - t0 - t_rank_end
+        comm.Barrier()
+        t1 = time.perf_counter()
     series = sampler.stop()
     worker.stage("the timed loop", lambda: raise_if(err))
     worker.info.update(
