@@ -404,7 +404,7 @@ def test_bf16_decode(fp32, ref, ckpt, gpu):
     """bf16 cannot be held to fp32's greedy tokens on random weights: their logits are nearly flat,
     and bf16 rounding (and the routing flips it causes) moves the argmax often; plain torch bf16
     of the reference itself agrees with float64 on only 31-67 % of the top-1s at the full/small
-    shapes (docs/perf-notes.md, the optimized engine's step 1). So, teacher-forced on the fp32
+    shapes (docs/optimized.md, bf16 accuracy). So, teacher-forced on the fp32
     greedy tokens (every engine sees the same prefixes), the bf16 engine's decode logits must be
     finite, within 2x plain torch bf16's mean error against float64, and agree with fp32's
     argmax no less often than plain bf16 agrees with float64's, less a 25-point slack."""
