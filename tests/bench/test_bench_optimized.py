@@ -5,7 +5,7 @@ Each round replays a CUDA graph of 20 launches, so pytest-benchmark's statistics
 --benchmark-compare apply to the GPU's time. GPU only: skipped cleanly without one.
 
   pytest tests/bench --benchmark-save=ref                                  # on the reference commit
-  pytest tests/bench --benchmark-compare --benchmark-compare-fail=median:5%
+  pytest tests/bench --benchmark-compare --benchmark-compare-fail=mean:5%
 
 extra_info: ms_per_launch, GBps and TFLOPs as the bench scripts count them, and for the MoE GEMMs
 engine_choice (whether the engine picks that variant at that token count). Correctness is checked
