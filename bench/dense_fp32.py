@@ -78,7 +78,6 @@ def main(argv=None) -> int:
                     err = common.max_err(out, want)
                     lines.line(f"v{n} {label} {shape} M={M}", dev.graph_ms(run, reps=20, trials=args.trials),
                                nbytes=nbytes, flops=2 * M * N * K, err=err, tol=TOLERANCE[version])
-        del w, wx
         torch.cuda.empty_cache()
     return lines.exit_code()
 
