@@ -30,7 +30,8 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not o
 
 def test_the_kernel_sources_are_found():
     found = set(project_cu_files())
-    assert {ROOT / "baseline" / "kernels.cu", ROOT / "optimized" / "gemv.cu", ROOT / "optimized" / "router.cu"} <= found
+    assert {ROOT / "baseline" / "kernels.cu", ROOT / "optimized" / "gemv.cu", ROOT / "optimized" / "router.cu",
+            ROOT / "bench" / "hbm_read.cu"} <= found
 
 
 @needs_nvcc

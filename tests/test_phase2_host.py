@@ -24,7 +24,8 @@ def test_group_block_is_whole_warps_and_capped(pairs, want):
 
 
 def test_offset_ptr_is_a_sized_pointer():
-    p = eb.offset_ptr(0x7F0000001000, 4 * 2048 * 3)
+    from harness.gpu.pointers import offset_ptr
+    p = offset_ptr(0x7F0000001000, 4 * 2048 * 3)
     assert isinstance(p, np.intp) and int(p) == 0x7F0000001000 + 24576
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from harness.gpu import load_module
 from harness.gpu import nvtx
+from harness.gpu.pointers import NULL, offset_ptr
 
 KERNELS = Path(__file__).with_name("kernels.cu")
 MAX_TOPK = 16  # = kernels.cu MAX_TOPK (per-thread arrays in route_topk)
@@ -41,12 +42,6 @@ ROUTE_BLOCK = 128  # tokens per block in route_topk
 GROUP_BLOCK_MAX = 1024  # threads per expert block in expert_counts / expert_scatter
 ROW_BLOCK = 256  # columns per block in gather_rows / combine_slots
 F32 = I32 = 4  # bytes
-NULL = np.intp(0)  # a null device pointer argument
-
-
-def offset_ptr(d_buf, nbytes: int) -> np.intp:
-    """A device pointer `nbytes` into `d_buf`, as a kernel argument."""
-    return np.intp(int(d_buf) + int(nbytes))
 
 
 def group_block(pairs: int) -> int:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.gpu import load_module, nvtx
+from harness.gpu.pointers import offset_ptr
 from harness.engines.reference import check_tokens
-from phases.phase2.expert_batching import offset_ptr
 from phases.phase3.engine import Phase3Engine
 
 from harness.gpu.timeline import StreamTimeline, overlap_fraction

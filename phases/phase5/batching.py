@@ -35,7 +35,8 @@ import numpy as np
 
 from harness.gpu import load_module
 from harness.engines.reference import check_tokens
-from phases.phase2.expert_batching import NULL, ROW_BLOCK, offset_ptr
+from harness.gpu.pointers import NULL, offset_ptr
+from phases.phase2.expert_batching import ROW_BLOCK
 
 KERNELS = Path(__file__).with_name("kernels.cu")
 F32 = I32 = 4

@@ -44,7 +44,8 @@ import numpy as np
 
 from harness.checkpoints.base import expected_shapes
 from harness.gpu import load_module, nvtx
-from phases.phase2.expert_batching import ROW_BLOCK, offset_ptr
+from harness.gpu.pointers import offset_ptr
+from phases.phase2.expert_batching import ROW_BLOCK
 
 from .exchange_plan import receive_plan, shard_rows
 from .placement import contiguous_placement, shard_order
