@@ -8,15 +8,18 @@
     (the reference forward of harness.engines.reference run in that dtype on the job's first
     CALIBRATION_SAMPLES prompts: the calibration). Every logit must also be finite.
 
-Why this statistic (numbers from the CPU calibration, tiny and small presets, 128-256 prompts): a
-bf16 forward of random synthetic weights flips routing choices on most prompts (plain torch bf16
-routes ~80% of tiny's prompts differently from fp64 somewhere), and a flipped token moves its
-sample's KL as far as a bug does, so a mean, a high percentile or a max of the KL cannot separate
-rounding from bugs, and top-1 on near-flat logits cannot either. The median sample can: on
-`small`, plain torch bf16 0.16e-3 nats, transformers' bf16 0.11e-3, while the planted bugs gave
-2.9e-3 (one expert's down-projection rows rolled by one) to 62e-3 (last layer skipped), 18-380x;
-forcing a routing flip on 8 of 128 prompts moved the median by 1%. FACTOR = 4 sits between
-(the clean engines at <= 1x, the mildest bug at 16x on either preset).
+Why this statistic (CPU calibration on the tiny and small presets, 128-256 prompts of 16 tokens;
+the numbers in tests/test_gate_cpu_mutations.py's output and the project docs): a bf16 forward of
+random synthetic weights flips routing choices on most prompts (plain torch bf16 routes ~80% of
+tiny's prompts differently from fp64 somewhere), and a flipped token moves its sample's KL about as
+far as a bug does, so the mean, a high percentile or the max of the KL cannot tell rounding from
+bugs (on small, plain torch bf16's 90th percentile, 9e-3 nats, is where the bugs' medians lie), nor
+can top-1 on near-flat logits. The median sample can: on small, plain torch bf16 1.6e-4 nats and
+transformers' bf16 1.1e-4, while planted bugs gave 5.7e-3 (one expert's down-projection rows
+swapped) to 6.2e-2 (last layer skipped), 36-380x; on tiny 13-2900x. Routing flips forced on 8 of
+128 prompts moved the median by 1-6%. FACTOR = 4 sits between the clean engines (<= 1x) and the
+mildest bug (13x). Blind spot, by design: a bug that moves fewer than about half the samples past
+the limit (an expert few tokens use, say) passes; the fp32 contract catches it in an fp32 run.
 
 The calibration is made once per answers file, model and dtype and cached beside answers.bin as
 `<answers stem>.gate-<model id>-<dtype>.json` (harness.jobs.prepare.gate_calibration names the
@@ -32,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.jobs.accuracy import LogitStats, logit_stats
-from harness.jobs.files import TOLERANCE, validate
+from harness.jobs.files import TOLERANCE, JobFileError, validate
 
 FACTOR = 4.0  # the engine's median KL may be this many times plain torch's in its dtype
 CALIBRATION_SAMPLES = 128  # the job's first prompts the torch forward runs on
@@ -119,6 +122,9 @@ def calibrate(ckpt, tokens: np.ndarray, answers: np.ndarray, dtype: str, device:
     n = min(len(tokens), len(answers), CALIBRATION_SAMPLES)
     if n == 0:
         raise ValueError("no prompts to calibrate the gate on")
+    if np.shape(answers)[1] != ckpt.config.vocab_size:
+        raise JobFileError(f"the answers have {np.shape(answers)[1]} logits per sample, the model "
+                           f"{ckpt.config.vocab_size}: give the answers of this model (or leave --answers out)")
     matmul = torch.backends.cuda.matmul
     saved = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
     matmul.allow_bf16_reduced_precision_reduction = matmul.allow_fp16_reduced_precision_reduction = False
