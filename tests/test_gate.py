@@ -201,3 +201,31 @@ def test_explain_judges_bf16_outputs_by_the_bf16_gate(tiny_files, tmp_path, caps
     assert _explain(d, model, tmp_path / "wrong.bin", "--dtype", "bf16") == 1
     text = capsys.readouterr().out
     assert "INVALID by the gate" in text and "look for an engine bug" in text
+
+
+def test_check_answers_judges_a_record_by_its_dtypes_gate(tiny_files):
+    """The worker's validation (harness.run.outputs): bf16 rows by the calibrated gate, fp32 rows at 1e-3."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from harness.checkpoints.open import open_checkpoint
+    from harness.engines.reference import reference_logits
+    from harness.jobs.files import read_inputs, read_logits
+    from harness.report.records import VariantRecord
+    from harness.run.outputs import check_answers
+    d, model = tiny_files
+    spec = SimpleNamespace(model=str(model), inputs=str(d / "inputs.bin"), answers=str(d / "answers.bin"), tol=1e-3)
+    worker = SimpleNamespace(spec=spec, gpu=None)
+    idx = np.arange(5, 25)
+    bf16 = reference_logits(open_checkpoint(model), read_inputs(d / "inputs.bin")[idx], dtype=torch.bfloat16)
+    rec = VariantRecord(engine="hf", dtype="bf16", samples=len(idx))
+    check_answers(worker, rec, bf16, idx)
+    assert rec.valid and rec.gate == "bf16 vs torch-bf16 x 4" and rec.gate_limit > 0 and rec.kl_p50 > 0
+    assert rec.top5_agreement is not None and any("gate calibration" in n for n in rec.notes)
+    rec32 = VariantRecord(engine="hf", dtype="fp32", samples=len(idx))
+    check_answers(worker, rec32, bf16, idx)  # the same logits miss fp32's contract
+    assert not rec32.valid and rec32.gate == "fp32 1e-3" and rec32.invalid_samples == len(idx)
+    assert rec32.invalid_sample_indices == idx.tolist()
+    check_answers(worker, rec32, read_logits(d / "answers.bin")[idx], idx)
+    assert rec32.valid and rec32.invalid_samples == 0 and rec32.kl_max == 0

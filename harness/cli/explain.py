@@ -20,7 +20,8 @@ import argparse
 import numpy as np
 
 from harness.errors import UsageError
-from harness.jobs.gate import low_precision
+from harness.jobs.gate import judge, low_precision
+from harness.jobs.prepare import gate_calibration
 
 DEFAULT_NEAR_TIE = 1e-5
 
@@ -133,8 +134,6 @@ def main(args: argparse.Namespace) -> int:
 def _explain_low_precision(args, dtype: str, outputs: np.ndarray, answers: np.ndarray, ran: np.ndarray,
                            device: str) -> int:
     """bf16/fp16 outputs: the gate's verdict and numbers; advice only for a run it fails."""
-    from harness.jobs.gate import judge
-    from harness.jobs.prepare import gate_calibration
     calibration, note = gate_calibration(args.model, args.data, args.answers, dtype, device)
     v = judge(outputs, answers, dtype, calibration=calibration)
     print(f"{note}\n{v}")

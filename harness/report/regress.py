@@ -124,12 +124,11 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, max_drop: float, req
         cur_keys.add(key)
         r = ref_by_key.get(key)
         label = _label(c)
+        matched += int(r is not None)
         if isinstance(c["error"], str):
             first = c["error"].strip().splitlines()[0]
             v.failures.append(f"{label}: FAILED to run ({first})")
-            matched += int(r is not None)
             continue
-        matched += int(r is not None)
         if c["valid"] is False:
             was = "no reference row" if r is None else (
                 "INVALID in the reference too" if r["valid"] is False else
