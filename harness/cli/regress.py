@@ -11,8 +11,8 @@ examples:
 
 Rows match on (engine, dtype, seq_len, ranks, batch); tokens_per_s is compared. Exit status:
 0 all matched variants within the threshold; 1 a drop beyond it, a variant that failed to run,
-or one that became INVALID (a variant invalid in both runs, e.g. a bf16 peer, is only listed);
-2 bad arguments or nothing in common. Variants only in the reference are listed as missing
+or one that is INVALID, of any dtype (each dtype has a gate it can pass: fp32 at 1e-3, bf16/fp16
+against plain torch in that dtype, harness.jobs.gate); 2 bad arguments or nothing in common. Variants only in the reference are listed as missing
 (--require-all makes that a failure). Throughput is noisy: choose --max-drop above the spread of
 two runs of the same commit on the same machine (performance.md).
 

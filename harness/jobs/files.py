@@ -114,7 +114,8 @@ class Validation:
 
 
 def validate(outputs: np.ndarray, answers: np.ndarray, tol: float = TOLERANCE) -> Validation:
-    """VALID when every logit is within `tol` (absolute) of the answer; NaN is never valid. The
+    """VALID when every logit is within `tol` (absolute) of the answer; NaN is never valid: the job's
+    contract, which judges fp32 engines (bf16 and fp16 ones are judged by harness.jobs.gate). The
     samples beyond tolerance are named, so a rare failure (e.g. a routing near-tie, model.md 5.2)
     can be told from a broken engine."""
     outputs, answers = np.asarray(outputs, np.float32), np.asarray(answers, np.float32)

@@ -7,6 +7,9 @@
   * --data without --answers: the reference computes the answers once and caches them next to
     the data, in a file named for the model (`inputs.answers-<model id>.bin`), so another model
     never validates against them.
+  * Beside the answers, the bf16 gate's calibration (harness.jobs.gate: the reference run in bf16 on
+    the first prompts), `<answers stem>.gate-<model id>-bf16.json`, made once. Another low
+    precision (fp16) is calibrated by the first variant that needs it (harness.run.outputs).
 The reference runs here, in the launching process, not inside the timed ranks.
 """
 from __future__ import annotations
@@ -72,6 +75,8 @@ def synthetic_job(model_path: str, model_label: str, samples: int, seq_len: int,
             inputs = folder.with_name(folder.name + "-no-answers") / "inputs.bin"
             if not inputs.exists():
                 write_inputs(inputs, synthetic_prompts(cfg.vocab_size, samples, seq_len, data_seed, cfg.bos_token_id))
+    if validate:
+        gate_calibration(model_path, inputs, answers, PREPARED_GATE_DTYPE)
     return PreparedJob(model_path, model_label, inputs, answers if validate else None, samples, seq_len)
 
 
@@ -94,11 +99,27 @@ def file_job(model_path: str, model_label: str, data: str | Path, answers: str |
         if not answers.is_file():
             raise UsageError(f"--answers {answers}: no such file (an answers.bin: int32 n, int32 vocab, float32 "
                              "logits); leave it out and the reference computes them")
-        return PreparedJob(model_path, model_label, data, answers, samples, seq_len)
-    cached = data.with_name(f"{data.stem}.answers-{model_id(model_path)}.bin")
-    if not cached.exists():
-        _write_reference_answers(model_path, tokens, cached)
-    return PreparedJob(model_path, model_label, data, cached, samples, seq_len)
+    else:
+        answers = data.with_name(f"{data.stem}.answers-{model_id(model_path)}.bin")
+        if not answers.exists():
+            _write_reference_answers(model_path, tokens, answers)
+    gate_calibration(model_path, data, answers, PREPARED_GATE_DTYPE)
+    return PreparedJob(model_path, model_label, data, answers, samples, seq_len)
+
+
+PREPARED_GATE_DTYPE = "bf16"  # the dtype the optimized and hf engines run by default
+
+
+def gate_calibration(model_path: str, inputs: str | Path, answers: str | Path, dtype: str, device: str | None = None):
+    """The low-precision gate's calibration for `dtype` on these answers (harness.jobs.gate), read
+    from beside them or made now: -> (Calibration, a note saying which); (None, None) for a dtype
+    the fp32 contract judges."""
+    from harness.jobs import gate
+    if gate.low_precision(dtype) is None:
+        return None, None
+    made = gate.cached_calibration(answers, inputs, model_path, model_id(model_path), dtype, device)
+    _release_gpu_cache()
+    return made
 
 
 def _write_reference_answers(model_path: str, tokens: np.ndarray, out: Path) -> None:

@@ -55,16 +55,24 @@ def _img(b64: str | None, alt: str, missing: str) -> str:
 
 
 def _invalid_detail(r) -> str:
-    """What made a record INVALID: greedy tokens that left the reference's, or logits beyond tolerance."""
+    """What made a record INVALID: greedy tokens that left the reference's, or the verdict of the
+    gate of its dtype (harness.jobs.gate) with the numbers it rests on."""
     if r.greedy_first_divergence is not None:
         return (f"greedy tokens first differ from the reference's at step {r.greedy_first_divergence} of "
                 f"{r.greedy_steps_checked}")
-    beyond = f"{r.invalid_samples} of {r.samples} samples beyond tolerance, " if r.invalid_samples is not None else ""
     err = f"max abs err {r.max_abs_err:.3g}, " if r.max_abs_err is not None else ""
-    top1 = f"top-1 agreement {100 * (r.top1_agreement or 0):.1f}%"
-    if r.dtype in ("bf16", "fp16"):  # expected: the job's 1e-3 is a float32 contract
-        return f"{r.dtype} against float32 answers, the 1e-3 contract is float32's: {beyond}{err}{top1}"
-    return f"{beyond}{err}{top1}; `python -m harness explain` says whether routing near-ties explain them"
+    top = f"top-1 agreement {100 * (r.top1_agreement or 0):.1f}%" + (
+        f", top-5 {100 * r.top5_agreement:.1f}%" if r.top5_agreement is not None else "")
+    if r.gate and not r.gate.startswith("fp32"):  # bf16/fp16, calibrated on plain torch in that dtype
+        if None in (r.kl_p50, r.kl_mean, r.kl_max, r.gate_limit):  # inf is stored as null: a logit was not finite
+            return f"gate '{r.gate}': non-finite logits; {top}"
+        return (f"gate '{r.gate}': median KL {r.kl_p50:.3g} nats > limit {r.gate_limit:.3g}, {r.invalid_samples} "
+                f"of {r.samples} samples beyond it (KL mean {r.kl_mean:.3g}, max {r.kl_max:.3g}), {err}{top}; "
+                "rounding and a few routing near-ties do not move the median sample that far from the "
+                "answers: look for an engine bug")
+    beyond = f"{r.invalid_samples} of {r.samples} samples beyond tolerance, " if r.invalid_samples is not None else ""
+    gate = f"gate '{r.gate}': " if r.gate else ""  # records from before the gate name none
+    return f"{gate}{beyond}{err}{top}; `python -m harness explain` says whether routing near-ties explain them"
 
 
 def op_profile_tables(records: list[VariantRecord], top: int = 10) -> list[tuple[str, pd.DataFrame]]:

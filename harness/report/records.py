@@ -35,7 +35,7 @@ EXTRA_COLUMNS = [
     "ep_replacements", "ep_exchange_s",
     "workload", "max_new_tokens", "decode_mode", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
     "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
-    "invalid_samples", "error",
+    "invalid_samples", "gate", "gate_limit", "kl_mean", "kl_p50", "kl_p99", "kl_max", "top5_agreement", "error",
 ]
 
 # Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
@@ -126,7 +126,16 @@ class VariantRecord:
     pct_of_decode_floor: float | None = None  # decode floor (bytes / 3.0 TB/s) over the median step
     greedy_steps_checked: int | None = None
     greedy_first_divergence: int | None = None  # first step whose token differs from the reference
-    invalid_samples: int | None = None  # samples with a logit beyond the tolerance (0 when VALID)
+    invalid_samples: int | None = None  # samples past the gate's per-sample limit (fp32: a logit beyond
+    # the tolerance, 0 when VALID; bf16/fp16: KL beyond gate_limit, a VALID row may have some)
+    # ---- the correctness gate (harness.jobs.gate) and the accuracy statistics (harness.jobs.accuracy) ----
+    gate: str | None = None  # which rule judged `valid`: "fp32 1e-3" or "bf16 vs torch-bf16 x 4"
+    gate_limit: float | None = None  # fp32: the tolerance per logit; bf16/fp16: the limit on kl_p50 (nats)
+    kl_mean: float | None = None  # per-sample KL(p_answers || p_engine) of the softmaxes, nats
+    kl_p50: float | None = None  # its median: what the bf16/fp16 gate judges
+    kl_p99: float | None = None
+    kl_max: float | None = None
+    top5_agreement: float | None = None  # mean share of the answers' top 5 tokens in the engine's top 5
     error: str | None = None
     # ---- nested detail (JSON only) ---------------------------------------------------------
     per_rank: list[dict] = field(default_factory=list)  # timings + counters per rank

@@ -3,8 +3,9 @@
 Rows match on (engine, dtype, seq_len, ranks, batch). A check fails when
   * a matched variant's tokens/s fell by more than `max_drop` (a fraction: 0.05 = 5%);
   * a variant of CURRENT failed to run (error), matched or not;
-  * a variant of CURRENT is INVALID and its reference row was not (or has no reference row).
-    A variant invalid in both (e.g. a bf16 peer against fp64 answers) is listed, not failed.
+  * a variant of CURRENT is INVALID, of any dtype, matched or not, whatever its reference row
+    says: every dtype has a gate it can pass (harness.jobs.gate: fp32 at 1e-3, bf16 and fp16
+    against plain torch in their dtype), so INVALID means wrong outputs.
 Rows only in REFERENCE are listed as missing (failing only with require_all). Several rows
 with one key (side-by-side runs in one CSV) are pooled: median throughput, all must be valid.
 """
@@ -123,25 +124,20 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, max_drop: float, req
         cur_keys.add(key)
         r = ref_by_key.get(key)
         label = _label(c)
+        matched += int(r is not None)
         if isinstance(c["error"], str):
             first = c["error"].strip().splitlines()[0]
             v.failures.append(f"{label}: FAILED to run ({first})")
-            matched += int(r is not None)
+            continue
+        if c["valid"] is False:
+            was = "no reference row" if r is None else (
+                "INVALID in the reference too" if r["valid"] is False else
+                f"the reference was {'VALID' if r['valid'] else 'not validated'}")
+            v.failures.append(f"{label}: validation failed (INVALID; {was})")
             continue
         if r is None:
-            if c["valid"] is False:
-                v.failures.append(f"{label}: INVALID outputs (no reference row to compare with)")
-            else:
-                v.warnings.append(f"{label}: not in the reference; not compared")
+            v.warnings.append(f"{label}: not in the reference; not compared")
             continue
-        matched += 1
-        if c["valid"] is False:
-            if r["valid"] is False:
-                v.warnings.append(f"{label}: INVALID here and in the reference (not a regression)")
-            else:
-                v.failures.append(f"{label}: validation failed (INVALID; the reference was "
-                                  f"{'VALID' if r['valid'] else 'not validated'})")
-                continue
         ct, rt = c["tokens_per_s"], r["tokens_per_s"]
         if not (np.isfinite(ct) and np.isfinite(rt) and rt > 0):
             v.warnings.append(f"{label}: no throughput to compare ({ct} vs {rt})")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.jobs.files import read_logits, validate, write_logits
+from harness.jobs.files import read_logits, write_logits
+from harness.jobs.gate import judge
+from harness.jobs.prepare import gate_calibration
 
 
 def output_collective(worker, engine) -> str:
@@ -103,10 +105,14 @@ def check_answers(worker, rec, outs, idx) -> None:
     answers = read_logits(worker.spec.answers)
     if answers.shape[1] != outs.shape[1]:
         raise ValueError(f"answers have {answers.shape[1]} logits per sample, the model {outs.shape[1]}")
-    v = validate(outs, answers[idx], tol=worker.spec.tol)
-    rec.valid, rec.max_abs_err, rec.top1_agreement = bool(v.valid), float(v.max_abs_err), float(v.top1_agreement)
-    rec.invalid_samples = len(v.invalid_rows)
-    rec.invalid_sample_indices = [int(idx[r]) for r in v.invalid_rows[:100]]
+    spec = worker.spec  # the engine's dtype picks the gate: the fp32 contract, or bf16/fp16 calibrated
+    calibration, note = gate_calibration(spec.model, spec.inputs, spec.answers, rec.dtype,
+                                         "cpu" if worker.gpu is None else f"cuda:{worker.gpu}")
+    v = judge(outs, answers[idx], rec.dtype, tol=spec.tol, calibration=calibration)
+    rec.__dict__.update(v.record_columns())  # valid, gate, gate_limit, the accuracy statistics
+    rec.invalid_sample_indices = [int(idx[r]) for r in v.beyond[:100]]
+    if note:
+        rec.notes.append(note)
 
 
 def write_outputs(worker, rec, outs, n: int) -> None:
