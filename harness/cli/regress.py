@@ -14,7 +14,7 @@ Rows match on (engine, dtype, seq_len, ranks, batch); tokens_per_s is compared. 
 or one that became INVALID (a variant invalid in both runs, e.g. a bf16 peer, is only listed);
 2 bad arguments or nothing in common. Variants only in the reference are listed as missing
 (--require-all makes that a failure). Throughput is noisy: choose --max-drop above the spread of
-two runs of the same commit on the same machine (performance.md).
+two runs of the same commit on the same machine.
 
 Kernel-level regressions: the pytest-benchmark microbenchmarks under tests/bench,
   pytest tests/bench --benchmark-save=ref                       (on the reference commit)

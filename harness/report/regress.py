@@ -3,6 +3,8 @@
 Rows match on (engine, dtype, seq_len, ranks, batch). A check fails when
   * a matched variant's tokens/s fell by more than `max_drop` (a fraction: 0.05 = 5%);
   * a variant of CURRENT failed to run (error), matched or not;
+  * a variant of CURRENT was INTERRUPTED (Ctrl-C) before it finished: it has no measurement to
+    pass the gate with (`--resume` measures it); an interrupted REFERENCE row counts as absent;
   * a variant of CURRENT is INVALID and its reference row was not (or has no reference row).
     A variant invalid in both (e.g. a bf16 peer against fp64 answers) is listed, not failed.
 Rows only in REFERENCE are listed as missing (failing only with require_all). Several rows
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from harness.report.records import FAILED, INTERRUPTED, OK, record_status
 
 KEY = ["engine", "dtype", "workload", "seq_len", "ranks", "batch"]  # prefill and generate never mix
 
@@ -45,8 +49,11 @@ def load_summary(path: str | Path) -> pd.DataFrame:
         if csv.is_file():
             path = csv
         else:
-            from harness.report.frame import load_records, records_frame
-            return _normalise(records_frame(load_records([path])), str(path))
+            from harness.report.frame import ReportError, load_records, records_frame
+            try:
+                return _normalise(records_frame(load_records([path])), str(path))
+            except ReportError as e:
+                raise RegressError(f"{e}; or give its summary.csv") from None
     if not path.is_file():
         raise RegressError(f"{path}: no such run folder or summary.csv")
     try:
@@ -80,6 +87,8 @@ def _normalise(df: pd.DataFrame, where: str) -> pd.DataFrame:
     if "error" not in df.columns:
         df["error"] = None
     df["error"] = [e if isinstance(e, str) and e.strip() else None for e in df["error"]]
+    status = df["status"] if "status" in df.columns else [None] * len(df)
+    df["status"] = [record_status(s, e) for s, e in zip(status, df["error"])]
     df["tokens_per_s"] = pd.to_numeric(df["tokens_per_s"], errors="coerce")
     return df
 
@@ -90,9 +99,10 @@ def _pool(df: pd.DataFrame) -> pd.DataFrame:
         err = next((e for e in g["error"] if isinstance(e, str) and e), None)
         vals = list(g["valid"])
         valid = False if False in vals else (True if True in vals else None)
+        status = next((s for s in (FAILED, INTERRUPTED) if s in set(g["status"])), OK)
         rows.append(dict(zip(KEY, key), tokens_per_s=g["tokens_per_s"].median(), valid=valid, error=err,
-                         runs=len(g)))
-    return pd.DataFrame(rows, columns=KEY + ["tokens_per_s", "valid", "error", "runs"])
+                         status=status, runs=len(g)))
+    return pd.DataFrame(rows, columns=KEY + ["tokens_per_s", "valid", "error", "status", "runs"])
 
 
 def _label(row) -> str:
@@ -114,7 +124,7 @@ class Verdict:
 
 def compare(current: pd.DataFrame, reference: pd.DataFrame, max_drop: float, require_all: bool = False) -> Verdict:
     cur, ref = _pool(current), _pool(reference)
-    ref_by_key = {tuple(r[k] for k in KEY): r for _, r in ref.iterrows()}
+    ref_by_key = {tuple(r[k] for k in KEY): r for _, r in ref.iterrows() if r["status"] != INTERRUPTED}
     cur_keys = set()
     v = Verdict()
     matched = 0
@@ -123,6 +133,11 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, max_drop: float, req
         cur_keys.add(key)
         r = ref_by_key.get(key)
         label = _label(c)
+        if c["status"] == INTERRUPTED:
+            v.failures.append(f"{label}: INTERRUPTED before it finished: not measured (`--resume` the run to "
+                              "measure it)")
+            matched += int(r is not None)
+            continue
         if isinstance(c["error"], str):
             first = c["error"].strip().splitlines()[0]
             v.failures.append(f"{label}: FAILED to run ({first})")
