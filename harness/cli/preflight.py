@@ -88,14 +88,14 @@ def _check_data(args, cfg, problems: list[str]) -> int | None:
 def _check_engines(args, engines: list[str], command: str, problems: list[str]) -> None:
     gpu_only = [e for e in engines if e not in CPU_ENGINES]
     if args.device == "cpu" and gpu_only:
-        problems.append(f"--device cpu: {_names(gpu_only)} run only on a GPU (CUDA kernels); --device cpu applies "
-                        "to reference and hf")
+        problems.append(f"--device cpu: {_names(gpu_only)} {_verb(gpu_only, 'runs', 'run')} only on a GPU (CUDA "
+                        "kernels); --device cpu applies to reference and hf")
     if args.workload == "generate":
         from harness.engines.base import engine_class
         cannot = [e for e in engines if not getattr(engine_class(e), "supports_generation", False)]
         if cannot:
-            problems.append(f"--workload generate: {_names(cannot)} do(es) not generate; the engines that do: "
-                            "reference, hf, optimized")
+            problems.append(f"--workload generate: {_names(cannot)} {_verb(cannot, 'does', 'do')} not generate; the "
+                            "engines that do: reference, hf, optimized")
     if "hf" in engines and args.model and not (Path(args.model) / "config.json").is_file():
         problems.append(f"hf loads a Hugging Face folder (config.json + safetensors), not {args.model}; make one "
                         "with `python -m harness make-model --format hf`")
@@ -105,12 +105,16 @@ def _check_engines(args, engines: list[str], command: str, problems: list[str]) 
     if not _gpu_here():
         instead = ("--engine reference" if command == "run" else "--phases none --engines reference")
         problems.append(f"no GPU is visible on this machine (check nvidia-smi and CUDA_VISIBLE_DEVICES) and "
-                        f"{_names(need_gpu)} need(s) one: run on a GPU machine, or measure the CPU engines here "
-                        f"with `{instead}`")
+                        f"{_names(need_gpu)} {_verb(need_gpu, 'needs', 'need')} one: run on a GPU machine, or measure "
+                        f"the CPU engines here with `{instead}`")
 
 
 def _names(engines: list[str]) -> str:
     return ", ".join(engines)
+
+
+def _verb(engines: list[str], one: str, several: str) -> str:
+    return one if len(engines) == 1 else several
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,18 +138,18 @@ def _check_fit(args, cfg, engines: list[str], ranks: int, seq_lens: list[int], n
                             f"which has {free / GB:.1f} GB free: {smaller}, or point LFM2_CACHE at a larger disk")
     needs = []  # (bytes, what takes them); the jobs run one after the other, so the largest counts
     if _answers_to_compute(args, seq_lens, model_folder, n_data) and not _gpu_here():
-        needs.append((params * 8, "the reference's float64 weights, to compute the answers on the CPU"))
+        needs.append((params * 8, "computing the reference answers on the CPU (float64 weights)"))
     if not args.hostfile:  # across hosts, each holds only its own ranks
         for engine in engines:
             per_rank = _cpu_weight_bytes(engine, args, params)
             if per_rank:
                 needs.append((per_rank * ranks, f"{engine} on {ranks} rank(s) ({per_rank / GB:.1f} GB of weights "
-                                                f"each)"))
+                                                "each)"))
     avail = available_memory_bytes()
     if needs and avail is not None:
-        need, what = max(needs)
+        need, what = max(needs, key=lambda n: n[0])  # the first of equals: the answers come first
         if need > avail:
-            problems.append(f"{what} take(s) {need / GB:.1f} GB of memory and this machine has {avail / GB:.1f} GB "
+            problems.append(f"{what} needs {need / GB:.1f} GB of memory and this machine has {avail / GB:.1f} GB "
                             f"available: {smaller}, fewer ranks, or a machine with a GPU")
 
 
