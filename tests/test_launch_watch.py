@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.run import launch
-from harness.run.procs import marked_pids
+from harness.run.procs import is_alive, marked_pids
 
 # `fake-mpiexec --version` says Hydra; `fake-mpiexec -n N ...` starts N ranks in new sessions, each
 # reporting on the rank board like the real worker, and waits for all of them, whatever happens.
@@ -88,8 +88,7 @@ def test_a_rank_killed_under_a_launcher_that_does_not_notice_ends_the_job_in_sec
     text = result.describe_failure()
     assert "rank 1 of 2" in text and "pretending to work" in text and "rank 1 is working" in text
     survivor = _board(tmp_path, 0)["pid"]
-    with pytest.raises(ProcessLookupError):  # the other rank, in a session of its own, is gone too
-        os.kill(survivor, 0)
+    assert not is_alive(survivor)  # the other rank, in a session of its own, is gone too (or a zombie)
 
 
 def test_every_process_of_the_job_carries_the_marker_and_none_survives_the_launcher(fake_mpiexec, tmp_path,

@@ -83,15 +83,22 @@ def write_summary(m: Measured, args) -> int:
         print(short_table(df))
         print(f"\nwrote {csv_path}\n      {html_path}")
     if m.interrupted is not None:
-        stopped = getattr(m.interrupted, "record", None)
-        left = m.planned - len(m.records)
-        print(f"interrupted by {m.interrupted.signame}: every process of the job was stopped"
-              + (f"; {stopped.variant} is marked INTERRUPTED" if stopped is not None else "")
-              + (f"; {left} variant(s) not started" if left > 0 else "")
-              + f". To measure the rest: the same command with --resume --run-id {args.run_id}"
-              + (f" --out {args.out}" if args.out != DEFAULT_OUT else ""), file=sys.stderr)
+        print(_interrupted_text(m, args), file=sys.stderr)
         return m.interrupted.exit_status
     if m.failed:
         print(f"{len(m.failed)} variant(s) failed: {', '.join(m.failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _interrupted_text(m: Measured, args) -> str:
+    name = m.interrupted.signame
+    if not m.planned:
+        return f"interrupted by {name} while preparing the job (model, prompts, answers): nothing was measured"
+    stopped = getattr(m.interrupted, "record", None)
+    left = m.planned - len(m.records)
+    return (f"interrupted by {name}: every process of the job was stopped"
+            + (f"; {stopped.variant} is marked INTERRUPTED" if stopped is not None else "")
+            + (f"; {left} variant(s) not started" if left > 0 else "")
+            + f". To measure the rest: the same command with --resume --run-id {args.run_id}"
+            + (f" --out {args.out}" if args.out != DEFAULT_OUT else ""))
