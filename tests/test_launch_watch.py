@@ -125,3 +125,18 @@ def test_a_clean_job_leaves_a_done_board(fake_mpiexec, tmp_path, monkeypatch):
     states = [json.loads(p.read_text()) for p in sorted((tmp_path / "logs" / "v.ranks").glob("rank-*.json"))]
     assert [(s["rank"], s["state"], s["rc"]) for s in states] == [(0, "done", 0), (1, "done", 0)]
     assert Path(tmp_path / "logs" / "v.ranks" / "rank-0.log").read_text().strip() == "rank 0 is working"
+
+
+def test_the_rank_that_ended_the_job_is_described_first(tmp_path):
+    from harness.run.rankboard import RankBoard
+    board = RankBoard(tmp_path)
+    (tmp_path / "rank-2.log").write_text("Traceback ...\nValueError: bad shard\n")
+    rank = {r: {"rank": r, "size": 4, "pid": 100 + r, "host": "h", "stage": "loading the engine"} for r in range(4)}
+    hydra = "BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n=   PID 103 RUNNING AT h\n"
+    text = launch._describe_ranks([rank[0], rank[3]], [], board, hydra)  # mpiexec names the first to die
+    assert text.startswith("rank 3 of 4 (pid 103 on h) died during 'loading the engine'")
+    assert "ended with it: rank 0" in text and "rank 3's last output: (none)" in text
+    crashed = dict(rank[2], state="done", rc=1)
+    text = launch._describe_ranks([rank[0], rank[1]], [crashed], board, "")  # an error of its own comes first
+    assert text.startswith("rank 2 of 4 (pid 102 on h) exited with status 1 during 'loading the engine'")
+    assert "ended with it: rank 0, rank 1" in text and "ValueError: bad shard" in text

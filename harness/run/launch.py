@@ -114,10 +114,12 @@ class LaunchResult:
     dead_ranks: list[dict] = field(default_factory=list)  # ranks whose process ended without finishing
 
     def describe_failure(self) -> str:
+        crashed = self.board.crashed() if self.board else []
         if self.timed_out:
             why = f"timed out after {self.elapsed_s:.1f} s (raise --timeout-s if it was only slow)"
-        elif self.dead_ranks:
-            why = _describe_dead(self.dead_ranks, self.board, _tail(self.stdout_path) + _tail(self.stderr_path))
+        elif self.dead_ranks or crashed:
+            why = _describe_ranks(self.dead_ranks, crashed, self.board,
+                                  _tail(self.stdout_path) + _tail(self.stderr_path))
         else:
             why = f"mpiexec exited with status {self.returncode}"
         log, tail = self.output_log()
@@ -132,18 +134,23 @@ class LaunchResult:
         return self.stdout_path, _tail(self.stdout_path).strip()
 
 
-def _describe_dead(dead: list[dict], board: RankBoard | None, launcher_text: str) -> str:
-    """The first rank to die (mpiexec's message names its pid, when it could tell), its stage and
-    its last output; the others are listed (Hydra kills the rest at once)."""
+def _describe_ranks(dead: list[dict], crashed: list[dict], board: RankBoard | None, launcher_text: str) -> str:
+    """The rank that ended the job, its stage and its last output; the others are listed (Hydra
+    kills the rest at once). The culprit: the one mpiexec's message names by pid, else one that
+    exited with an error of its own, else the lowest dead rank."""
     named = {int(p) for p in re.findall(r"\bPID (\d+)", launcher_text)}
-    dead = sorted(dead, key=lambda s: (int(s["pid"]) not in named, s.get("rank", 0)))
-    first = dead[0]
+    ranks = sorted(crashed + dead, key=lambda s: (int(s["pid"]) not in named, s in dead, s.get("rank", 0)))
+    first = ranks[0]
     size = first.get("size")
-    lines = [f"rank {first['rank']}{f' of {size}' if size else ''} (pid {first['pid']} on {first['host']}) died "
-             f"during {first.get('stage', '?')!r} without finishing: killed by a signal (kill -9, the "
-             "out-of-memory killer) or a crash below Python"]
-    if len(dead) > 1:
-        lines.append("ended with it: " + ", ".join(f"rank {s['rank']}" for s in dead[1:]))
+    who = f"rank {first['rank']}{f' of {size}' if size else ''} (pid {first['pid']} on {first['host']})"
+    stage = first.get("stage", "?")
+    if first in crashed:
+        lines = [f"{who} exited with status {first.get('rc')} during {stage!r}"]
+    else:
+        lines = [f"{who} died during {stage!r} without finishing: killed by a signal (kill -9, the out-of-memory "
+                 "killer) or a crash below Python"]
+    if len(ranks) > 1:
+        lines.append("ended with it: " + ", ".join(f"rank {s['rank']}" for s in ranks[1:]))
     words = board.last_words(first["rank"]) if board else ""
     lines.append(f"rank {first['rank']}'s last output: " + (f"\n{words}" if words else "(none)"))
     return "\n".join(lines)

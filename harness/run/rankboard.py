@@ -150,6 +150,10 @@ class RankBoard:
         return [s for s in self.ranks() if s.get("state") == RUNNING and s.get("host") == self.host
                 and not is_alive(int(s["pid"]), int(s.get("start") or 0) or None)]
 
+    def crashed(self) -> list[dict]:
+        """Ranks that returned with an error of their own (a Python exception outside the stages)."""
+        return [s for s in self.ranks() if s.get("state") == DONE and s.get("rc")]
+
     def last_words(self, rank: int, max_chars: int = 1500) -> str:
         path = self.folder / f"rank-{rank}.log"
         try:
