@@ -5,6 +5,8 @@ Tests that use it should also carry `@pytest.mark.gpu`; everything under tests/g
 mark automatically.
 `tiny_ckpt`: the in-memory synthetic checkpoint of the "tiny" preset, seed 0.
 `rng`: a numpy Generator seeded from the test's name: fresh random data per test, reproducible.
+On a machine without a GPU the GPU tests skip for one reason; their skip lines are folded into
+one ("SKIPPED [N] tests/conftest.py: no GPU: ...") so the summary shows that, and why, at a glance.
 """
 from __future__ import annotations
 
@@ -17,10 +19,25 @@ import pytest
 GPU_DIR = Path(__file__).parent / "gpu"
 
 
+GPU_SKIP_PREFIX = "no GPU: "  # the `gpu` fixture's skip reason starts with it
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if GPU_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.gpu)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skip for want of a GPU is reported at one place (this file, no line), so pytest's
+    summary folds the hundreds of them into a single line with their count."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        reason = str(report.longrepr[2])
+        if reason.removeprefix("Skipped: ").startswith(GPU_SKIP_PREFIX):
+            report.longrepr = (__file__, None, reason)
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +45,7 @@ def gpu():
     from harness.gpu import get_context, gpu_unavailable_reason
     reason = gpu_unavailable_reason()
     if reason is not None:
-        pytest.skip(f"no GPU: {reason}")
+        pytest.skip(GPU_SKIP_PREFIX + reason)
     return get_context()
 
 

@@ -32,10 +32,10 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def compare_run(env):
-    """phases 0 (baseline, told to use the CPU, so it fails to load on any machine) + reference,
-    at 1 and 2 ranks: the failure must stay one row and the reference rows must still run."""
-    rc = harness_main(["compare", "--phases", "0", "--engines", "reference", "--preset", "tiny",
-                       "--samples", "6", "--ranks", "1,2", "--device", "cpu", "--budget-s", "30",
+    """reference + hf in float64 (hf runs bf16 or fp32, so it fails to load on any machine), at 1
+    and 2 ranks: the failure must stay one row and the reference rows must still run."""
+    rc = harness_main(["compare", "--phases", "none", "--engines", "reference,hf", "--dtype", "fp64", "--preset",
+                       "tiny", "--samples", "6", "--ranks", "1,2", "--device", "cpu", "--budget-s", "30",
                        "--out", str(env / "results"), "--run-id", "cmp", "--no-progress"])
     return rc, env / "results" / "cmp"
 
@@ -80,13 +80,13 @@ def test_compare_reports_every_variant_and_isolates_a_crash(compare_run):
     assert rc == 1  # one variant failed
     df = pd.read_csv(run / "summary.csv")
     assert list(df.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
-    assert sorted(df["variant"]) == sorted(["baseline-s16-r1-b1024", "baseline-s16-r2-b1024",
-                                            "reference-s16-r1-b1024", "reference-s16-r2-b1024"])
+    assert sorted(df["variant"]) == sorted(["hf-fp64-s16-r1-b1024", "hf-fp64-s16-r2-b1024",
+                                            "reference-fp64-s16-r1-b1024", "reference-fp64-s16-r2-b1024"])
     ref = df[df["engine"] == "reference"]
     assert list(ref["valid"]) == [True, True] and ref["error"].isna().all()
     assert (ref["samples"] == 6).all() and (ref["tokens_per_s"] > 0).all()
-    base = df[df["engine"] == "baseline"]
-    assert list(base["valid"]) == [False, False] and base["error"].notna().all()
+    failed = df[df["engine"] == "hf"]
+    assert list(failed["valid"]) == [False, False] and failed["error"].str.contains("bf16 or fp32").all()
     assert (run / "report.html").stat().st_size > 10_000
     assert len(list((run / "records").glob("*.json"))) == 4
     assert all((run / "logs" / f"{v}.stderr.log").exists() for v in df["variant"])
@@ -100,7 +100,7 @@ def test_report_rebuilds_and_regress_passes_against_itself(compare_run, capsys):
     after = pd.read_csv(run / "summary.csv")
     pd.testing.assert_frame_equal(before.drop(columns=["error"]), after.drop(columns=["error"]))
     capsys.readouterr()
-    # The failed baseline rows fail the gate even against themselves; the reference rows match.
+    # The failed hf rows fail the gate even against themselves; the reference rows match.
     assert harness_main(["regress", str(run), "--against", str(run)]) == 1
     out = capsys.readouterr().out
     assert out.count("ok    reference") == 2 and "FAILED to run" in out

@@ -62,7 +62,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def keeps_fp32(name: str) -> bool:
-    """expert_bias stays float32 whatever the engine dtype (model.md pitfall 3)."""
+    """expert_bias stays float32 whatever the engine dtype (the real checkpoint stores it so, and
+    rounding it to bf16 changes which experts win close routing decisions)."""
     return name.endswith("expert_bias")
 
 

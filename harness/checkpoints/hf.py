@@ -6,7 +6,7 @@ stripped. Experts may be stored per expert (the original Liquid layout, and what
 `save_pretrained` writes) or pre-fused as transformers v5 holds them in memory:
     layers.{i}.feed_forward.experts.gate_up_proj  [E, 2*Im, H]  = cat(w1, w3) per expert
     layers.{i}.feed_forward.experts.down_proj     [E, H, Im]    = w2 per expert
-Both are exposed under the per-expert names (model.md section 3). `lm_head.weight` is tied to
+Both are exposed under the per-expert names. `lm_head.weight` is tied to
 the embedding and ignored.
 """
 from __future__ import annotations

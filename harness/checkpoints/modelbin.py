@@ -1,6 +1,6 @@
 """The original program's `model.bin`: a tensor table, then float32 data.
 
-Layout (little-endian; baseline.md):
+Layout (little-endian, as the original program reads it):
     uint32 num_tensors
     per tensor: uint32 name_len, name bytes (HF name without `model.`), uint32 ndim,
                 uint32 dims[ndim], uint64 offset (absolute, of its data), uint64 size (bytes)

@@ -28,9 +28,10 @@ from harness.checkpoints.base import Checkpoint, DictCheckpoint, expected_shapes
 from harness.config import ModelConfig, get_preset
 from harness.checkpoints.prefetch import prefetched
 from harness.checkpoints.safetensors_stream import INDEX_FILE, SINGLE_FILE, SafetensorsStreamWriter, TensorSpec
+from harness.checkpoints.staging import staged_folder
 
 GENERATOR_VERSION = 1  # bump when the values change, so cached folders are regenerated
-MARKER = "synthetic.json"  # written last: its presence (and matching content) means complete
+MARKER = "synthetic.json"  # names the parameters and every file's size: what is_complete checks
 _CHUNK = 1 << 22  # fp32 values generated per step (16 MiB): bounds the scratch memory
 
 
@@ -106,25 +107,26 @@ def _marker(cfg: ModelConfig, seed: int, skew: float) -> dict:
 def write_synthetic(cfg: ModelConfig, out_dir: str | Path, seed: int = 0, skew: float = 0.0,
                     shard_bytes: int | None = 5 * 2**30, progress: bool = True) -> Path:
     """Write a Hugging Face folder (config.json, safetensors with `model.` names, per-expert
-    layout, synthetic.json) one tensor at a time. transformers' from_pretrained loads it."""
+    layout, synthetic.json) one tensor at a time. transformers' from_pretrained loads it.
+    The folder is written under a temporary name and replaces `out_dir` whole when complete
+    (harness.checkpoints.staging): an interrupted write leaves `out_dir` as it was."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).unlink(missing_ok=True)  # from here on the folder is incomplete until the end
     src = SyntheticCheckpoint(cfg, seed, skew)
     shapes = expected_shapes(cfg)
     specs = [TensorSpec("model." + n, s, torch.float32 if keeps_fp32(n) else torch.bfloat16) for n, s in shapes.items()]
     total = sum(s.nbytes for s in specs)
-    with SafetensorsStreamWriter(out, specs, shard_bytes, metadata={"synthetic_seed": str(seed)}) as w, \
-            tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=f"synthetic {cfg.name}") as bar:
-        for (spec, n), t in prefetched(lambda sn: src.raw(sn[1]), list(zip(specs, shapes))):
-            w.write(spec.name, t)
-            bar.update(spec.nbytes)
-            del t
-    files = w.files + ([INDEX_FILE] if len(w.files) > 1 else [])
-    write_json_atomic(out / "config.json", cfg.to_hf_dict())
-    marker = _marker(cfg, seed, skew) | {"total_size": total,
-                                         "files": {f: (out / f).stat().st_size for f in files}}
-    write_json_atomic(out / MARKER, marker)
+    with staged_folder(out) as tmp:
+        with SafetensorsStreamWriter(tmp, specs, shard_bytes, metadata={"synthetic_seed": str(seed)}) as w, \
+                tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=f"synthetic {cfg.name}") as bar:
+            for (spec, n), t in prefetched(lambda sn: src.raw(sn[1]), list(zip(specs, shapes))):
+                w.write(spec.name, t)
+                bar.update(spec.nbytes)
+                del t
+        files = w.files + ([INDEX_FILE] if len(w.files) > 1 else [])
+        write_json_atomic(tmp / "config.json", cfg.to_hf_dict())
+        marker = _marker(cfg, seed, skew) | {"total_size": total,
+                                             "files": {f: (tmp / f).stat().st_size for f in files}}
+        write_json_atomic(tmp / MARKER, marker)
     return out
 
 

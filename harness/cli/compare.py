@@ -5,7 +5,10 @@ import argparse
 import sys
 
 from harness.cli.job_args import (DEFAULT_SEQ_LEN, add_job_args, check_engine, check_job_args, parse_int_list,
-                                  parse_phases, prepare_jobs, run_dir, settings_from)
+                                  parse_phases)
+from harness.cli.measure import measure, write_summary
+from harness.cli.preflight import preflight
+from harness.cli.run_folder import run_dir
 from harness.engines.base import ENGINES, PHASE_ENGINES
 from harness.errors import UsageError
 
@@ -18,13 +21,21 @@ examples:
   python -m harness compare --phases none --engines reference --preset tiny --ranks 1,2
   python -m harness compare --phases 0,5 --data jobs/x/inputs.bin --answers jobs/x/answers.bin
 
-Variants = (phases + engines) x seq-len x ranks, each its own mpiexec job: a crash or a hang in
-one becomes a FAILED row (valid=False, error text) and the rest still run. Output in
-OUT/RUN_ID/: summary.csv, report.html, records/*.json (raw), logs/. Speedups are within a
-(seq_len, ranks, batch) group; --batch (default {DEFAULT_BATCH}) caps samples per forward and engines
-that take fewer (phases 0-4 take 1) get fewer, so phase 5's batching shows against phase 0.
+Variants = (phases + engines) x seq-len x ranks, each its own mpiexec job: a crash, a killed
+rank or a hang in one becomes a FAILED row (valid=False, error text) and the rest still run.
+Output in OUT/RUN_ID/ (OUT is runs/ unless --out says): summary.csv, report.html,
+records/*.json (raw), logs/. Speedups are within a (seq_len, ranks, batch) group; --batch
+(default {DEFAULT_BATCH}) caps samples per forward and engines that take fewer (phases 0-4 take 1)
+get fewer, so phase 5's batching shows against phase 0.
+
+Before anything is written or launched, the inputs, answers, checkpoint, engines (GPU engines
+need a visible GPU) and the machine's memory and disk are checked. An existing run folder is
+refused unless --resume (measure only the variants that did not finish) or --force (afresh).
+Ctrl-C (or SIGTERM) stops the running variant's every rank within seconds, marks it
+INTERRUPTED and still writes summary.csv and report.html for the variants that finished.
 Exit status: 0 when every variant ran (INVALID outputs are reported, not fatal), 1 when any
-failed, 2 on bad arguments. To gate CI on throughput use `python -m harness regress`.
+failed, 2 on bad arguments or a failed check, 130 when interrupted. To gate CI on throughput
+use `python -m harness regress`.
 """
 
 
@@ -59,10 +70,7 @@ def variants_from(args) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from harness.report.html import short_table, write_report
-    from harness.run.variant import Variant, run_variant
+    from harness.run.variant import Variant
 
     engines = variants_from(args)
     ranks_list = parse_int_list(args.ranks, "--ranks")
@@ -71,22 +79,10 @@ def main(args: argparse.Namespace) -> int:
     seq_lens = parse_int_list(args.seq_len, "--seq-len") if args.seq_len else [DEFAULT_SEQ_LEN]
     check_job_args(args)
     folder = run_dir(args)
-    jobs = prepare_jobs(args, seq_lens)
-    settings = settings_from(args)
-    plan = [Variant(e, s, r, args.batch, args.dtype) for s in jobs for r in ranks_list for e in engines]
-    print(f"run {args.run_id}: {len(plan)} variant(s) -> {folder}", file=sys.stderr)
-    failed = []
-    bar = tqdm(plan, unit="variant", disable=args.no_progress)
-    for v in bar:
-        bar.set_description(v.name)
-        rec = run_variant(v, jobs[v.seq_len], folder, settings)
-        if rec.error:
-            failed.append(v.name)
-            first = rec.error.strip().splitlines()[0] if rec.error.strip() else "failed"
-            tqdm.write(f"{v.name}: FAILED ({first}); logs in {folder / 'logs'}", file=sys.stderr)
-    csv_path, html_path, df = write_report([folder])
-    print(short_table(df))
-    print(f"\nwrote {csv_path}\n      {html_path}")
-    if failed:
-        print(f"{len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    preflight(args, engines, ranks_list, seq_lens, "compare")
+
+    def plan_for(jobs):
+        plan = [Variant(e, s, r, args.batch, args.dtype) for s in jobs for r in ranks_list for e in engines]
+        print(f"run {args.run_id}: {len(plan)} variant(s) -> {folder}", file=sys.stderr)
+        return plan
+    return write_summary(measure(args, seq_lens, plan_for, folder, progress=not args.no_progress), args)

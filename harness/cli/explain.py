@@ -1,6 +1,6 @@
 """`explain`: why is a run INVALID? Per sample beyond tolerance, how close its routing came to a tie.
 
-model.md 5.2: two implementations that round differently choose a different k-th expert when two
+Two implementations that round differently choose a different k-th expert when two
 biased router scores are within their rounding of each other, and that token's MoE output then
 differs by a whole expert. Over thousands of prompts such near-ties happen, so an fp32 engine can
 miss the job's 1e-3 on a few samples while being right. This command tells the two cases apart:
@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"near-ties (margin < {args.near_tie:g}): {tied_bad} of {nb} invalid samples, "
           f"{tied_good} of {len(rows) - nb} valid ones")
     if tied_bad == nb:
-        print("every examined invalid sample has a routing near-tie: rounding, not a broken engine (model.md 5.2)")
+        print("every examined invalid sample has a routing near-tie: rounding, not a broken engine")
         return 0
     print(f"{nb - tied_bad} invalid sample(s) have no near-tie below {args.near_tie:g}: look for an engine bug there")
     return 1

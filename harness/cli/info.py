@@ -11,7 +11,7 @@ from harness.measure.model_stats import model_stats
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="config, parameter counts, FLOPs/bytes per token, and the GPU/MPI/PyCUDA found",
-                       description="Print a model's configuration and its napkin numbers (model.md section 4): "
+                       description="Print a model's configuration and its napkin numbers: "
                                    "total and active parameters, FLOPs per token of the job, bytes of weights "
                                    "in fp32 and bf16; then which GPU, MPI and PyCUDA this machine has.")
     p.add_argument("--preset", default="lfm2-8b-a1b", help="a named shape (default: %(default)s)")

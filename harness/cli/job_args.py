@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import time
 from pathlib import Path
 
+from harness.cli.model_args import add_model_args, model_path
+from harness.cli.run_folder import add_run_folder_args
 from harness.engines.base import ENGINES, PHASE_ENGINES, UnknownEngine
 from harness.errors import UsageError
-from harness.cli.model_args import add_model_args, model_path
 
 DEFAULT_SAMPLES = 32
 DEFAULT_SEQ_LEN = 16
@@ -125,8 +125,7 @@ def add_job_args(p: argparse.ArgumentParser, batch_default: int | None = None) -
                    "(e.g. \"--mca btl self,vader\" for Open MPI); the flavour's own needs are added already")
     r.add_argument("--timeout-s", type=float, help="kill a variant's mpiexec after this long "
                    "(default: budget + 1800 s for load and warm-up)")
-    r.add_argument("--out", default="results", help="results folder (default: %(default)s)")
-    r.add_argument("--run-id", help="sub-folder of --out for this run (default: a timestamp)")
+    add_run_folder_args(r)
 
 
 def check_job_args(args) -> None:
@@ -150,14 +149,6 @@ def check_job_args(args) -> None:
     if args.model and not Path(args.model).exists():
         raise UsageError(f"--model {args.model}: no such file or folder (a Hugging Face folder or a model.bin; "
                          "make one with `python -m harness make-model`, or use --preset)")
-
-
-def run_dir(args) -> Path:
-    run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S")
-    if "/" in run_id or run_id in (".", ".."):
-        raise UsageError(f"--run-id {run_id!r}: must be a plain folder name")
-    args.run_id = run_id
-    return Path(args.out) / run_id
 
 
 def prepare_jobs(args, seq_lens: list[int] | None):

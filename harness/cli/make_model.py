@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import PRESETS, get_preset
 from harness.checkpoints.modelbin import write_model_bin
+from harness.checkpoints.staging import holds_checkpoint_files_only, staged_folder
 from harness.checkpoints.synthetic import (SyntheticCheckpoint, cache_folder, cache_root, cached_synthetic, is_complete,
                                            write_json_atomic, write_synthetic)
+from harness.config import PRESETS, get_preset
+from harness.errors import UsageError
 
 DESCRIPTION = """\
 Write a synthetic LFM2-MoE checkpoint: random weights with the exact names, shapes and dtypes of
@@ -29,7 +31,9 @@ Formats:
              synthetic.json. Loads with transformers' Lfm2MoeForCausalLM.from_pretrained.
   model-bin  the original C++/CUDA program's float32 model.bin, plus config.json beside it.
 
-Generation streams tensor by tensor (memory of one tensor). The full lfm2-8b-a1b preset is
+Generation streams tensor by tensor (memory of one tensor), into a temporary folder beside the
+destination that is renamed into place when complete: an interrupted make-model leaves no
+folder that looks like a checkpoint. The full lfm2-8b-a1b preset is
 16.7 GB in hf format and 33.4 GB as model-bin; about a minute each on 2 cores (disk-bound),
 with ~0.3 GB (hf) / ~0.8 GB (model-bin) of memory on top of torch itself.
 """
@@ -40,6 +44,7 @@ where it goes:
   ~/.cache/lfm2-infer) as <preset>-seed<seed>-skew<skew>-bf16/ and is reused when complete
   (harness.checkpoints.synthetic.cached_synthetic(preset, seed, skew) returns the same folder from Python).
   model-bin without --out goes to <cache>/<preset>-seed<seed>-skew<skew>-fp32-modelbin/.
+  An --out folder that holds a checkpoint already is replaced only with --force.
 
 pointing the harness at it:
   Give the printed path to any command as --model PATH (a Hugging Face folder or a model.bin).
@@ -78,7 +83,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hf format: largest safetensors shard in GiB; 0 = one file (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache root when --out is not given (default: $LFM2_CACHE or ~/.cache/lfm2-infer)")
-    p.add_argument("--force", action="store_true", help="regenerate even if a complete cached copy exists")
+    p.add_argument("--force", action="store_true", help="regenerate even if a complete cached copy exists, and "
+                   "replace the checkpoint an existing --out folder holds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -86,8 +92,25 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def check_out(out: Path | None, force: bool) -> None:
+    """--out must be a new or empty folder, or (with --force) one that holds only a checkpoint."""
+    if out is None or not out.exists():
+        return
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is a file; make-model writes a folder (config.json and the weights): "
+                         "give a folder path")
+    if not any(p for p in out.iterdir() if not p.name.startswith(".")):
+        return
+    if not holds_checkpoint_files_only(out):
+        raise UsageError(f"--out {out} holds files that are not a checkpoint's; make-model replaces the whole "
+                         "folder: give a new or empty one")
+    if not force:
+        raise UsageError(f"--out {out} already holds a checkpoint; add --force to replace it, or give another folder")
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = get_preset(args.preset)
+    check_out(args.out, args.force)
     progress = not args.quiet
     shard_bytes = int(args.shard_gb * 2**30) if args.shard_gb > 0 else None
     t0 = time.perf_counter()
@@ -101,8 +124,12 @@ def main(args: argparse.Namespace) -> int:
         out = where = write_synthetic(cfg, args.out, args.seed, args.skew, shard_bytes=shard_bytes, progress=progress)
     else:
         out = args.out or cache_root(args.cache_dir) / f"{args.preset}-seed{args.seed}-skew{args.skew:g}-fp32-modelbin"
-        where = write_model_bin(SyntheticCheckpoint(cfg, args.seed, args.skew), out / "model.bin", progress=progress)
-        write_json_atomic(out / "config.json", cfg.to_hf_dict())
+        where = out / "model.bin"
+        reused = args.out is None and not args.force and where.is_file() and (out / "config.json").is_file()
+        if not reused:
+            with staged_folder(out) as tmp:  # model.bin and its config.json appear together
+                write_model_bin(SyntheticCheckpoint(cfg, args.seed, args.skew), tmp / "model.bin", progress=progress)
+                write_json_atomic(tmp / "config.json", cfg.to_hf_dict())
     how = "reused the complete copy in the cache" if reused else f"wrote in {time.perf_counter() - t0:.1f} s"
     print(f"{args.format} checkpoint ({args.preset}, seed {args.seed}, skew {args.skew:g}): {how}")
     print(f"path: {where}")

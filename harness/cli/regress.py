@@ -6,15 +6,17 @@ import sys
 
 EPILOG = """\
 examples:
-  python -m harness regress results/today --against results/last-release
-  python -m harness regress results/today/summary.csv --against baseline-summary.csv --max-drop 3%
+  python -m harness regress runs/today --against results/last-release
+  python -m harness regress runs/today/summary.csv --against baseline-summary.csv --max-drop 3%
 
 Rows match on (engine, dtype, seq_len, ranks, batch); tokens_per_s is compared. Exit status:
 0 all matched variants within the threshold; 1 a drop beyond it, a variant that failed to run,
 or one that is INVALID, of any dtype (each dtype has a gate it can pass: fp32 at 1e-3, bf16/fp16
-against plain torch in that dtype, harness.jobs.gate); 2 bad arguments or nothing in common. Variants only in the reference are listed as missing
+against plain torch in that dtype, harness.jobs.gate); 2 bad arguments, a folder that holds no run
+(no summary.csv or readable records), or nothing in common. A variant INTERRUPTED in CURRENT fails
+(it was not measured); one in REFERENCE counts as absent. Variants only in the reference are listed as missing
 (--require-all makes that a failure). Throughput is noisy: choose --max-drop above the spread of
-two runs of the same commit on the same machine (performance.md).
+two runs of the same commit on the same machine.
 
 Kernel-level regressions: the pytest-benchmark microbenchmarks under tests/bench,
   pytest tests/bench --benchmark-save=ref                       (on the reference commit)
@@ -26,7 +28,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("regress", help="fail (exit 1) when a variant's throughput dropped or validation failed",
                        description="Compare a run with a reference run and exit 1 on a regression.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("current", metavar="CURRENT", help="run folder (results/<run-id>) or summary.csv to check")
+    p.add_argument("current", metavar="CURRENT", help="run folder (runs/<run-id>) or summary.csv to check")
     p.add_argument("--against", required=True, metavar="REFERENCE", help="run folder or summary.csv to compare with")
     p.add_argument("--max-drop", default="5%", help="largest tolerated fall in tokens/s: 5%% or 0.05 "
                    "(default: %(default)s)")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  python -m harness report results/20261124-101500            # rebuild in place
-  python -m harness report results/before results/after --out results/before-vs-after
-  python -m harness report results/phases0-3 results/phases4-5 --merge --out results/phases0-5
+  python -m harness report runs/20261124-101500               # rebuild in place
+  python -m harness report runs/before runs/after --out runs/before-vs-after
+  python -m harness report runs/phases0-3 runs/phases4-5 --merge --out runs/phases0-5
 
 With one run folder the files are rewritten inside it; with several, into --out (default:
-results/side-by-side-<timestamp>), one row per (run, variant) plus a tokens/s table with the runs
+<first run's parent>/side-by-side-<timestamp>), one row per (run, variant) plus a tokens/s table with the runs
 as columns. --merge instead reads several runs as one comparison (speedups across them, per
 seq_len and rank count): for slow variants measured in separate calls. The HTML is self-contained (embedded PNG plots, no network).
 Kernel microbenchmarks live apart: pytest tests/bench --benchmark-compare-fail=mean:5%
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
                                    "report.html (table, throughput, speedups, GPU utilization and PCIe over time, "
                                    "scaling with ranks).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<run-id> folder(s)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s): runs/<run-id> (or --out/<run-id>)")
     p.add_argument("--out", metavar="DIR", help="where to write (default: the run folder, or a new "
                    "side-by-side folder for several)")
     p.add_argument("--merge", action="store_true", help="several runs are one comparison: speedup_vs_phase0 "
@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from harness.report.html import ReportError, short_table, write_report
     missing = [d for d in args.run_dirs if not Path(d).is_dir()]
     if missing:
-        raise UsageError(f"no such run folder: {', '.join(missing)} (expected results/<run-id>)")
+        raise UsageError(f"no such run folder: {', '.join(missing)} (expected a run folder such as runs/<run-id>)")
     out = args.out
     if args.merge and len(args.run_dirs) < 2:
         raise UsageError("--merge needs two or more run folders")

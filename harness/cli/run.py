@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.job_args import (DEFAULT_SEQ_LEN, add_job_args, at_least, check_engine, check_job_args,
-                                  prepare_jobs, run_dir, settings_from)
+from harness.cli.job_args import DEFAULT_SEQ_LEN, add_job_args, at_least, check_engine, check_job_args
+from harness.cli.measure import measure, write_summary
+from harness.cli.preflight import preflight
+from harness.cli.run_folder import run_dir
 from harness.engines.base import ENGINES
 from harness.errors import UsageError
+from harness.report.records import INTERRUPTED
 
 EPILOG = """\
 examples:
@@ -14,9 +17,14 @@ examples:
   python -m harness run --engine baseline --data jobs/x/inputs.bin --answers jobs/x/answers.bin
   python -m harness run --engine hf --dtype bf16 --samples 64 --seq-len 16 --batch 64
 
-The record lands in OUT/RUN_ID/records/<variant>.json (logs beside it); `python -m harness report
-OUT/RUN_ID` turns it into summary.csv and report.html. Exit status: 0 when the variant ran and
-validated (or was not validated), 1 when it failed or its outputs were INVALID, 2 on bad arguments.
+The record lands in OUT/RUN_ID/records/<variant>.json (OUT is runs/ unless --out says), logs
+beside it, summary.csv and report.html over every record in the folder. An existing run folder
+is refused unless --resume (add this variant, or skip it if it finished there) or --force (start
+afresh). The inputs, answers, checkpoint, engine and the machine's memory and disk are checked
+before anything is written or launched. Ctrl-C (or SIGTERM) stops every rank within seconds and
+marks the variant INTERRUPTED. Exit status: 0 when the variant ran and validated (or was not
+validated), 1 when it failed or its outputs were INVALID, 2 on bad arguments or a failed check,
+130 when interrupted.
 """
 
 
@@ -40,7 +48,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.run.variant import Variant, run_variant
+    from harness.run.variant import Variant
     engine = check_engine(args.engine)
     at_least("--ranks", args.ranks, 1)
     at_least("--seq-len", args.seq_len, 1)
@@ -48,24 +56,31 @@ def main(args: argparse.Namespace) -> int:
     if args.data and args.seq_len:
         raise UsageError("--seq-len comes from the --data file; give one or the other")
     folder = run_dir(args)
-    job = next(iter(prepare_jobs(args, [args.seq_len or DEFAULT_SEQ_LEN]).values()))
-    variant = Variant(engine, job.seq_len, args.ranks, args.batch, args.dtype)
-    rec = run_variant(variant, job, folder, settings_from(args))
-    print(describe(rec))
-    print(f"record: {folder / 'records' / (variant.name + '.json')}")
-    return 0 if (rec.error is None and rec.valid is not False) else 1
+    seq_len = args.seq_len or DEFAULT_SEQ_LEN
+    preflight(args, [engine], [args.ranks], [seq_len], "run")
+    measured = measure(args, [seq_len], lambda jobs: [Variant(engine, job.seq_len, args.ranks, args.batch, args.dtype)
+                                                       for job in jobs.values()], folder)
+    for v, rec in measured.records:
+        print(describe(rec))
+        print(f"record: {folder / 'records' / (v.name + '.json')}")
+    rc = write_summary(measured, args)
+    if rc == 0 and any(rec.valid is False for _, rec in measured.records):
+        return 1
+    return rc
 
 
 def describe(rec) -> str:
     """A few lines a person reads after a run."""
     if rec.error:
-        return f"{rec.variant}: FAILED\n{rec.error}"
+        return f"{rec.variant}: {'INTERRUPTED' if rec.status == INTERRUPTED else 'FAILED'}\n{rec.error}"
     status = {True: "VALID", False: "INVALID", None: "not validated"}[rec.valid]
     if rec.workload == "generate":
+        floor = (f" ({rec.pct_of_decode_floor:.2g}% of the H100's decode floor)" if rec.pct_of_decode_floor is not None
+                 else "")
         lines = [f"{rec.variant}: {rec.samples}/{rec.samples_requested} prompts on {rec.ranks} rank(s), "
                  f"{rec.max_new_tokens} new tokens each: TTFT {rec.ttft_ms:.4g} ms, inter-token p50 "
                  f"{rec.itl_p50_ms:.4g} / p90 {rec.itl_p90_ms:.4g} / p99 {rec.itl_p99_ms:.4g} ms, "
-                 f"decode {rec.decode_tokens_per_s:.4g} tokens/s ({rec.pct_of_decode_floor:.2g}% of the decode floor)"
+                 f"decode {rec.decode_tokens_per_s:.4g} tokens/s{floor}"
                  if rec.itl_p50_ms is not None else
                  f"{rec.variant}: {rec.samples} prompts, TTFT {rec.ttft_ms:.4g} ms (one new token: no decode steps)",
                  f"  {status}"]

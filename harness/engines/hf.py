@@ -11,13 +11,19 @@ import torch
 from harness.engines.base import Engine
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
 class HFEngine(Engine):
     name = "hf"
     max_batch = 64
     supports_generation = True
+    counts_transfers = False  # transformers moves the tensors; the harness's counters never see it
 
     def __init__(self, checkpoint, device=0, dtype: str = "bf16", **options):
         super().__init__(checkpoint, device, **options)
+        if dtype not in DTYPES:  # before the slow transformers import
+            raise ValueError(f"the hf engine runs {' or '.join(DTYPES)}, not {dtype!r}")
         try:
             import transformers
         except ImportError:
@@ -27,7 +33,7 @@ class HFEngine(Engine):
             raise RuntimeError("the hf engine loads a Hugging Face folder; give --model DIR with config.json "
                                "and safetensors (make one with `python -m harness make-model`)")
         self.dtype = dtype
-        torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        torch_dtype = DTYPES[dtype]
         on_gpu = isinstance(device, int) and torch.cuda.is_available()
         self.torch_device = f"cuda:{device}" if on_gpu else "cpu"
         self.model = transformers.Lfm2MoeForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(self.torch_device).eval()

@@ -1,4 +1,4 @@
-"""The job's files, exactly as baseline.md defines them, synthetic prompt sets, and validation.
+"""The job's files, exactly as the original program defines them, synthetic prompt sets, and validation.
 
 inputs.bin:              int32 num_samples, int32 seq_len, then num_samples*seq_len int32 ids
 outputs.bin/answers.bin: int32 num_samples, int32 vocab_size, then float32 logits (last position)
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-TOLERANCE = 1e-3  # absolute, per logit (baseline.md)
+TOLERANCE = 1e-3  # absolute, per logit (the original program's check)
 
 
 class JobFileError(ValueError):
@@ -34,21 +34,35 @@ def _atomic_write(path: Path, header: np.ndarray, body: np.ndarray) -> None:
         raise
 
 
-def _read(path: Path, body_dtype: str, what: str) -> tuple[int, int, np.ndarray]:
+def _header(path: Path, what: str) -> tuple[int, int]:
+    """(n, m) from the 8-byte header, after checking that the file holds exactly n x m values."""
     path = Path(path)
     if not path.is_file():
         raise JobFileError(f"no {what} file at {path}; make one with `python -m harness make-data`")
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise JobFileError(f"{path} is {len(raw)} bytes: too short for the 8-byte header of a {what} file")
-    n, m = (int(v) for v in np.frombuffer(raw[:8], "<i4"))
+    size = path.stat().st_size
+    if size < 8:
+        raise JobFileError(f"{path} is {size} bytes: too short for the 8-byte header of a {what} file")
+    with open(path, "rb") as f:
+        n, m = (int(v) for v in np.frombuffer(f.read(8), "<i4"))
     if n < 0 or m <= 0:
         raise JobFileError(f"{path}: header says {n} x {m}, which is not a valid {what} file")
     want = 8 + 4 * n * m
-    if len(raw) != want:
+    if size != want:
         raise JobFileError(f"{path}: header says {n} x {m} values ({want} bytes) but the file has "
-                           f"{len(raw)} bytes (truncated or not a {what} file)")
+                           f"{size} bytes (truncated or not a {what} file)")
+    return n, m
+
+
+def _read(path: Path, body_dtype: str, what: str) -> tuple[int, int, np.ndarray]:
+    n, m = _header(path, what)
+    raw = Path(path).read_bytes()
     return n, m, np.frombuffer(raw[8:], body_dtype).reshape(n, m).copy()
+
+
+def logits_shape(path) -> tuple[int, int]:
+    """(num_samples, vocab_size) of an answers.bin or outputs.bin, checked against its size,
+    without reading the logits."""
+    return _header(path, "logits")
 
 
 def write_inputs(path, tokens: np.ndarray) -> None:
@@ -116,8 +130,8 @@ class Validation:
 def validate(outputs: np.ndarray, answers: np.ndarray, tol: float = TOLERANCE) -> Validation:
     """VALID when every logit is within `tol` (absolute) of the answer; NaN is never valid: the job's
     contract, which judges fp32 engines (bf16 and fp16 ones are judged by harness.jobs.gate). The
-    samples beyond tolerance are named, so a rare failure (e.g. a routing near-tie, model.md 5.2)
-    can be told from a broken engine."""
+    samples beyond tolerance are named, so a rare failure (e.g. two experts' router scores tied
+    within rounding: `python -m harness explain`) can be told from a broken engine."""
     outputs, answers = np.asarray(outputs, np.float32), np.asarray(answers, np.float32)
     if outputs.shape != answers.shape:
         raise JobFileError(f"outputs {outputs.shape} and answers {answers.shape} differ in shape")

@@ -53,6 +53,17 @@ def _cache_jobs_root() -> Path:
     return cache_root() / "jobs"
 
 
+def synthetic_job_folder(model_path: str | Path, samples: int, seq_len: int, data_seed: int = 0) -> Path:
+    """Where the seeded prompt set and its answers for this model are cached."""
+    return _cache_jobs_root() / model_id(model_path) / f"n{samples}-s{seq_len}-seed{data_seed}"
+
+
+def cached_answers_path(data: str | Path, model_path: str | Path) -> Path:
+    """Where the reference's answers for a user's inputs.bin are cached: beside it, named for the model."""
+    data = Path(data)
+    return data.with_name(f"{data.stem}.answers-{model_id(model_path)}.bin")
+
+
 def synthetic_job(model_path: str, model_label: str, samples: int, seq_len: int, data_seed: int = 0,
                   validate: bool = True) -> PreparedJob:
     """The cached seeded prompt set (and answers) for this model; made on first use."""
@@ -60,7 +71,7 @@ def synthetic_job(model_path: str, model_label: str, samples: int, seq_len: int,
     from harness.jobs.files import make_job
     from harness.checkpoints.synthetic import _locked  # the same inter-process lock the checkpoint cache uses
 
-    folder = _cache_jobs_root() / model_id(model_path) / f"n{samples}-s{seq_len}-seed{data_seed}"
+    folder = synthetic_job_folder(model_path, samples, seq_len, data_seed)
     inputs, answers = folder / "inputs.bin", folder / "answers.bin"
     with _locked(folder.parent / f".{folder.name}.lock"):
         if inputs.exists():  # make_job writes answers first: inputs.bin present = complete
@@ -100,7 +111,7 @@ def file_job(model_path: str, model_label: str, data: str | Path, answers: str |
             raise UsageError(f"--answers {answers}: no such file (an answers.bin: int32 n, int32 vocab, float32 "
                              "logits); leave it out and the reference computes them")
     else:
-        answers = data.with_name(f"{data.stem}.answers-{model_id(model_path)}.bin")
+        answers = cached_answers_path(data, model_path)
         if not answers.exists():
             _write_reference_answers(model_path, tokens, answers)
     gate_calibration(model_path, data, answers, PREPARED_GATE_DTYPE)
@@ -142,7 +153,13 @@ def _release_gpu_cache() -> None:
         torch.cuda.empty_cache()
 
 
-GREEDY_CHECKED_STEPS = 32  # issue 12: generated tokens must equal the reference's for these steps
+GREEDY_CHECKED_STEPS = 32  # generated tokens must equal the reference's for these steps
+
+
+def greedy_answers_path(inputs: Path, model_path: str | Path, samples: int, max_new_tokens: int) -> Path:
+    """Where the reference's greedy tokens for these prompts are cached: beside the inputs."""
+    steps = min(max_new_tokens, GREEDY_CHECKED_STEPS)
+    return inputs.with_name(f"{inputs.stem}.greedy-{model_id(model_path)}-n{samples}-t{steps}.npy")
 
 
 def with_greedy_answers(job: PreparedJob, max_new_tokens: int) -> PreparedJob:
@@ -150,7 +167,7 @@ def with_greedy_answers(job: PreparedJob, max_new_tokens: int) -> PreparedJob:
     import dataclasses
 
     steps = min(max_new_tokens, GREEDY_CHECKED_STEPS)
-    out = job.inputs.with_name(f"{job.inputs.stem}.greedy-{model_id(job.model)}-n{job.samples}-t{steps}.npy")
+    out = greedy_answers_path(job.inputs, job.model, job.samples, max_new_tokens)
     if not out.exists():
         import torch
 

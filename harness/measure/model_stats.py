@@ -1,4 +1,4 @@
-"""Parameter counts, FLOPs and bytes per token (model.md section 4), from any ModelConfig."""
+"""Parameter counts, FLOPs and bytes per token, from any ModelConfig."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,7 +89,8 @@ def decode_bytes_per_step(cfg: ModelConfig, batch: int, context: int, weight_byt
                           cache_bytes: int = 2) -> float:
     """HBM bytes one decode step must read: every non-expert weight, the experts the batch's
     tokens touch (uniform-routing estimate), each sequence's KV cache over `context` positions and
-    its conv state. The decode floor is this over the GPU's bandwidth (performance.md)."""
+    its conv state. The decode floor is this over the GPU's memory bandwidth (3.0 TB/s measured
+    device-to-device on the H100)."""
     st = model_stats(cfg)
     H, Im = cfg.hidden_size, cfg.moe_intermediate_size
     expert = 3 * H * Im

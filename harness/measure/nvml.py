@@ -3,7 +3,7 @@
 The worker starts a sampler just before the timed region and stops it just after, so the time
 series covers the measured forwards only. NVML's numbers are coarse by nature:
   * utilization is "a kernel was running during the last sample period", not "the GPU was busy"
-    (performance.md), so the report puts achieved TFLOP/s and GB/s beside it;
+    (one small kernel keeps it at 100%), so the report puts achieved TFLOP/s and GB/s beside it;
   * PCIe throughput is NVML's own 20 ms window per direction (each read blocks ~20 ms), so
     one sample costs ~40 ms and the interval cannot usefully go below ~50 ms;
   * memory used is the whole device's, other processes included.

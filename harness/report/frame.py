@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.report.records import EXTRA_COLUMNS, SUMMARY_COLUMNS, VariantRecord
+from harness.report.records import EXTRA_COLUMNS, FAILED, INTERRUPTED, SUMMARY_COLUMNS, VariantRecord, record_status
 
 GROUP = ["run_id", "seq_len", "ranks", "batch"]
 MERGED_GROUP = ["seq_len", "ranks"]  # --merge: one comparison across runs (and their batch sizes)
@@ -34,11 +34,11 @@ def load_records(run_dirs: list[str | Path]) -> list[VariantRecord]:
         files = sorted(folder.glob("*.json")) if folder.is_dir() else []
         if not files:
             raise ReportError(f"{d}: no records/*.json; give a run folder made by `python -m harness run` or "
-                              "`compare` (results/<run-id>)")
+                              "`compare` (runs/<run-id>)")
         for f in files:
             try:
                 rec = VariantRecord.read(f)
-            except (ValueError, TypeError) as e:
+            except (OSError, ValueError, TypeError) as e:
                 raise ReportError(f"{f}: not a harness record ({e})") from None
             rec.run_id = rec.run_id or d.name
             records.append(rec)
@@ -117,11 +117,18 @@ def fmt(x):
     return x
 
 
+def outcome_labels(df: pd.DataFrame, not_validated: str = "-") -> list[str]:
+    """One word per row: INTERRUPTED, FAILED, VALID, INVALID or `not_validated`."""
+    status = df["status"] if "status" in df.columns else [None] * len(df)
+    return [("INTERRUPTED" if record_status(s, e) == INTERRUPTED else "FAILED" if record_status(s, e) == FAILED
+             else "VALID" if v is True else "INVALID" if v is False else not_validated)
+            for v, e, s in zip(df["valid"], df["error"], status)]
+
+
 def short_table(df: pd.DataFrame) -> str:
     """The few columns a terminal has room for."""
     cols = ["variant", "samples", "samples_per_s", "tokens_per_s", "latency_p50_ms", "speedup_vs_phase0",
             "gpu_util_mean", "valid"]
     t = df[cols].copy()
-    t["valid"] = [("FAILED" if isinstance(e, str) and e else "VALID" if v is True else
-                   "INVALID" if v is False else "-") for v, e in zip(df["valid"], df["error"])]
+    t["valid"] = outcome_labels(df)
     return t.map(fmt).to_string(index=False, na_rep="")

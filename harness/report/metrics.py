@@ -17,7 +17,7 @@ import numpy as np
 
 from harness.engines.base import PHASE_ENGINES
 from harness.measure.model_stats import model_stats
-from harness.report.records import PEAK_TFLOPS, VariantRecord, cpu_name, environment_facts
+from harness.report.records import FAILED, PEAK_TFLOPS, VariantRecord, cpu_name, environment_facts
 
 
 def phase_of(engine_name: str, engine=None) -> int | None:
@@ -65,6 +65,21 @@ def _nvml_columns(per_gpu: list[dict]) -> dict:
     }
 
 
+def device_facts(ranks_info: list[dict], nvml_all: list[dict]) -> dict:
+    """What the ranks ran on, for any workload: the device column (GPU names, else the CPU's), the
+    number of distinct GPUs, NVML's columns and notes."""
+    per_gpu = _per_gpu(ranks_info, nvml_all)
+    names = sorted({s.get("device_name") for s in per_gpu if s.get("device_name")})
+    if per_gpu:
+        device = ", ".join(names) if names else ", ".join(f"cuda:{r['gpu']}" for r in ranks_info)
+    else:
+        device = cpu_name()
+    notes = sorted({s.get("note") for s in nvml_all if s.get("note")})
+    return {"device": device, "gpus": len(per_gpu), "nvml_note": "; ".join(notes) or None,
+            "hosts": ",".join(sorted({r["host"] for r in ranks_info})), "nvml": nvml_all,
+            **_nvml_columns(per_gpu)}
+
+
 def build_record(spec, engine, ranks_info: list[dict], lat_all: list[list[float]], nvml_all: list[dict],
                  timed: dict, batch_used: int, n_requested: int, seq_len: int) -> VariantRecord:
     elapsed = float(timed["elapsed"])
@@ -77,23 +92,17 @@ def build_record(spec, engine, ranks_info: list[dict], lat_all: list[list[float]
     h2d, d2h, allocs = total("h2d_bytes"), total("d2h_bytes"), total("device_allocs")
     h2d_s = total("h2d_seconds")
 
-    per_gpu = _per_gpu(ranks_info, nvml_all)
-    gpus = len(per_gpu)
+    facts = device_facts(ranks_info, nvml_all)
+    gpus = facts["gpus"]
     math_mode = str(getattr(engine, "math_mode", None) or engine.dtype)
     flops = model_stats(engine.config).job_flops(seq_len) * ran
     tflops = flops / elapsed / 1e12 if elapsed > 0 else None
     peak = PEAK_TFLOPS.get(math_mode, None)
     peak = peak * gpus if (peak and gpus) else None
-    names = sorted({s.get("device_name") for s in per_gpu if s.get("device_name")})
-    if gpus:
-        device = ", ".join(names) if names else ", ".join(f"cuda:{r['gpu']}" for r in ranks_info)
-    else:
-        device = cpu_name()
-    notes = sorted({s.get("note") for s in nvml_all if s.get("note")})
 
     rec = VariantRecord(
         engine=spec.engine, phase=phase_of(spec.engine, engine), dtype=str(engine.dtype),
-        device=device, ranks=len(ranks_info), seq_len=seq_len,
+        ranks=len(ranks_info), seq_len=seq_len,
         batch=int(spec.batch or engine.max_batch or 1), samples=ran,
         samples_per_s=ran / elapsed if elapsed > 0 else None,
         tokens_per_s=ran * seq_len / elapsed if elapsed > 0 else None,
@@ -114,27 +123,40 @@ def build_record(spec, engine, ranks_info: list[dict], lat_all: list[list[float]
         budget_hit=bool(timed["budget_hit"]), elapsed_s=elapsed,
         load_s=max(r.get("load_s", 0.0) for r in ranks_info),
         warmup_s=max(r.get("warmup_s", 0.0) for r in ranks_info),
-        gpus=gpus, peak_tflops=peak, math_mode=math_mode,
+        peak_tflops=peak, math_mode=math_mode,
         h2d_copy_gbps=h2d / h2d_s / 1e9 if h2d_s > 0 else None,
-        nvml_note="; ".join(notes) or None,
-        hosts=",".join(sorted({r["host"] for r in ranks_info})),
-        per_rank=ranks_info, latencies_ms=lat_all, nvml=nvml_all, options=dict(spec.options),
-        **environment_facts(),
+        per_rank=ranks_info, latencies_ms=lat_all, options=dict(spec.options),
+        **facts, **environment_facts(),
     )
-    rec.__dict__.update(_nvml_columns(per_gpu))
+    if not getattr(engine, "counts_transfers", True):
+        _transfers_not_counted(rec, engine)
     if rec.budget_hit:
         rec.notes.append(f"budget of {spec.budget_s:g} s reached: {ran} of {n_requested} samples ran")
     return rec
 
 
+TRANSFER_COLUMNS = ("h2d_bytes_per_sample", "d2h_bytes_per_sample", "h2d_gbps", "d2h_gbps", "h2d_copy_gbps",
+                    "device_allocs_per_sample", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample")
+
+
+def _transfers_not_counted(rec: VariantRecord, engine) -> None:
+    """An engine whose copies and allocations happen out of the harness's sight (e.g. inside
+    transformers) has no byte counts: empty, not a misleading zero."""
+    for c in TRANSFER_COLUMNS:
+        setattr(rec, c, None)
+    rec.notes.append(f"h2d/d2h bytes and device allocations: n/a ({engine.name} moves its tensors itself; "
+                     "only NVML's PCIe columns see that traffic)")
+
+
 def failure_record(spec, message: str, ranks: int, **known) -> VariantRecord:
-    """The row of a variant that crashed, timed out or never started: valid=False, the error."""
+    """The row of a variant that crashed, timed out, never started or was interrupted (pass
+    status=INTERRUPTED): valid=False, the error."""
     rec = VariantRecord(
         engine=spec.engine, phase=phase_of(spec.engine), dtype=spec.options.get("dtype"),
         ranks=ranks, seq_len=spec.seq_len or 0, batch=int(spec.batch or 1), samples=0,
         valid=False, run_id=spec.run_id, variant=spec.variant, model=spec.model_label or spec.model,
         samples_requested=spec.samples or 0, budget_s=spec.budget_s, error=message.strip(),
-        options=dict(spec.options), **environment_facts(),
+        workload=spec.workload, options=dict(spec.options), status=FAILED, **environment_facts(),
     )
     rec.__dict__.update(known)
     return rec

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The issue fixes these names and this order; more columns may follow them.
+# summary.csv starts with these columns in this order (what readers of it rely on); more follow.
 SUMMARY_COLUMNS = [
     "engine", "phase", "dtype", "device", "ranks", "seq_len", "batch", "samples",
     "samples_per_s", "tokens_per_s", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
@@ -35,11 +35,17 @@ EXTRA_COLUMNS = [
     "ep_replacements", "ep_exchange_s",
     "workload", "max_new_tokens", "decode_mode", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
     "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
-    "invalid_samples", "gate", "gate_limit", "kl_mean", "kl_p50", "kl_p99", "kl_max", "top5_agreement", "error",
+    "invalid_samples", "gate", "gate_limit", "kl_mean", "kl_p50", "kl_p99", "kl_max", "top5_agreement", "status",
+    "error",
 ]
 
-# Arithmetic ceilings of one H100 per math mode, TFLOP/s (performance.md: bf16 measured with
-# cuBLAS; fp32 CUDA cores and TF32 tensor cores from the datasheet). fp16 tensor cores run at
+# What became of a variant's run: it ran to the end (VALID, INVALID or not validated), it failed
+# (a crash, a dead rank, a timeout), or the user stopped it (Ctrl-C, SIGTERM) before it finished.
+OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
+STATUSES = (OK, FAILED, INTERRUPTED)
+
+# Arithmetic ceilings of one H100 per math mode, TFLOP/s (bf16 as measured with cuBLAS on the
+# project's H100; fp32 CUDA cores and TF32 tensor cores from NVIDIA's datasheet). fp16 tensor cores run at
 # the bf16 rate on Hopper.
 PEAK_TFLOPS = {"fp32": 67.0, "tf32": 495.0, "bf16": 788.0, "fp16": 788.0}
 
@@ -113,7 +119,7 @@ class VariantRecord:
     ep_imbalance_measured: float | None = None  # even share; by the cost model / by CUDA events (1.0 = even)
     ep_replacements: int | None = None  # placements made again in the timed loop because the load drifted
     ep_exchange_s: float | None = None  # the slowest rank's seconds inside the MoE exchange collectives
-    # ---- the generate workload (issue 12) ----
+    # ---- the generate workload ----
     workload: str = "prefill"
     max_new_tokens: int | None = None
     decode_mode: str | None = None  # streamed (token arrivals, one step queued ahead) or per-step (harness.run.generation)
@@ -136,6 +142,7 @@ class VariantRecord:
     kl_p99: float | None = None
     kl_max: float | None = None
     top5_agreement: float | None = None  # mean share of the answers' top 5 tokens in the engine's top 5
+    status: str | None = None  # OK, FAILED or INTERRUPTED; None: derived from error when written
     error: str | None = None
     # ---- nested detail (JSON only) ---------------------------------------------------------
     per_rank: list[dict] = field(default_factory=list)  # timings + counters per rank
@@ -150,7 +157,9 @@ class VariantRecord:
 
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return _json_safe(dataclasses.asdict(self))
+        d = _json_safe(dataclasses.asdict(self))
+        d["status"] = record_status(d.get("status"), d.get("error"))
+        return d
 
     def summary_row(self) -> dict:
         d = self.to_dict()
@@ -172,7 +181,17 @@ class VariantRecord:
 
     @classmethod
     def read(cls, path: str | Path) -> "VariantRecord":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        d = json.loads(Path(path).read_text())
+        if not isinstance(d, dict) or "engine" not in d:
+            raise ValueError("a record is a JSON object with an engine")
+        return cls.from_dict(d)
+
+
+def record_status(status, error) -> str:
+    """A record's status; records written before the field existed derive it from error."""
+    if isinstance(status, str) and status in STATUSES:
+        return status
+    return FAILED if isinstance(error, str) and error.strip() else OK
 
 
 def _json_safe(x):

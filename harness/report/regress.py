@@ -3,6 +3,8 @@
 Rows match on (engine, dtype, seq_len, ranks, batch). A check fails when
   * a matched variant's tokens/s fell by more than `max_drop` (a fraction: 0.05 = 5%);
   * a variant of CURRENT failed to run (error), matched or not;
+  * a variant of CURRENT was INTERRUPTED (Ctrl-C) before it finished: it has no measurement to
+    pass the gate with (`--resume` measures it); an interrupted REFERENCE row counts as absent;
   * a variant of CURRENT is INVALID, of any dtype, matched or not, whatever its reference row
     says: every dtype has a gate it can pass (harness.jobs.gate: fp32 at 1e-3, bf16 and fp16
     against plain torch in their dtype), so INVALID means wrong outputs.
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from harness.report.records import FAILED, INTERRUPTED, OK, record_status
 
 KEY = ["engine", "dtype", "workload", "seq_len", "ranks", "batch"]  # prefill and generate never mix
 
@@ -46,8 +50,11 @@ def load_summary(path: str | Path) -> pd.DataFrame:
         if csv.is_file():
             path = csv
         else:
-            from harness.report.frame import load_records, records_frame
-            return _normalise(records_frame(load_records([path])), str(path))
+            from harness.report.frame import ReportError, load_records, records_frame
+            try:
+                return _normalise(records_frame(load_records([path])), str(path))
+            except ReportError as e:
+                raise RegressError(f"{e}; or give its summary.csv") from None
     if not path.is_file():
         raise RegressError(f"{path}: no such run folder or summary.csv")
     try:
@@ -81,6 +88,8 @@ def _normalise(df: pd.DataFrame, where: str) -> pd.DataFrame:
     if "error" not in df.columns:
         df["error"] = None
     df["error"] = [e if isinstance(e, str) and e.strip() else None for e in df["error"]]
+    status = df["status"] if "status" in df.columns else [None] * len(df)
+    df["status"] = [record_status(s, e) for s, e in zip(status, df["error"])]
     df["tokens_per_s"] = pd.to_numeric(df["tokens_per_s"], errors="coerce")
     return df
 
@@ -91,9 +100,10 @@ def _pool(df: pd.DataFrame) -> pd.DataFrame:
         err = next((e for e in g["error"] if isinstance(e, str) and e), None)
         vals = list(g["valid"])
         valid = False if False in vals else (True if True in vals else None)
+        status = next((s for s in (FAILED, INTERRUPTED) if s in set(g["status"])), OK)
         rows.append(dict(zip(KEY, key), tokens_per_s=g["tokens_per_s"].median(), valid=valid, error=err,
-                         runs=len(g)))
-    return pd.DataFrame(rows, columns=KEY + ["tokens_per_s", "valid", "error", "runs"])
+                         status=status, runs=len(g)))
+    return pd.DataFrame(rows, columns=KEY + ["tokens_per_s", "valid", "error", "status", "runs"])
 
 
 def _label(row) -> str:
@@ -115,7 +125,7 @@ class Verdict:
 
 def compare(current: pd.DataFrame, reference: pd.DataFrame, max_drop: float, require_all: bool = False) -> Verdict:
     cur, ref = _pool(current), _pool(reference)
-    ref_by_key = {tuple(r[k] for k in KEY): r for _, r in ref.iterrows()}
+    ref_by_key = {tuple(r[k] for k in KEY): r for _, r in ref.iterrows() if r["status"] != INTERRUPTED}
     cur_keys = set()
     v = Verdict()
     matched = 0
@@ -125,6 +135,10 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, max_drop: float, req
         r = ref_by_key.get(key)
         label = _label(c)
         matched += int(r is not None)
+        if c["status"] == INTERRUPTED:
+            v.failures.append(f"{label}: INTERRUPTED before it finished: not measured (`--resume` the run to "
+                              "measure it)")
+            continue
         if isinstance(c["error"], str):
             first = c["error"].strip().splitlines()[0]
             v.failures.append(f"{label}: FAILED to run ({first})")

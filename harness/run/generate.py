@@ -1,12 +1,14 @@
-"""The generate workload inside a rank (issue 12): what harness.run.worker runs instead of the
+"""The generate workload inside a rank: what harness.run.worker runs instead of the
 prefill timed loop when the spec says `workload: generate`.
 
 Each rank takes its contiguous share of the prompts in batches; each batch is one greedy
 generation (prefill, then max_new_tokens - 1 decode steps, streamed or one call per step: see
 harness.run.generation; the record's decode_mode and a note say which, since the two time different
 things). Timing between barriers as for prefill; warm-up is one short generation of the first
-batch. Rank 0 gathers the tokens and per-step times, checks the first steps against the
-reference's greedy tokens, and writes one record.
+batch; NVML samples the GPU during the timed region as for prefill. Rank 0 gathers the tokens
+and per-step times, checks the first steps against the reference's greedy tokens, and writes
+one record. The share of the decode floor (the H100's memory bandwidth) is left empty for a
+run on the CPU.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import time
 
 import numpy as np
 
+from harness.measure.nvml import NvmlSampler
+from harness.report.metrics import device_facts, phase_of
 from harness.run.generation import MODE_NOTES, first_divergence, generation_metrics, greedy_generate
-from harness.report.metrics import phase_of
 from harness.report.records import VariantRecord, environment_facts
 from harness.run.stages import StageFailed
 
@@ -34,11 +37,16 @@ def run_generation(worker, engine, tokens: np.ndarray, lo: int, hi: int, b: int)
             worker.write_failure(str(e))
         return 1
     gathered = comm.gather(runs["batches"], root=0)
+    ranks_info = comm.gather(worker.info, root=0)
+    nvml_all = comm.gather(runs["nvml"].as_dict(), root=0)
     elapsed = runs["elapsed"]
     if worker.rank != 0:
         return 0
     batches = [x for rank_batches in gathered for x in rank_batches]  # rank order = sample order
     rec = _record(spec, engine, comm.Get_size(), tokens.shape[1], b, batches, elapsed, hi - lo)
+    rec.__dict__.update(device_facts(ranks_info, nvml_all), per_rank=ranks_info)
+    if not rec.gpus:  # the decode floor is the H100's memory bandwidth: no yardstick for a CPU
+        rec.pct_of_decode_floor = None
     rec.write(spec.record)
     return 0
 
@@ -51,9 +59,11 @@ def _no_generation(engine):
 def _timed(worker, engine, tokens, lo, hi, b, n_new) -> dict:
     comm = worker.comm
     batches = []
+    sampler = NvmlSampler(worker.gpu, worker.spec.nvml_interval_s)
     engine.synchronize()
     comm.Barrier()
     t0 = time.perf_counter()
+    sampler.start(t0)
     for s0 in range(lo, hi, b):
         run = greedy_generate(engine, tokens[s0:min(s0 + b, hi)], n_new)
         batches.append({"first": s0, "tokens": run.tokens, "ttft_s": run.ttft_s, "step_s": run.step_s,
@@ -62,7 +72,10 @@ def _timed(worker, engine, tokens, lo, hi, b, n_new) -> dict:
             break  # whole batches only; the report says how many prompts ran
     engine.synchronize()
     comm.Barrier()
-    return {"elapsed": time.perf_counter() - t0, "batches": batches}
+    elapsed = time.perf_counter() - t0
+    series = sampler.stop()
+    worker.info["device_name"] = series.device_name
+    return {"elapsed": elapsed, "batches": batches, "nvml": series}
 
 
 def _record(spec, engine, ranks: int, prompt_len: int, b: int, batches: list, elapsed: float,
@@ -71,7 +84,7 @@ def _record(spec, engine, ranks: int, prompt_len: int, b: int, batches: list, el
     ran = sum(len(x["tokens"]) for x in batches)
     new_tokens = sum(x["tokens"].size for x in batches)
     rec = VariantRecord(
-        engine=spec.engine, phase=phase_of(spec.engine, engine), dtype=str(engine.dtype), device=str(engine.device),
+        engine=spec.engine, phase=phase_of(spec.engine, engine), dtype=str(engine.dtype),
         ranks=ranks, seq_len=prompt_len, batch=b, samples=ran,
         samples_per_s=ran / elapsed if elapsed > 0 else None,
         tokens_per_s=new_tokens / elapsed if elapsed > 0 else None,

@@ -1,25 +1,29 @@
 """One variant = one `mpiexec` job: write its spec, launch the ranks, return its record.
 
-Whatever happens to the job (a crash, a hang past the timeout, an engine that is not built
-yet), the caller gets a VariantRecord: the worker's own, or one made here with valid=False and
-the tail of the job's stderr, so a comparison carries on and reports the failure as a row.
+Whatever happens to the job (a crash, a rank killed, a hang past the timeout, an engine that is
+not built yet), the caller gets a VariantRecord: the worker's own, or one made here with
+valid=False and the tail of the job's output, so a comparison carries on and reports the
+failure as a row. Ctrl-C or SIGTERM (harness.run.interrupt.Interrupted) is the exception: the
+job is ended, an INTERRUPTED record is written, and Interrupted goes on to the command.
 
-Run folder layout (results/<run-id>/):
+Run folder layout (runs/<run-id>/ by default):
     records/<variant>.json   the raw JSON record, one per variant (what `report` rebuilds from)
     specs/<variant>.json     what the ranks were told
-    logs/<variant>.{cmd,stdout.log,stderr.log}
+    logs/<variant>.{cmd,stdout.log,stderr.log}, logs/<variant>.ranks/ (each rank's status and output)
     summary.csv, report.html (written by harness.report.html)
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.jobs.prepare import PreparedJob
 from harness.report.metrics import failure_record
+from harness.report.records import INTERRUPTED, VariantRecord
+from harness.run.interrupt import Interrupted
 from harness.run.launch import MPILaunchError, launch_worker
-from harness.report.records import VariantRecord
 from harness.run.worker import WorkerSpec
 
 
@@ -79,12 +83,18 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
         profile_ops=settings.profile_ops,
     )
     spec_path = spec.write(run_dir / "specs" / f"{variant.name}.json")
+    started = time.monotonic()
     try:
         result = launch_worker(spec_path, variant.ranks, run_dir / "logs", variant.name,
                                timeout_s=settings.launch_timeout(), hostfile=settings.hostfile,
                                extra_args=settings.mpiexec_args)
     except MPILaunchError as e:
         return _failed(spec, variant, str(e), record_path)
+    except Interrupted as e:  # the job is gone already (launch_worker ended it)
+        e.record = _failed(spec, variant, f"INTERRUPTED by {e.signame} after {time.monotonic() - started:.1f} s, "
+                           "before the variant finished; `--resume` measures it again", record_path,
+                           status=INTERRUPTED)
+        raise
     if record_path.exists():
         rec = VariantRecord.read(record_path)
         if not result.ok and not rec.error:
@@ -94,7 +104,18 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
     return _failed(spec, variant, result.describe_failure(), record_path)
 
 
-def _failed(spec: WorkerSpec, variant: Variant, message: str, record_path: Path) -> VariantRecord:
-    rec = failure_record(spec, message, ranks=variant.ranks)
+def _failed(spec: WorkerSpec, variant: Variant, message: str, record_path: Path, **known) -> VariantRecord:
+    rec = failure_record(spec, message, ranks=variant.ranks, **known)
     rec.write(record_path)
     return rec
+
+
+def finished_record(variant: Variant, run_dir: Path) -> VariantRecord | None:
+    """The variant's record in run_dir when it ran to the end (valid or not), else None: what
+    `--resume` skips. FAILED and INTERRUPTED variants run again."""
+    path = Path(run_dir) / "records" / f"{variant.name}.json"
+    try:
+        rec = VariantRecord.read(path)
+    except (OSError, ValueError, TypeError):
+        return None
+    return rec if rec.error is None else None

@@ -1,6 +1,6 @@
 """The per-rank program: `mpiexec -n R python -m harness.run.worker --spec spec.json`.
 
-What every rank does (baseline.md's job contract, plus what the harness measures):
+What every rank does (the original program's job contract, plus what the harness measures):
   1. MPI init; the rank's place on its node picks its GPU round-robin (GPU engines only) and
      its share of the node's CPU threads.
   2. Rank 0 reads inputs.bin and broadcasts it; samples are split into contiguous ranges.
@@ -25,7 +25,9 @@ What every rank does (baseline.md's job contract, plus what the harness measures
      engine with `record_fields(ranks_info)` adds its own fields to it (phase 5: the expert
      placement and the per-rank load it predicted and measured).
 Errors are agreed on collectively at each stage, so a failure on one rank ends every rank
-cleanly with a record that names the rank and the error instead of a hang.
+cleanly with a record that names the rank and the error instead of a hang. A rank that dies
+without a word (kill -9, the out-of-memory killer) is seen by the launcher through the rank's
+status file (harness.run.rankboard), which also holds the stage the rank was in.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import time
 
 # Only light modules at the top: numpy and torch read their thread counts when first imported,
 # which must come after main() has given this rank its share of the node's cores.
+from harness.run.rankboard import RankReporter
 from harness.run.ranks import engine_runs_on_gpu, limit_threads, select_gpu, split_range
 from harness.run.spec import WorkerSpec
 from harness.run.stages import StageFailed, err_text
@@ -55,12 +58,14 @@ class Worker:
         node.Free()
         self.host = socket.gethostname()
         self.info: dict = {"rank": self.rank, "host": self.host, "local_rank": self.local_rank}
+        self.reporter = RankReporter(self.rank, self.size)  # the launcher's view of this rank
 
     # ---- collective error agreement --------------------------------------------------------
     def stage(self, name: str, fn):
         """Run fn on every rank; if any rank raised, every rank raises StageFailed."""
         err = None
         out = None
+        self.reporter.stage(name)
         try:
             out = fn()
         except Exception as e:
@@ -140,6 +145,7 @@ class Worker:
             self.stage("warm-up", lambda: prefill.warm_up(self, engine, tokens, b))
             self.stage("calibration", lambda: prefill.calibrate(self, engine, tokens, lo, hi, b))
             collective = self.stage("output buffers", lambda: output_buffers(self, engine, n, lo, hi))
+            self.reporter.stage("the timed loop")
             timed = prefill.timed_loop(self, engine, tokens, lo, hi, b, collective)
             if spec.profile_ops:
                 prefill.profile_one_forward(self, engine, tokens, b)
@@ -214,8 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkerSpec.read(args.spec)
     from mpi4py import MPI  # MPI_Init here, before numpy/torch pick their thread counts
     worker = Worker(spec, MPI.COMM_WORLD)
+    worker.reporter.start()
     limit_threads(worker.local_size)
-    return worker.run()
+    rc = 1
+    try:
+        rc = worker.run()
+    finally:  # a Python exception is a crash, but not a silent death: its traceback is in the log
+        worker.reporter.done(rc)
+    return rc
 
 
 if __name__ == "__main__":
