@@ -100,7 +100,8 @@ def _pool(df: pd.DataFrame) -> pd.DataFrame:
         err = next((e for e in g["error"] if isinstance(e, str) and e), None)
         vals = list(g["valid"])
         valid = False if False in vals else (True if True in vals else None)
-        status = next((s for s in (FAILED, INTERRUPTED) if s in set(g["status"])), OK)
+        statuses = set(g["status"]) if "status" in g.columns else set()  # frames not read by load_summary
+        status = next((s for s in (FAILED, INTERRUPTED) if s in statuses), OK)
         rows.append(dict(zip(KEY, key), tokens_per_s=g["tokens_per_s"].median(), valid=valid, error=err,
                          status=status, runs=len(g)))
     return pd.DataFrame(rows, columns=KEY + ["tokens_per_s", "valid", "error", "status", "runs"])
