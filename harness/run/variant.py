@@ -1,4 +1,6 @@
-"""One variant = one `mpiexec` job: write its spec, launch the ranks, return its record.
+"""One variant = one `mpiexec` job: write its spec, launch the ranks, return its record. Or a group
+of variants that share an engine (same engine, dtype, ranks, options; other shapes) = one job that
+loads the engine once (run_group).
 
 Whatever happens to the job (a crash, a hang past the timeout, an engine that is not built
 yet), the caller gets a VariantRecord: the worker's own, or one made here with valid=False and
@@ -19,7 +21,7 @@ from harness.jobs.prepare import PreparedJob
 from harness.report.metrics import failure_record
 from harness.run.launch import MPILaunchError, launch_worker
 from harness.report.records import VariantRecord
-from harness.run.worker import WorkerSpec
+from harness.run.worker import WorkerSpec, write_spec_group
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,13 @@ class Variant:
     ranks: int
     batch: int | None = None  # most samples per forward; None: the engine's own max_batch
     dtype: str | None = None  # None: the engine's default
+    label: str | None = None  # tells apart runs of one engine and shape with other options (e.g. "ep")
 
     @property
     def name(self) -> str:
         parts = [self.engine] + ([self.dtype] if self.dtype else [])
         parts += [f"s{self.seq_len}", f"r{self.ranks}", f"b{self.batch}" if self.batch else "bmax"]
-        return "-".join(parts)
+        return "-".join(parts + ([self.label] if self.label else []))
 
 
 @dataclass
@@ -56,14 +59,15 @@ class RunSettings:
         return self.timeout_s if self.timeout_s else self.budget_s + 1800.0
 
 
-def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: RunSettings) -> VariantRecord:
-    run_dir = Path(run_dir)
-    record_path = run_dir / "records" / f"{variant.name}.json"
-    record_path.unlink(missing_ok=True)  # a stale record must not pass for this run's
+def worker_spec(variant: Variant, job: PreparedJob, run_dir: Path, settings: RunSettings) -> WorkerSpec:
+    """What the variant's ranks are told; a stale record at its path is removed first (it must not
+    pass for this run's)."""
+    record_path = Path(run_dir) / "records" / f"{variant.name}.json"
+    record_path.unlink(missing_ok=True)
     options = dict(settings.options)
     if variant.dtype:
         options["dtype"] = variant.dtype
-    spec = WorkerSpec(
+    return WorkerSpec(
         engine=variant.engine, model=str(job.model), inputs=str(job.inputs), record=str(record_path.resolve()),
         answers=str(job.answers) if job.answers else None, samples=job.samples, batch=variant.batch,
         budget_s=settings.budget_s, warmup=settings.warmup, device=settings.device, options=options,
@@ -73,6 +77,12 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
         greedy_answers=str(job.greedy_answers) if job.greedy_answers else None,
         profile_ops=settings.profile_ops,
     )
+
+
+def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: RunSettings) -> VariantRecord:
+    run_dir = Path(run_dir)
+    spec = worker_spec(variant, job, run_dir, settings)
+    record_path = Path(spec.record)
     spec_path = spec.write(run_dir / "specs" / f"{variant.name}.json")
     try:
         result = launch_worker(spec_path, variant.ranks, run_dir / "logs", variant.name,
@@ -87,6 +97,39 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
             rec.write(record_path)
         return rec
     return _failed(spec, variant, result.describe_failure(), record_path)
+
+
+def run_group(members: list[tuple[Variant, PreparedJob, RunSettings]], run_dir: Path, name: str) -> list[VariantRecord]:
+    """Several variants of one engine, dtype, rank count and options (shapes: seq_len, batch,
+    samples, budget, warm-up) as ONE mpiexec job whose ranks load the engine once and run each in
+    turn. One record per member, in order; a member left without one (the job crashed or timed out
+    before it) gets a failure record with the job's stderr. Records written before a crash stand."""
+    run_dir = Path(run_dir)
+    first, _, base = members[0]
+    for v, _, s in members[1:]:
+        if (v.engine, v.dtype, v.ranks) != (first.engine, first.dtype, first.ranks) or \
+                (s.options, s.device, s.hostfile, s.mpiexec_args) != (base.options, base.device, base.hostfile,
+                                                                       base.mpiexec_args):
+            raise ValueError(f"{v.name} cannot share an engine with {first.name}: engine, dtype, ranks, options, "
+                             "device and MPI settings must be the same")
+    specs = [worker_spec(v, job, run_dir, s) for v, job, s in members]
+    group = write_spec_group(run_dir / "specs" / f"{name}.group.json",
+                             [spec.write(run_dir / "specs" / f"{v.name}.json") for spec, (v, _, _) in zip(specs, members)])
+    timeout = base.timeout_s or sum(s.budget_s for _, _, s in members) + 1800.0
+    try:
+        result = launch_worker(group, first.ranks, run_dir / "logs", name, timeout_s=timeout,
+                               hostfile=base.hostfile, extra_args=base.mpiexec_args)
+        failure = None if result.ok else result.describe_failure()
+    except MPILaunchError as e:
+        failure = str(e)
+    records = []
+    for spec, (v, _, _) in zip(specs, members):
+        path = Path(spec.record)
+        if path.exists():
+            records.append(VariantRecord.read(path))
+        else:
+            records.append(_failed(spec, v, failure or "the group's job ended without this variant's record", path))
+    return records
 
 
 def _failed(spec: WorkerSpec, variant: Variant, message: str, record_path: Path) -> VariantRecord:

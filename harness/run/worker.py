@@ -4,7 +4,9 @@ What every rank does (baseline.md's job contract, plus what the harness measures
   1. MPI init; the rank's place on its node picks its GPU round-robin (GPU engines only) and
      its share of the node's CPU threads.
   2. Rank 0 reads inputs.bin and broadcasts it; samples are split into contiguous ranges.
-  3. Load: open the checkpoint, build the engine (all outside the timed region).
+  3. Load: open the checkpoint, build the engine (all outside the timed region). Given several
+     specs (a group: shapes of one engine, dtype, rank count and options), the engine is built
+     once and steps 2 and 4-6 run for each spec in turn, each writing its own record.
   4. Warm-up: `warmup` forwards of sample 0 at the batch size of the timed loop.
   5. Counters reset; device sync; barrier; start clock; forward this rank's samples in batches
      of `batch_used` (each call timed after a device sync); device sync; barrier; stop clock.
@@ -24,9 +26,11 @@ cleanly with a record that names the rank and the error instead of a hang.
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import sys
 import time
+from pathlib import Path
 
 # Only light modules at the top: numpy and torch read their thread counts when first imported,
 # which must come after main() has given this rank its share of the node's cores.
@@ -114,33 +118,52 @@ class Worker:
         return engine
 
     def run(self) -> int:
+        return self.run_group([self.spec])
+
+    def run_group(self, specs: list[WorkerSpec]) -> int:
+        """Run each spec in turn on ONE engine, built when the first spec's inputs are in: shapes of
+        one engine, dtype, rank count and options (a sweep of ten shapes pays one 16.7 GB load, not
+        ten). Each spec writes its own record; a failed load is every remaining spec's record."""
+        check_one_engine(specs)
+        base, loaded, engine, rc = dict(self.info), {}, None, 0
+        for i, spec in enumerate(specs):
+            self.spec = spec
+            self.info = {**base, **loaded, **({"engine_shared_by": len(specs)} if len(specs) > 1 else {})}
+            try:
+                tokens, shape = self.stage("reading inputs", self.read_inputs)
+                tokens = self.stage("broadcasting inputs", lambda: self.broadcast_inputs(tokens, shape))
+                if engine is None:
+                    try:
+                        engine = self.stage("loading the engine", self.build_engine)
+                    except StageFailed as e:
+                        self.write_failures(specs[i:], str(e))
+                        return 1
+                    loaded = {k: self.info[k] for k in ("gpu", "threads", "load_s")}
+                rc = max(rc, self.run_spec(engine, tokens))
+            except StageFailed as e:
+                self.write_failures([spec], str(e))
+                rc = 1
+        if engine is not None:
+            engine.close()
+        return rc
+
+    def run_spec(self, engine, tokens) -> int:
+        """Warm-up, timed region and record of self.spec on a loaded engine."""
         from harness.run import prefill
         spec = self.spec
-        try:
-            tokens, shape = self.stage("reading inputs", self.read_inputs)
-            tokens = self.stage("broadcasting inputs", lambda: self.broadcast_inputs(tokens, shape))
-            engine = self.stage("loading the engine", self.build_engine)
-            n, seq_len = tokens.shape
-            b = spec.batch or engine.max_batch or 1
-            b = max(1, min(b, engine.max_batch or b, -(-n // self.size)))  # no call larger than a rank's share
-            lo, hi = split_range(n, self.size, self.rank)
-            self.info.update(samples_assigned=hi - lo, first_sample=lo)
-            if spec.workload == "generate":
-                from harness.run.generate import run_generation
-                rc = run_generation(self, engine, tokens, lo, hi, b)
-                engine.close()
-                return rc
-            self.stage("warm-up", lambda: prefill.warm_up(self, engine, tokens, b))
-            timed = prefill.timed_loop(self, engine, tokens, lo, hi, b)
-            if spec.profile_ops:
-                prefill.profile_one_forward(self, engine, tokens, b)
-            rc = self.finish(engine, timed, b, n, seq_len)
-            engine.close()
-            return rc
-        except StageFailed as e:
-            if self.rank == 0:
-                self.write_failure(str(e))
-            return 1
+        n, seq_len = tokens.shape
+        b = spec.batch or engine.max_batch or 1
+        b = max(1, min(b, engine.max_batch or b, -(-n // self.size)))  # no call larger than a rank's share
+        lo, hi = split_range(n, self.size, self.rank)
+        self.info.update(samples_assigned=hi - lo, first_sample=lo)
+        if spec.workload == "generate":
+            from harness.run.generate import run_generation
+            return run_generation(self, engine, tokens, lo, hi, b)
+        self.stage("warm-up", lambda: prefill.warm_up(self, engine, tokens, b))
+        timed = prefill.timed_loop(self, engine, tokens, lo, hi, b)
+        if spec.profile_ops:
+            prefill.profile_one_forward(self, engine, tokens, b)
+        return self.finish(engine, timed, b, n, seq_len)
 
     def finish(self, engine, timed: dict, b: int, n: int, seq_len: int) -> int:
         import numpy as np
@@ -184,19 +207,60 @@ class Worker:
         from harness.report.metrics import failure_record
         failure_record(self.spec, message, ranks=self.size).write(self.spec.record)
 
+    def write_failures(self, specs: list[WorkerSpec], message: str) -> None:
+        if self.rank == 0:
+            for spec in specs:
+                self.spec = spec
+                self.write_failure(message)
+
+
+GROUP_KEY = "specs"  # a spec group file: {"specs": [spec.json paths]}, run in turn on one engine
+
+
+def write_spec_group(path: str | Path, spec_paths: list[str | Path]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({GROUP_KEY: [str(Path(p).resolve()) for p in spec_paths]}, indent=1))
+    return path
+
+
+def read_specs(paths: list[str]) -> list[WorkerSpec]:
+    """Spec files and spec group files, in order."""
+    specs = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if GROUP_KEY in data and "engine" not in data:
+            specs += [WorkerSpec.read(p) for p in data[GROUP_KEY]]
+        else:
+            specs.append(WorkerSpec(**data))
+    return specs
+
+
+def check_one_engine(specs: list[WorkerSpec]) -> None:
+    """Specs sharing an engine must agree on what builds it."""
+    first = specs[0]
+    for s in specs[1:]:
+        for key in ("engine", "model", "device", "options"):
+            if getattr(s, key) != getattr(first, key):
+                raise ValueError(f"specs {first.variant} and {s.variant} differ in {key} "
+                                 f"({getattr(first, key)!r} vs {getattr(s, key)!r}); one engine cannot run both")
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m harness.run.worker",
-        description="One rank of a harness measurement. Started by `python -m harness run|compare` "
+        description="One rank of a harness measurement. Started by `python -m harness run|compare|suite` "
                     "under mpiexec; not meant to be run by hand except for debugging.")
-    ap.add_argument("--spec", required=True, help="spec.json written by the launcher (see WorkerSpec)")
+    ap.add_argument("--spec", required=True, nargs="+", action="extend",
+                    help="spec.json written by the launcher (see WorkerSpec), or a group file "
+                         '{"specs": [...]}; several run in turn on one engine')
     args = ap.parse_args(argv)
-    spec = WorkerSpec.read(args.spec)
+    specs = read_specs(args.spec)
+    check_one_engine(specs)
     from mpi4py import MPI  # MPI_Init here, before numpy/torch pick their thread counts
-    worker = Worker(spec, MPI.COMM_WORLD)
+    worker = Worker(specs[0], MPI.COMM_WORLD)
     limit_threads(worker.local_size)
-    return worker.run()
+    return worker.run_group(specs)
 
 
 if __name__ == "__main__":
