@@ -54,6 +54,7 @@ class RunSettings:
     workload: str = "prefill"  # or "generate"
     max_new_tokens: int = 32
     profile_ops: bool = False
+    nvml_interval_s: float = 0.1  # NVML sampling period in the timed region
 
     def launch_timeout(self) -> float:
         return self.timeout_s if self.timeout_s else self.budget_s + 1800.0
@@ -75,7 +76,7 @@ def worker_spec(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
         seq_len=job.seq_len, run_id=settings.run_id, variant=variant.name, model_label=job.model_label,
         workload=settings.workload, max_new_tokens=settings.max_new_tokens,
         greedy_answers=str(job.greedy_answers) if job.greedy_answers else None,
-        profile_ops=settings.profile_ops,
+        profile_ops=settings.profile_ops, nvml_interval_s=settings.nvml_interval_s,
     )
 
 
