@@ -72,3 +72,16 @@ def test_specs_of_different_engines_cannot_share_one(tmp_path):
     with pytest.raises(ValueError, match="share an engine"):
         run_group([(Variant("reference", 16, 1), None, RunSettings("x")),
                    (Variant("reference", 16, 2), None, RunSettings("x"))], tmp_path, "g")
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH")
+def test_generation_shapes_share_an_engine_too(jobs):
+    from harness.jobs.prepare import with_greedy_answers
+    root, by_len = jobs
+    job = with_greedy_answers(by_len[16], 2)
+    settings = RunSettings(run_id="gen", budget_s=30, warmup=1, device="cpu", workload="generate", max_new_tokens=2)
+    members = [(Variant("reference", 16, 1, b), dataclasses.replace(job, samples=n), settings) for b, n in ((1, 2), (4, 4))]
+    records = run_group(members, root / "gen", "gen")
+    assert [(r.batch, r.samples, r.workload) for r in records] == [(1, 2, "generate"), (4, 4, "generate")]
+    assert all(r.error is None and r.valid is True and r.greedy_steps_checked == 2 for r in records)

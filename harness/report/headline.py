@@ -144,7 +144,7 @@ def _ladder_rows(df: pd.DataFrame, cfg) -> list[dict]:
     rows = []
     phases = df[df["role"].isin(PHASE_ENGINES) & (df["workload"] != "generate")]
     for (seq_len, ranks), g in phases.groupby(["seq_len", "ranks"], sort=True):
-        plain = {r["role"]: r for _, r in g.iterrows() if not r["label"]}
+        plain = {r["role"]: r for _, r in g.iterrows() if _missing(r["label"])}
         order = 3e9 + seq_len * 10 + ranks
 
         def phase_row(name, e, p, peer_name, compact=False):
@@ -225,7 +225,8 @@ def ratio_text(r) -> str:
 def floor_text(r) -> str:
     if _missing(r["pct_floor"]):
         return "n/a"
-    return f"{r['pct_floor']:.0f} %" + (f" ({r['bound']})" if r["bound"] else "")
+    pct = r["pct_floor"]
+    return (f"{pct:.0f} %" if pct >= 10 else f"{pct:.2g} %") + (f" ({r['bound']})" if r["bound"] else "")
 
 
 def text_table(rows: pd.DataFrame) -> pd.DataFrame:

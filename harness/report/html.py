@@ -172,14 +172,23 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                      + _img(roofline, "roofline: tokens/s against tokens per forward with the floors", ""))
     parts.append(_accuracy_html(df))
 
-    notes = []
+    notes, low_precision = [], []
     for r in records:
         label = f"{r.run_id}: {r.variant}" if len(runs) > 1 else r.variant
         if r.budget_hit or (r.samples_requested and r.samples < r.samples_requested and not r.error):
             notes.append(f"{label}: time budget ({r.budget_s:g} s) reached, reported over "
                          f"{r.samples} of {r.samples_requested} samples")
         if r.valid is False and not r.error:
-            notes.append(f"{label}: outputs INVALID ({_invalid_detail(r)})")
+            if r.dtype in ("bf16", "fp16") and r.greedy_first_divergence is None:
+                low_precision.append(r)
+            else:
+                notes.append(f"{label}: outputs INVALID ({_invalid_detail(r)})")
+    if low_precision:  # one line, not one per variant: expected, and the same reason for each
+        errs = [r.max_abs_err for r in low_precision if r.max_abs_err is not None]
+        top1 = [r.top1_agreement for r in low_precision if r.top1_agreement is not None]
+        notes.append(f"{len(low_precision)} bf16 variant(s) INVALID against the float32 answers, as expected (the 1e-3 "
+                     "contract is float32's)" + (f": max abs err up to {max(errs):.3g}" if errs else "")
+                     + (f", top-1 agreement at least {100 * min(top1):.1f}%" if top1 else ""))
     nvml_notes = sorted({str(n) for n in df["nvml_note"].dropna()})
     if notes or nvml_notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes)
@@ -192,7 +201,7 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                  "and the timed region (between barriers, after a device sync; load and warm-up excluded). "
                  "Latency is per forward call (batch_used samples). pct_of_floor: tokens/s over the prefill floor "
                  "at batch_used x seq_len tokens per forward (see Headline). device is the GPU's name.</p>")
-    parts.append("<div class='scroll'>" + _table_html(floored, compact) + "</div>")
+    parts.append("<div class='scroll' id='summary'>" + _table_html(floored, compact) + "</div>")
     parts.append("<details><summary>All columns</summary><p class='note'>Bytes are the engine's own counters; "
                  "NVML's PCIe rates beside them. tflops counts the model's useful FLOPs; pct_of_peak is against the "
                  "H100 ceiling of the engine's math mode (fp32 67, tf32 495, bf16 788 TFLOP/s) times the GPUs "

@@ -23,7 +23,7 @@ def ladder_frame(df: pd.DataFrame) -> pd.DataFrame:
     rows["step_name"] = [f"phase {p}" + (f"\n{lab}" if isinstance(lab, str) else "")
                          for p, lab in zip(rows["phase_no"], rows["label"])]
     rows["speedup"] = np.nan
-    for _, g in rows.groupby(["seq_len", "ranks"]):
+    for _, g in rows.groupby(["run_id", "seq_len", "ranks"]):
         plain = g[g["label"].isna()].set_index("phase_no")["samples_per_s"]
         for i, r in g.iterrows():
             prev = r["phase_no"] if isinstance(r["label"], str) else r["phase_no"] - 1
@@ -37,14 +37,19 @@ def plot_ladder(df: pd.DataFrame) -> str | None:
     if rows.empty or rows["phase_no"].nunique() < 2:
         return None
     plt = pyplot()
-    seq_lens = sorted(rows["seq_len"].unique())
+    panels = list(rows.groupby(["run_id", "seq_len"], sort=False).groups)  # one per run and prompt length
+    several_runs = rows["run_id"].nunique() > 1
     ranks = sorted(rows["ranks"].unique())
     steps = sorted(rows["step"].unique())
     names = {s: rows[rows["step"] == s]["step_name"].iloc[0] for s in steps}
-    fig, axes = plt.subplots(1, len(seq_lens), figsize=(6.2 * len(seq_lens), 4.4), squeeze=False)
+    cols = min(2, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(6.2 * cols, 4.4 * -(-len(panels) // cols)),
+                             squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     width = 0.8 / len(ranks)
-    for ax, seq_len in zip(axes[0], seq_lens):
-        g = rows[rows["seq_len"] == seq_len]
+    for ax, (run, seq_len) in zip(axes.flat, panels):
+        g = rows[(rows["run_id"] == run) & (rows["seq_len"] == seq_len)]
         for j, rk in enumerate(ranks):
             sel = g[g["ranks"] == rk]
             x = np.array([steps.index(s) for s in sel["step"]]) + (j - (len(ranks) - 1) / 2) * width
@@ -61,7 +66,8 @@ def plot_ladder(df: pd.DataFrame) -> str | None:
         if np.isfinite(lo) and np.isfinite(hi):
             ax.set_ylim(lo / 3, hi * 30)
         ax.set_xticks(range(len(steps)), [names[s] for s in steps], fontsize=8)
-        ax.set_title(f"{seq_len}-token prompts (fp32): samples/s, and speedup over the previous phase", fontsize=9)
+        ax.set_title((f"{run}: " if several_runs else "") + f"{seq_len}-token prompts (fp32): samples/s, and speedup "
+                     "over the previous phase", fontsize=9)
         ax.set_ylabel("samples/s (log scale)")
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
