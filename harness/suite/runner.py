@@ -140,6 +140,18 @@ def _prune(folder: Path, records_by_group: dict[str, list[VariantRecord]]) -> No
         logs.rmdir()
 
 
+def _repoint(records: Path, tmp: Path, final: Path) -> None:
+    """Failure messages name the job's logs under the hidden folder; point them where they will be."""
+    pairs = [(str(tmp.resolve()), str(final.resolve())), (str(tmp), str(final))]  # absolute first
+    for path in records.glob("*.json"):
+        text = path.read_text()
+        fixed = text
+        for old, new in pairs:
+            fixed = fixed.replace(old, new)
+        if fixed != text:
+            path.write_text(fixed)
+
+
 def _move_into_place(tmp: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     old = None
@@ -167,8 +179,9 @@ def run_part(planned: Part, out: Path, device: str, smoke_run: bool = False, say
     part = smoke(planned) if smoke_run else planned
     t0 = time.time()
     model, label = _model(part, smoke_run)
+    for stale in Path(out).glob(f".{part.name}.partial-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(out) / f".{part.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         say(f"{part.name}: preparing prompts and the reference's answers ({label})")
@@ -190,9 +203,10 @@ def run_part(planned: Part, out: Path, device: str, smoke_run: bool = False, say
                         model_config=open_checkpoint(model).config.to_hf_dict(), kind=part.kind,
                         roles=_roles(planned, part), notes=notes, smoke=smoke_run)
         meta.write(tmp)
+        final = part_folder(out, part, device)
+        _repoint(tmp / "records", tmp, final)
         write_report([tmp])
         _prune(tmp, by_group)
-        final = part_folder(out, part, device)
         _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
