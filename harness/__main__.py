@@ -14,7 +14,7 @@ import importlib
 import sys
 
 # One module of harness.cli per subcommand; each has add_parser(subparsers) which sets func=main.
-COMMANDS = ["make_model", "make_data", "info", "run", "compare", "report", "regress", "explain"]
+COMMANDS = ["make_model", "make_data", "info", "run", "compare", "suite", "report", "publish", "regress", "explain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

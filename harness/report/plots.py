@@ -11,8 +11,11 @@ import pandas as pd
 
 from harness.report.records import VariantRecord
 
+DPI = 90
+PALETTE = 128  # colours per plot PNG
 
-def _pyplot():
+
+def pyplot():
     """pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
     matplotlib.use("Agg")
@@ -20,11 +23,17 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+def to_png(fig) -> str:
+    """The figure as a base64 PNG of at most PALETTE colours: plots use a few dozen, and a palette
+    image is about a quarter of the size of the RGBA one matplotlib writes."""
+    from PIL import Image
+    raw = io.BytesIO()
+    fig.savefig(raw, format="png", dpi=DPI, bbox_inches="tight")
+    pyplot().close(fig)
+    raw.seek(0)
+    out = io.BytesIO()
+    Image.open(raw).convert("RGB").quantize(PALETTE).save(out, format="png", optimize=True)
+    return base64.b64encode(out.getvalue()).decode()
 
 
 def _labels(df: pd.DataFrame) -> list[str]:
@@ -39,7 +48,7 @@ def _colors(engines) -> dict:
 
 
 def plot_throughput(df: pd.DataFrame) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     labels = _labels(df)
     colors = _colors(df["engine"])
     fig, ax = plt.subplots(figsize=(9, 0.38 * len(df) + 1.4))
@@ -58,32 +67,39 @@ def plot_throughput(df: pd.DataFrame) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("tokens/s (log scale)")
     ax.set_title("Throughput per variant")
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c, label=e) for e, c in colors.items()], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), title="engine", title_fontsize=7)
     ax.grid(axis="x", which="both", alpha=0.3)
-    return _png(fig)
+    return to_png(fig)
 
 
 def plot_speedups(df: pd.DataFrame) -> str | None:
-    plt = _pyplot()
+    plt = pyplot()
     sel = df[df["speedup_vs_phase0"].notna() | df["speedup_vs_prev"].notna()]
     if sel.empty:
         return None
     labels = _labels(sel)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.38 * len(sel) + 1.4), sharey=True)
     y = np.arange(len(sel))
-    for ax, col, title in ((axes[0], "speedup_vs_phase0", "Speedup vs phase 0"),
-                           (axes[1], "speedup_vs_prev", "Speedup vs previous phase")):
+    # vs phase 0 spans four decades (log); vs the previous phase is read as a ratio (linear)
+    for ax, col, title, scale in ((axes[0], "speedup_vs_phase0", "Speedup vs phase 0", "log"),
+                                  (axes[1], "speedup_vs_prev", "Speedup vs previous phase", "linear")):
         v = sel[col].astype(float).to_numpy()
         ok = np.isfinite(v)
         ax.barh(y[ok], v[ok], color=["seagreen" if x >= 1 else "indianred" for x in v[ok]])
         for yi, x in zip(y[ok], v[ok]):
             ax.text(x, yi, f" {x:.3g}x", va="center", fontsize=8)
         ax.axvline(1.0, color="black", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_title(title + " (log scale)")
+        ax.set_xscale(scale)
+        ax.set_title(f"{title} ({scale} scale)")
         ax.grid(axis="x", which="both", alpha=0.3)
     axes[0].set_yticks(y, labels, fontsize=8)
     axes[0].invert_yaxis()
-    return _png(fig)
+    fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="seagreen", label="faster (> 1x)"),
+                        plt.Rectangle((0, 0), 1, 1, color="indianred", label="slower (< 1x)"),
+                        plt.Line2D([], [], color="black", lw=0.8, label="1x = no change")],
+               loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 1.0))
+    return to_png(fig)
 
 
 def _sampled_gpus(records: list[VariantRecord]):
@@ -109,7 +125,7 @@ def _floats(xs) -> np.ndarray:
 def plot_timeseries(records: list[VariantRecord], max_panels: int = 60) -> str | None:
     """One small panel per variant: GPU utilization (left axis, per GPU) and NVML PCIe RX/TX
     summed over its GPUs (right axis), over the timed region."""
-    plt = _pyplot()
+    plt = pyplot()
     variants = _sampled_gpus(records)[:max_panels]
     if not variants:
         return None
@@ -143,13 +159,13 @@ def plot_timeseries(records: list[VariantRecord], max_panels: int = 60) -> str |
                         plt.Line2D([], [], color="tab:green", ls="--", label="PCIe TX, GPU to host, GB/s (right)")],
                loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
-    return _png(fig)
+    return to_png(fig)
 
 
 def plot_copy_compute_timeline(records: list[VariantRecord]) -> str | None:
     """Engines that record CUDA-event spans (phase 4's `--option timeline=true`): rank 0's last
     forward call as lanes (ids up, compute, logits down), so overlapping copies are visible."""
-    plt = _pyplot()
+    plt = pyplot()
     found = [(r.variant, (r.per_rank[0].get("counters") or {}).get("timeline"))
              for r in records if r.per_rank]
     found = [(label, spans) for label, spans in found if spans]
@@ -169,7 +185,7 @@ def plot_copy_compute_timeline(records: list[VariantRecord]) -> str | None:
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("ms from the start of the forward call (CUDA events)", fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return to_png(fig)
 
 
 def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -189,7 +205,7 @@ def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_scaling(sc: pd.DataFrame) -> str | None:
-    plt = _pyplot()
+    plt = pyplot()
     if sc.empty:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -210,4 +226,4 @@ def plot_scaling(sc: pd.DataFrame) -> str | None:
         a.grid(alpha=0.3)
         a.set_xticks(sorted(sc["ranks"].unique()))
     a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+    return to_png(fig)

@@ -35,9 +35,43 @@ class WorkerSpec:
     def write(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)  # the ranks never read a half-written spec
         return path
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
         return cls(**json.loads(Path(path).read_text()))
+
+
+GROUP_KEY = "specs"  # a spec group file: {"specs": [spec.json paths]}, run in turn on one engine
+
+
+def write_spec_group(path: str | Path, spec_paths: list[str | Path]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({GROUP_KEY: [str(Path(p).resolve()) for p in spec_paths]}, indent=1))
+    return path
+
+
+def read_specs(paths: list[str]) -> list[WorkerSpec]:
+    """Spec files and spec group files, in order."""
+    specs = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if GROUP_KEY in data and "engine" not in data:
+            specs += [WorkerSpec.read(p) for p in data[GROUP_KEY]]
+        else:
+            specs.append(WorkerSpec(**data))
+    return specs
+
+
+def check_one_engine(specs: list[WorkerSpec]) -> None:
+    """Specs sharing an engine must agree on what builds it."""
+    first = specs[0]
+    for s in specs[1:]:
+        for key in ("engine", "model", "device", "options"):
+            if getattr(s, key) != getattr(first, key):
+                raise ValueError(f"specs {first.variant} and {s.variant} differ in {key} "
+                                 f"({getattr(first, key)!r} vs {getattr(s, key)!r}); one engine cannot run both")

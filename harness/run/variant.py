@@ -1,4 +1,6 @@
-"""One variant = one `mpiexec` job: write its spec, launch the ranks, return its record.
+"""One variant = one `mpiexec` job: write its spec, launch the ranks, return its record. Or a group
+of variants that share an engine (same engine, dtype, ranks, options; other shapes) = one job that
+loads the engine once (run_group).
 
 Whatever happens to the job (a crash, a rank killed, a hang past the timeout, an engine that is
 not built yet), the caller gets a VariantRecord: the worker's own, or one made here with
@@ -8,7 +10,7 @@ job is ended, an INTERRUPTED record is written, and Interrupted goes on to the c
 
 Run folder layout (runs/<run-id>/ by default):
     records/<variant>.json   the raw JSON record, one per variant (what `report` rebuilds from)
-    specs/<variant>.json     what the ranks were told
+    specs/<variant>.json     what the ranks were told (specs/<group>.group.json for a group)
     logs/<variant>.{cmd,stdout.log,stderr.log}, logs/<variant>.ranks/ (each rank's status and output)
     summary.csv, report.html (written by harness.report.html)
 """
@@ -24,7 +26,7 @@ from harness.report.metrics import failure_record
 from harness.report.records import INTERRUPTED, VariantRecord
 from harness.run.interrupt import Interrupted
 from harness.run.launch import MPILaunchError, launch_worker
-from harness.run.worker import WorkerSpec
+from harness.run.spec import WorkerSpec, write_spec_group
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,14 @@ class Variant:
     # Engine options of this variant alone, over the run's (e.g. (("expert_parallel", True),)):
     # they end its name, so two variants of one engine differing only in them keep two records.
     options: tuple = ()
+    label: str | None = None  # a short name for a run's own options instead (the suite's "ep")
 
     @property
     def name(self) -> str:
         parts = [self.engine] + ([self.dtype] if self.dtype else [])
         parts += [f"s{self.seq_len}", f"r{self.ranks}", f"b{self.batch}" if self.batch else "bmax"]
         parts += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in self.options]
-        return "-".join(parts)
+        return "-".join(parts + ([self.label] if self.label else []))
 
 
 @dataclass
@@ -60,19 +63,21 @@ class RunSettings:
     workload: str = "prefill"  # or "generate"
     max_new_tokens: int = 32
     profile_ops: bool = False
+    nvml_interval_s: float = 0.1  # NVML sampling period in the timed region
 
     def launch_timeout(self) -> float:
         return self.timeout_s if self.timeout_s else self.budget_s + 1800.0
 
 
-def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: RunSettings) -> VariantRecord:
-    run_dir = Path(run_dir)
-    record_path = run_dir / "records" / f"{variant.name}.json"
-    record_path.unlink(missing_ok=True)  # a stale record must not pass for this run's
+def worker_spec(variant: Variant, job: PreparedJob, run_dir: Path, settings: RunSettings) -> WorkerSpec:
+    """What the variant's ranks are told; a stale record at its path is removed first (it must not
+    pass for this run's)."""
+    record_path = Path(run_dir) / "records" / f"{variant.name}.json"
+    record_path.unlink(missing_ok=True)
     options = {**settings.options, **dict(variant.options)}
     if variant.dtype:
         options["dtype"] = variant.dtype
-    spec = WorkerSpec(
+    return WorkerSpec(
         engine=variant.engine, model=str(job.model), inputs=str(job.inputs), record=str(record_path.resolve()),
         answers=str(job.answers) if job.answers else None, samples=job.samples, batch=variant.batch,
         budget_s=settings.budget_s, warmup=settings.warmup, device=settings.device, options=options,
@@ -80,8 +85,14 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
         seq_len=job.seq_len, run_id=settings.run_id, variant=variant.name, model_label=job.model_label,
         workload=settings.workload, max_new_tokens=settings.max_new_tokens,
         greedy_answers=str(job.greedy_answers) if job.greedy_answers else None,
-        profile_ops=settings.profile_ops,
+        profile_ops=settings.profile_ops, nvml_interval_s=settings.nvml_interval_s,
     )
+
+
+def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: RunSettings) -> VariantRecord:
+    run_dir = Path(run_dir)
+    spec = worker_spec(variant, job, run_dir, settings)
+    record_path = Path(spec.record)
     spec_path = spec.write(run_dir / "specs" / f"{variant.name}.json")
     started = time.monotonic()
     try:
@@ -91,9 +102,7 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
     except MPILaunchError as e:
         return _failed(spec, variant, str(e), record_path)
     except Interrupted as e:  # the job is gone already (launch_worker ended it)
-        e.record = _failed(spec, variant, f"INTERRUPTED by {e.signame} after {time.monotonic() - started:.1f} s, "
-                           "before the variant finished; `--resume` measures it again", record_path,
-                           status=INTERRUPTED)
+        e.record = _interrupted(spec, variant, e, started, record_path)
         raise
     if record_path.exists():
         rec = VariantRecord.read(record_path)
@@ -102,6 +111,51 @@ def run_variant(variant: Variant, job: PreparedJob, run_dir: Path, settings: Run
             rec.write(record_path)
         return rec
     return _failed(spec, variant, result.describe_failure(), record_path)
+
+
+def run_group(members: list[tuple[Variant, PreparedJob, RunSettings]], run_dir: Path, name: str) -> list[VariantRecord]:
+    """Several variants of one engine, dtype, rank count and options (shapes: seq_len, batch,
+    samples, budget, warm-up) as ONE mpiexec job whose ranks load the engine once and run each in
+    turn. One record per member, in order; a member left without one (the job crashed or timed out
+    before it) gets a failure record with the job's output. Records written before a crash stand;
+    on Ctrl-C the members without a record are marked INTERRUPTED and Interrupted goes on."""
+    run_dir = Path(run_dir)
+    first, _, base = members[0]
+    for v, _, s in members[1:]:
+        if (v.engine, v.dtype, v.ranks, v.options) != (first.engine, first.dtype, first.ranks, first.options) or \
+                (s.options, s.device, s.hostfile, s.mpiexec_args) != (base.options, base.device, base.hostfile,
+                                                                       base.mpiexec_args):
+            raise ValueError(f"{v.name} cannot share an engine with {first.name}: engine, dtype, ranks, options, "
+                             "device and MPI settings must be the same")
+    specs = [worker_spec(v, job, run_dir, s) for v, job, s in members]
+    group = write_spec_group(run_dir / "specs" / f"{name}.group.json",
+                             [spec.write(run_dir / "specs" / f"{v.name}.json") for spec, (v, _, _) in zip(specs, members)])
+    timeout = base.timeout_s or sum(s.budget_s for _, _, s in members) + 1800.0
+    started = time.monotonic()
+    try:
+        result = launch_worker(group, first.ranks, run_dir / "logs", name, timeout_s=timeout,
+                               hostfile=base.hostfile, extra_args=base.mpiexec_args)
+        failure = None if result.ok else result.describe_failure()
+    except MPILaunchError as e:
+        failure = str(e)
+    except Interrupted as e:
+        for spec, (v, _, _) in zip(specs, members):
+            if not Path(spec.record).exists():
+                e.record = _interrupted(spec, v, e, started, Path(spec.record))
+        raise
+    records = []
+    for spec, (v, _, _) in zip(specs, members):
+        path = Path(spec.record)
+        if path.exists():
+            records.append(VariantRecord.read(path))
+        else:
+            records.append(_failed(spec, v, failure or "the group's job ended without this variant's record", path))
+    return records
+
+
+def _interrupted(spec: WorkerSpec, variant: Variant, e: Interrupted, started: float, path: Path) -> VariantRecord:
+    return _failed(spec, variant, f"INTERRUPTED by {e.signame} after {time.monotonic() - started:.1f} s, before "
+                   "the variant finished; `--resume` measures it again", path, status=INTERRUPTED)
 
 
 def _failed(spec: WorkerSpec, variant: Variant, message: str, record_path: Path, **known) -> VariantRecord:

@@ -1,4 +1,4 @@
-"""The per-rank program: `mpiexec -n R python -m harness.run.worker --spec spec.json`.
+"""The per-rank program: `mpiexec -n R python -m harness.run.worker --spec spec.json [spec.json ...]`.
 
 What every rank does (the original program's job contract, plus what the harness measures):
   1. MPI init; the rank's place on its node picks its GPU round-robin (GPU engines only) and
@@ -40,10 +40,10 @@ import time
 # which must come after main() has given this rank its share of the node's cores.
 from harness.run.rankboard import RankReporter
 from harness.run.ranks import engine_runs_on_gpu, limit_threads, select_gpu, split_range
-from harness.run.spec import WorkerSpec
+from harness.run.spec import WorkerSpec, check_one_engine, read_specs, write_spec_group
 from harness.run.stages import StageFailed, err_text
 
-__all__ = ["Worker", "WorkerSpec", "main"]
+__all__ = ["Worker", "WorkerSpec", "main", "write_spec_group"]
 
 
 class Worker:
@@ -125,37 +125,56 @@ class Worker:
         return engine
 
     def run(self) -> int:
+        return self.run_group([self.spec])
+
+    def run_group(self, specs: list[WorkerSpec]) -> int:
+        """Run each spec in turn on ONE engine, built when the first spec's inputs are in: shapes of
+        one engine, dtype, rank count and options (a sweep of ten shapes pays one 16.7 GB load, not
+        ten). Each spec writes its own record; a failed load is every remaining spec's record."""
+        check_one_engine(specs)
+        base, loaded, engine, rc = dict(self.info), {}, None, 0
+        for i, spec in enumerate(specs):
+            self.spec = spec
+            self.info = {**base, **loaded, **({"engine_shared_by": len(specs)} if len(specs) > 1 else {})}
+            try:
+                tokens, shape = self.stage("reading inputs", self.read_inputs)
+                tokens = self.stage("broadcasting inputs", lambda: self.broadcast_inputs(tokens, shape))
+                if engine is None:
+                    try:
+                        engine = self.stage("loading the engine", self.build_engine)
+                    except StageFailed as e:
+                        self.write_failures(specs[i:], str(e))
+                        return 1
+                    loaded = {k: self.info[k] for k in ("gpu", "threads", "load_s")}
+                rc = max(rc, self.run_spec(engine, tokens))
+            except StageFailed as e:
+                self.write_failures([spec], str(e))
+                rc = 1
+        if engine is not None:
+            engine.close()
+        return rc
+
+    def run_spec(self, engine, tokens) -> int:
+        """Warm-up, calibration, timed region and record of self.spec on a loaded engine."""
         from harness.run import prefill
         from harness.run.outputs import output_buffers
         spec = self.spec
-        try:
-            tokens, shape = self.stage("reading inputs", self.read_inputs)
-            tokens = self.stage("broadcasting inputs", lambda: self.broadcast_inputs(tokens, shape))
-            engine = self.stage("loading the engine", self.build_engine)
-            n, seq_len = tokens.shape
-            b = spec.batch or engine.max_batch or 1
-            b = max(1, min(b, engine.max_batch or b, -(-n // self.size)))  # no call larger than a rank's share
-            lo, hi = split_range(n, self.size, self.rank)
-            self.info.update(samples_assigned=hi - lo, first_sample=lo)
-            if spec.workload == "generate":
-                from harness.run.generate import run_generation
-                rc = run_generation(self, engine, tokens, lo, hi, b)
-                engine.close()
-                return rc
-            self.stage("warm-up", lambda: prefill.warm_up(self, engine, tokens, b))
-            self.stage("calibration", lambda: prefill.calibrate(self, engine, tokens, lo, hi, b))
-            collective = self.stage("output buffers", lambda: output_buffers(self, engine, n, lo, hi))
-            self.reporter.stage("the timed loop")
-            timed = prefill.timed_loop(self, engine, tokens, lo, hi, b, collective)
-            if spec.profile_ops:
-                prefill.profile_one_forward(self, engine, tokens, b)
-            rc = self.finish(engine, timed, b, n, seq_len)
-            engine.close()
-            return rc
-        except StageFailed as e:
-            if self.rank == 0:
-                self.write_failure(str(e))
-            return 1
+        n, seq_len = tokens.shape
+        b = spec.batch or engine.max_batch or 1
+        b = max(1, min(b, engine.max_batch or b, -(-n // self.size)))  # no call larger than a rank's share
+        lo, hi = split_range(n, self.size, self.rank)
+        self.info.update(samples_assigned=hi - lo, first_sample=lo)
+        if spec.workload == "generate":
+            from harness.run.generate import run_generation
+            return run_generation(self, engine, tokens, lo, hi, b)
+        self.stage("warm-up", lambda: prefill.warm_up(self, engine, tokens, b))
+        self.stage("calibration", lambda: prefill.calibrate(self, engine, tokens, lo, hi, b))
+        collective = self.stage("output buffers", lambda: output_buffers(self, engine, n, lo, hi))
+        self.reporter.stage("the timed loop")
+        timed = prefill.timed_loop(self, engine, tokens, lo, hi, b, collective)
+        if spec.profile_ops:
+            prefill.profile_one_forward(self, engine, tokens, b)
+        return self.finish(engine, timed, b, n, seq_len)
 
     def finish(self, engine, timed: dict, b: int, n: int, seq_len: int) -> int:
         import numpy as np
@@ -209,22 +228,31 @@ class Worker:
         from harness.report.metrics import failure_record
         failure_record(self.spec, message, ranks=self.size).write(self.spec.record)
 
+    def write_failures(self, specs: list[WorkerSpec], message: str) -> None:
+        if self.rank == 0:
+            for spec in specs:
+                self.spec = spec
+                self.write_failure(message)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m harness.run.worker",
-        description="One rank of a harness measurement. Started by `python -m harness run|compare` "
+        description="One rank of a harness measurement. Started by `python -m harness run|compare|suite` "
                     "under mpiexec; not meant to be run by hand except for debugging.")
-    ap.add_argument("--spec", required=True, help="spec.json written by the launcher (see WorkerSpec)")
+    ap.add_argument("--spec", required=True, nargs="+", action="extend",
+                    help="spec.json written by the launcher (see WorkerSpec), or a group file "
+                         '{"specs": [...]}; several run in turn on one engine')
     args = ap.parse_args(argv)
-    spec = WorkerSpec.read(args.spec)
+    specs = read_specs(args.spec)
+    check_one_engine(specs)
     from mpi4py import MPI  # MPI_Init here, before numpy/torch pick their thread counts
-    worker = Worker(spec, MPI.COMM_WORLD)
+    worker = Worker(specs[0], MPI.COMM_WORLD)
     worker.reporter.start()
     limit_threads(worker.local_size)
     rc = 1
     try:
-        rc = worker.run()
+        rc = worker.run_group(specs)
     finally:  # a Python exception is a crash, but not a silent death: its traceback is in the log
         worker.reporter.done(rc)
     return rc

@@ -1,1 +1,0 @@
-/usr/bin/mpiexec --allow-run-as-root --bind-to none -n 1 /opt/torch/.venv/bin/python -m harness.worker --spec /work/main/r/h100-generate-b1-s5/specs/optimized-s16-r1-b1.json

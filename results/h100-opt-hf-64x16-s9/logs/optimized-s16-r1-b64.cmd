@@ -1,1 +1,0 @@
-/usr/bin/mpiexec --allow-run-as-root --bind-to none -n 1 /opt/torch/.venv/bin/python -m harness.worker --spec /work/main/.snap/r/h100-opt-hf-64x16-s9/specs/optimized-s16-r1-b64.json

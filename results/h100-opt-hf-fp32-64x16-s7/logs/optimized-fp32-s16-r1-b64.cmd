@@ -1,1 +1,0 @@
-/usr/bin/mpiexec --allow-run-as-root --bind-to none -n 1 /opt/torch/.venv/bin/python -m harness.worker --spec /work/main/.snap/r/h100-opt-hf-fp32-64x16-s7/specs/optimized-fp32-s16-r1-b64.json
