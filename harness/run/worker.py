@@ -145,7 +145,7 @@ class Worker:
                     except StageFailed as e:
                         self.write_failures(specs[i:], str(e))
                         return 1
-                    loaded = {k: self.info[k] for k in ("gpu", "threads", "load_s")}
+                    loaded = {k: self.info[k] for k in ("gpu", "threads", "load_s") if k in self.info}
                 rc = max(rc, self.run_spec(engine, tokens))
             except StageFailed as e:
                 self.write_failures([spec], str(e))

@@ -134,8 +134,11 @@ def _prune(folder: Path, records_by_group: dict[str, list[VariantRecord]]) -> No
     logs = folder / "logs"
     for name, records in records_by_group.items():
         if not any(r.error for r in records):
-            for f in logs.glob(f"{name}.*"):
-                f.unlink()
+            for f in logs.glob(f"{name}.*"):  # its files, and the folder of its ranks' status
+                if f.is_dir():
+                    shutil.rmtree(f)
+                else:
+                    f.unlink()
     if logs.is_dir() and not any(logs.iterdir()):
         logs.rmdir()
 
