@@ -72,19 +72,6 @@ def expert_params(cfg: ModelConfig) -> int:
     return 3 * cfg.hidden_size * cfg.moe_intermediate_size
 
 
-def forward_weight_bytes(cfg: ModelConfig, experts_per_layer, weight_bytes: int = 2) -> float:
-    """Weight bytes one forward must read when its MoE layers touch `experts_per_layer` distinct
-    experts each (one number per MoE layer, e.g. an engine's touched_experts): every non-expert
-    weight once (the tied embedding as the LM head), the touched experts once. Over the GPU's
-    bandwidth this is the forward's weight-streaming floor, judged against its own routing."""
-    experts_per_layer = list(experts_per_layer)
-    if len(experts_per_layer) != len(cfg.moe_layers):
-        raise ValueError(f"{len(experts_per_layer)} expert counts for {len(cfg.moe_layers)} MoE layers")
-    all_experts = len(cfg.moe_layers) * cfg.num_experts * expert_params(cfg)
-    non_expert = model_stats(cfg).total_params - all_experts
-    return (non_expert + sum(experts_per_layer) * expert_params(cfg)) * weight_bytes
-
-
 def decode_bytes_per_step(cfg: ModelConfig, batch: int, context: int, weight_bytes: int = 2,
                           cache_bytes: int = 2) -> float:
     """HBM bytes one decode step must read: every non-expert weight, the experts the batch's
@@ -92,8 +79,8 @@ def decode_bytes_per_step(cfg: ModelConfig, batch: int, context: int, weight_byt
     its conv state. The decode floor is this over the GPU's memory bandwidth (3.0 TB/s measured
     device-to-device on the H100)."""
     st = model_stats(cfg)
-    H, Im = cfg.hidden_size, cfg.moe_intermediate_size
-    expert = 3 * H * Im
+    H = cfg.hidden_size
+    expert = expert_params(cfg)
     all_experts = len(cfg.moe_layers) * cfg.num_experts * expert
     non_expert = st.total_params - all_experts
     touched = len(cfg.moe_layers) * expected_distinct_experts(cfg, batch) * expert

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from harness.engines.base import PHASE_ENGINES
-from harness.measure.model_stats import model_stats
+from harness.measure.floors import WEIGHT_BYTES, prefill_floor
+from harness.measure.model_stats import expert_params, model_stats
 from harness.report.records import FAILED, PEAK_TFLOPS, VariantRecord, cpu_name, environment_facts
 
 
@@ -130,6 +131,8 @@ def build_record(spec, engine, ranks_info: list[dict], lat_all: list[list[float]
     )
     if not getattr(engine, "counts_transfers", True):
         _transfers_not_counted(rec, engine)
+    _routing_columns(rec, engine.config, ranks_info[0].get("touched_experts"))
+    rec.notes += [r["touched_experts_note"] for r in ranks_info[:1] if r.get("touched_experts_note")]
     if rec.budget_hit:
         rec.notes.append(f"budget of {spec.budget_s:g} s reached: {ran} of {n_requested} samples ran")
     return rec
@@ -146,6 +149,23 @@ def _transfers_not_counted(rec: VariantRecord, engine) -> None:
         setattr(rec, c, None)
     rec.notes.append(f"h2d/d2h bytes and device allocations: n/a ({engine.name} moves its tensors itself; "
                      "only NVML's PCIe columns see that traffic)")
+
+
+DTYPE_BYTES = {**WEIGHT_BYTES, "fp64": 8}
+
+
+def _routing_columns(rec: VariantRecord, cfg, touched: list[int] | None) -> None:
+    """The bytes the first batch's routing touched (engine.touched_experts: distinct experts per MoE
+    layer) and, on a GPU, the throughput as a share of the weight-streaming floor of exactly those
+    bytes (with the compute floor, whichever binds): a 1 x 16 forward that touches 8 of 32 experts
+    is judged against the bytes it must read, not the whole model's."""
+    if not touched or rec.dtype not in DTYPE_BYTES:
+        return
+    rec.experts_touched = float(np.mean(touched))
+    rec.routed_bytes = float(sum(touched) * expert_params(cfg) * DTYPE_BYTES[rec.dtype])
+    if rec.gpus and rec.dtype in WEIGHT_BYTES:
+        floor = prefill_floor(cfg, rec.dtype, rec.seq_len, rec.batch_used or 1, rec.routed_bytes, rec.gpus)
+        rec.pct_of_routed_floor = floor.pct(rec.tokens_per_s)
 
 
 def failure_record(spec, message: str, ranks: int, **known) -> VariantRecord:

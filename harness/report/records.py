@@ -32,7 +32,7 @@ EXTRA_COLUMNS = [
     "nvml_note", "hosts", "weight_h2d_bytes_per_sample", "expert_h2d_bytes_per_sample",
     "output_collective", "mpi_output_bytes", "output_collective_s", "load_mode", "load_bytes_read",
     "calibrate_s", "expert_shards", "ep_placement", "ep_imbalance_predicted", "ep_imbalance_measured",
-    "ep_replacements", "ep_exchange_s",
+    "ep_replacements", "ep_exchange_s", "experts_touched", "routed_bytes", "pct_of_routed_floor",
     "workload", "max_new_tokens", "decode_mode", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
     "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
     "invalid_samples", "gate", "gate_limit", "kl_mean", "kl_p50", "kl_p99", "kl_max", "top5_agreement", "status",
@@ -119,6 +119,10 @@ class VariantRecord:
     ep_imbalance_measured: float | None = None  # even share; by the cost model / by CUDA events (1.0 = even)
     ep_replacements: int | None = None  # placements made again in the timed loop because the load drifted
     ep_exchange_s: float | None = None  # the slowest rank's seconds inside the MoE exchange collectives
+    # ---- what the prefill's routing touched (engine.touched_experts, one forward of the first batch) ----
+    experts_touched: float | None = None  # distinct experts per MoE layer, mean over the layers
+    routed_bytes: float | None = None  # the expert weight bytes that forward had to read
+    pct_of_routed_floor: float | None = None  # tokens/s over the floor of those bytes + the non-expert ones
     # ---- the generate workload ----
     workload: str = "prefill"
     max_new_tokens: int | None = None

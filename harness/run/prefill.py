@@ -120,6 +120,20 @@ def timed_loop(worker, engine, tokens, lo: int, hi: int, b: int, collective=None
             "nvml": series, "budget_hit": budget_hit}
 
 
+def routing_footprint(worker, engine, tokens, lo: int, b: int) -> None:
+    """After the clock: how many distinct experts each MoE layer routed this rank's first batch to
+    (engine.touched_experts; None where the engine cannot say), so the record can state the bytes
+    the forward had to read and judge it against that floor rather than the whole model's. A
+    diagnostic: its failure is a note, not an error."""
+    try:
+        touched = engine.touched_experts(np.ascontiguousarray(tokens[lo:lo + b]))
+    except Exception as e:
+        worker.info["touched_experts_note"] = f"touched experts not counted: {err_text(e).splitlines()[0]}"
+        return
+    if touched is not None:
+        worker.info["touched_experts"] = [int(n) for n in touched]
+
+
 def profile_one_forward(worker, engine, tokens, b: int) -> None:
     """Every rank profiles a forward of the first batch (collective engines need all ranks);
     rank 0's table goes into the record. A diagnostic: its failure is a note, not an error."""

@@ -172,6 +172,8 @@ class Worker:
         collective = self.stage("output buffers", lambda: output_buffers(self, engine, n, lo, hi))
         self.reporter.stage("the timed loop")
         timed = prefill.timed_loop(self, engine, tokens, lo, hi, b, collective)
+        if self.rank == 0 and hi > lo and not getattr(engine, "collective_forward", False):
+            prefill.routing_footprint(self, engine, tokens, lo, b)
         if spec.profile_ops:
             prefill.profile_one_forward(self, engine, tokens, b)
         return self.finish(engine, timed, b, n, seq_len)
