@@ -75,3 +75,18 @@ def test_a_greedy_divergence_is_reported_as_such(run, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "greedy tokens first differ from the reference&#x27;s at step 3 of 6" in html or \
         "greedy tokens first differ from the reference's at step 3 of 6" in html
+
+
+def test_a_bf16_generation_is_judged_by_its_prefill_logits(tmp_path, monkeypatch):
+    """bf16: validity is the gate on the prefill logits (the answers are exactly them); the greedy
+    tokens are compared and reported, not judged (random weights give near-flat logits)."""
+    monkeypatch.setenv("LFM2_CACHE", str(tmp_path / "cache"))
+    rc = harness_main(["run", "--engine", "hf", "--dtype", "bf16", "--preset", "tiny", "--workload", "generate",
+                       "--max-new-tokens", "4", "--samples", "3", "--seq-len", "4", "--device", "cpu",
+                       "--out", str(tmp_path / "r"), "--run-id", "b"])
+    rec = json.loads(next((tmp_path / "r" / "b" / "records").glob("*.json")).read_text())
+    assert rc == 0 and rec["gate"].startswith("bf16") and rec["valid"] is True
+    assert rec["kl_p50"] <= rec["gate_limit"] and rec["greedy_steps_checked"] == 4
+    assert any("greedy tokens vs the reference" in n for n in rec["notes"])
+    if rec["greedy_first_divergence"] is not None:
+        assert any("reported, not judged" in n for n in rec["notes"])

@@ -73,13 +73,14 @@ def _img(b64: str | None, alt: str, missing: str) -> str:
 def _invalid_detail(r) -> str:
     """What made a record INVALID: greedy tokens that left the reference's, or the verdict of the
     gate of its dtype (harness.jobs.gate) with the numbers it rests on."""
-    if r.greedy_first_divergence is not None:
+    low_precision = bool(r.gate) and not r.gate.startswith("fp32")
+    if r.greedy_first_divergence is not None and not low_precision:  # bf16's greedy tokens are not judged
         return (f"greedy tokens first differ from the reference's at step {r.greedy_first_divergence} of "
                 f"{r.greedy_steps_checked}")
     err = f"max abs err {r.max_abs_err:.3g}, " if r.max_abs_err is not None else ""
     top = f"top-1 agreement {100 * (r.top1_agreement or 0):.1f}%" + (
         f", top-5 {100 * r.top5_agreement:.1f}%" if r.top5_agreement is not None else "")
-    if r.gate and not r.gate.startswith("fp32"):  # bf16/fp16, calibrated on plain torch in that dtype
+    if low_precision:  # bf16/fp16, calibrated on plain torch in that dtype
         if None in (r.kl_p50, r.kl_mean, r.kl_max, r.gate_limit):  # inf is stored as null: a logit was not finite
             return f"gate '{r.gate}': non-finite logits; {top}"
         return (f"gate '{r.gate}': median KL {r.kl_p50:.3g} nats > limit {r.gate_limit:.3g}, {r.invalid_samples} "

@@ -37,6 +37,7 @@ class GenerationRun:
     ttft_s: float
     step_s: list = field(default_factory=list)  # one per decode step
     mode: str = "per-step"  # how the steps ran and were timed: a key of MODE_NOTES
+    prefill_logits: np.ndarray | None = None  # float32 [batch, vocab]: what chose the first token
 
 
 def streams(engine) -> bool:
@@ -52,7 +53,7 @@ def greedy_generate(engine, prompts: np.ndarray, max_new_tokens: int) -> Generat
     logits = engine.prefill(prompts)
     engine.synchronize()
     run = GenerationRun(np.zeros((len(prompts), max_new_tokens), np.int32), time.perf_counter() - t0,
-                        mode="streamed" if streams(engine) else "per-step")
+                        mode="streamed" if streams(engine) else "per-step", prefill_logits=logits)
     run.tokens[:, 0] = logits.argmax(1)
     (_streamed_steps if run.mode == "streamed" else _per_call_steps)(engine, run)
     return run
