@@ -63,23 +63,22 @@ def model_config_of(df: pd.DataFrame, meta: PartMeta | None):
 
 
 def validity(row) -> str:
+    """VALID / INVALID (n of N) by the gate of the row's dtype (harness.jobs.gate: fp32 at 1e-3,
+    bf16 against plain torch bf16; a generate row also by its greedy tokens in fp32), FAILED, or
+    not validated."""
     if row is None:
         return "not run"
     if isinstance(cell(row, "error"), str):
         return "FAILED"
-    gate = cell(row, "gate")
-    if gate is not None:
-        return "gate " + ({True: "pass", False: "FAIL"}.get(gate, str(gate)) if isinstance(gate, bool) else str(gate))
-    if cell(row, "workload") == "generate" and cell(row, "greedy_steps_checked"):
-        k = cell(row, "greedy_first_divergence")
-        return f"greedy = reference ({int(cell(row, 'greedy_steps_checked'))} steps)" if k is None \
-            else f"greedy differs at step {int(k)}"
     valid = cell(row, "valid")
     if valid is None:
         return "not validated"
     if valid:
         return "VALID"
     bad = cell(row, "invalid_samples")
+    k = cell(row, "greedy_first_divergence")
+    if cell(row, "workload") == "generate" and k is not None and cell(row, "dtype") in ("fp32", "fp64"):
+        return f"INVALID (greedy differs at step {int(k)})"
     return f"INVALID ({int(bad)} of {int(cell(row, 'samples') or 0)})" if bad is not None else "INVALID"
 
 
