@@ -1,6 +1,6 @@
-"""Phase 0: a faithful PyCUDA port of the original C++/CUDA program (../shared/spec/baseline.md).
+"""Phase 0: a faithful PyCUDA port of the original C++/CUDA program (docs/roadmap.md, phase 0).
 
-float32 everywhere; it keeps what makes the original slow. Method -> row of baseline.md's table:
+float32 everywhere; it keeps what makes the original slow. Method -> the original's step:
 
 | method            | table row                                  | where                                 |
 |-------------------|--------------------------------------------|---------------------------------------|

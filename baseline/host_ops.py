@@ -1,6 +1,6 @@
 """The baseline's CPU work, in vectorised float32 numpy (the original used OpenMP loops).
 
-Each function is the CPU part of one step of baseline.md's table; the matrix products around
+Each function is the CPU part of one step of the original program; the matrix products around
 them run on the GPU in engine.py. Shapes are for one sample of T tokens.
 """
 from __future__ import annotations

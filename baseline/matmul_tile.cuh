@@ -10,7 +10,7 @@
 // 32x32 shared-memory tiles, one output per thread, block (32, 32).
 // The B tile is loaded as the original did: thread (ty, tx) reads B[col][k0 + ty] with
 // col = n0 + tx, so the 32 threads of a warp read 32 different rows of B, K floats apart
-// (uncoalesced). performance.md measures this against a coalesced load.
+// (uncoalesced): 233 vs 350 GB/s of weights for a coalesced load at 16 x 6144 x 2048 on an H100.
 __device__ __forceinline__ void matmul_tile(const float* A, const float* B, float* C, int M, int N, int K)
 {
     __shared__ float As[TILE][TILE];

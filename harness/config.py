@@ -1,6 +1,6 @@
 """Model configuration: read a Hugging Face config.json, or pick a named preset.
 
-Every engine is built from a `ModelConfig`. Values and pitfalls: ../shared/spec/model.md section 1.
+Every engine is built from a `ModelConfig`. Values: LFM2-8B-A1B's published config.json.
 The HF class defaults are wrong for LFM2-8B-A1B (32 layers, eos 2), so nothing here falls back
 to them: a config without `layer_types` is rejected rather than guessed.
 """
@@ -125,7 +125,7 @@ class ModelConfig:
         if not layer_types:
             raise ConfigError(
                 "config.json has no 'layer_types'. LFM2-MoE interleaves conv and attention layers and the "
-                "HF defaults do not match LFM2-8B-A1B; add the explicit list (see model.md section 1)."
+                "HF defaults do not match LFM2-8B-A1B; add the explicit list (18 'conv' and 6 'full_attention' entries for LFM2-8B-A1B)."
             )
         n = d.get("num_hidden_layers", len(layer_types))
         if n != len(layer_types):
@@ -181,7 +181,7 @@ class ModelConfig:
 _LFM2_8B_LAYERS = tuple(ATTENTION if i in (2, 6, 10, 14, 18, 21) else CONV for i in range(24))
 
 PRESETS: dict[str, ModelConfig] = {
-    # The real shape (model.md section 1).
+    # The real shape (LFM2-8B-A1B's config.json).
     "lfm2-8b-a1b": ModelConfig(
         vocab_size=65536, hidden_size=2048, intermediate_size=7168, moe_intermediate_size=1792,
         num_attention_heads=32, num_key_value_heads=8, num_experts=32, num_experts_per_tok=4,

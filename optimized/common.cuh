@@ -107,7 +107,7 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-// ----- the ShortConv decode step of one channel c (model.md 2.5) ----------------------------------------
+// ----- the ShortConv decode step of one channel c (HF's conv state) ----------------------------------------
 // From its in_proj outputs B, C, x (already rounded to T): Bx = B*x, conv = sum_{j < L-1} w[c, j] *
 // state[j] + w[c, L-1] * Bx (the taps in the prefill's order, so the fp32 sum is the prefill's),
 // *y = C * conv; then the state column st (stride H) drops its oldest entry and takes Bx. Shared by

@@ -1,5 +1,5 @@
-// The optimized engine's generation kernels (issue 12): one new token per sequence against the
-// caches of model.md 2.4 / 2.5. Storage type T = float or bf16, math in float, rounded to T where
+// The optimized engine's generation kernels: one new token per sequence against the caches
+// transformers keeps (K/V per attention layer, conv state per ShortConv layer); T = float or bf16, math in float, rounded to T where
 // HF rounds (rnd<T>, identity in fp32) exactly as the prefill kernels in elementwise.cu do, so a
 // decode step in fp32 computes what the prefill forward computes for the same position.
 //

@@ -1,4 +1,4 @@
-"""The optimized engine's generation state and decode step (issue 12).
+"""The optimized engine's generation state and decode step.
 
 Memory plan of one generation (DecodePlan), sized from (batch, max_len) when `prefill` starts it:
 

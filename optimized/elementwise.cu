@@ -1,7 +1,7 @@
 // The optimized engine's memory-bound kernels: embedding gather, residual add fused with RMSNorm,
 // SiLU*up for the dense FFN, the fused ShortConv core, q/k RMSNorm + RoPE, routing and the
 // sort of (token, slot) pairs by expert. Storage type T = float or bf16, math in float; where
-// HF rounds to bf16 between ops (model.md 2.10) we round the same way (rnd<T>, identity in fp32).
+// HF rounds to bf16 between ops (Lfm2MoeRMSNorm and friends) we round the same way (rnd<T>, identity in fp32).
 #include "common.cuh"
 #include "route.cuh"
 

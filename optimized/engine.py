@@ -1,6 +1,6 @@
-"""The optimized engine (issue 10): the whole [B, S] batch in one forward, weights resident in the
+"""The optimized engine: the whole [B, S] batch in one forward, weights resident in the
 engine dtype, the project's own PyCUDA kernels for everything but the plain dense GEMMs, and the
-forward replayed from a CUDA graph per (B, S). Generation (issue 12): prefill, decode and greedy
+forward replayed from a CUDA graph per (B, S). Generation: prefill, decode and greedy
 decode streamed one step ahead on the GPU.
 
 OptimizedEngine is this file's public API, options and per-shape plan and graph cache, over two

@@ -1,4 +1,4 @@
-// Weight-streaming GEMV for a handful of tokens (decode at batch 1-4, issue 12).
+// Weight-streaming GEMV for a handful of tokens (decode at batch 1-4).
 //
 // With 1-4 tokens every projection is y[b, n] = W[n, :] . x[b, :] and the only cost that matters
 // is reading W from HBM once, at ~3 TB/s if enough bytes are in flight on every SM. In a batch-1

@@ -1,4 +1,4 @@
-// Routing of one token (model.md 2.6): sigmoid of the router logits, top-k on sigmoid + expert_bias
+// Routing of one token (LFM2-MoE's router): sigmoid of the router logits, top-k on sigmoid + expert_bias
 // (fp32), the chosen sigmoids renormalised and scaled. Shared by elementwise.cu's route (logits
 // from a GEMM) and router.cu's router_topk (logits computed in the same block), so both choose alike.
 #pragma once

@@ -14,7 +14,7 @@ mma_step), and one cuBLAS accumulator over the whole K shrinks the output by ~2e
 (H100: 4.2e-6 at K = 2048, 1.4e-5 at 7168, the same as plain TF32's; plain fp32 cuBLAS ~1e-9).
 In the fp32 engine (one accumulator) 13 of 256 prompts of 16 tokens then ended up to 0.54 off
 float64 with top-1 intact, each at one of the prompts' smallest routing margins (a near-tie,
-model.md 5.2; plain fp32: one, shared with the float32 reference), so the big product is summed in
+docs/usage.md; plain fp32: one, shared with the float32 reference), so the big product is summed in
 `chunks` GEMMs of K / chunks each, every one from a fresh accumulator, added by cuBLAS's fp32
 epilogue (round to nearest): the bias falls with the chunk length. TF32 is on only around these
 calls (tf32_matmul); the engine keeps it off.

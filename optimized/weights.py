@@ -1,5 +1,5 @@
 """The optimized engine's weights: resident on the GPU as torch tensors in the engine dtype, packed
-for its kernels (expert_bias stays fp32, model.md pitfall 3):
+for its kernels (expert_bias stays fp32: it decides near-equal router scores):
 
 | tensor                     | layout                                   | used by                      |
 |----------------------------|------------------------------------------|------------------------------|

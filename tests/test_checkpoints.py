@@ -169,7 +169,7 @@ def test_synthetic_values_look_like_an_initialised_model():
 
 def busiest_expert_share(ck, seed=0, tokens=4096) -> float:
     """Share of top-k slots taken by the busiest expert, with sigmoid + bias routing on random
-    RMS-normalised hidden states (model.md section 2.7), averaged over MoE layers."""
+    RMS-normalised hidden states (before the router), averaged over MoE layers."""
     cfg = ck.config
     g = torch.Generator().manual_seed(seed)
     shares = []

@@ -1,4 +1,4 @@
-"""The prefill floors against the numbers performance.md and model.md give for the full model."""
+"""The prefill floors against the full model's published figures (docs/optimized.md, the floors)."""
 from __future__ import annotations
 
 import pytest
@@ -11,13 +11,13 @@ FULL = get_preset("lfm2-8b-a1b")
 
 
 def test_compute_ceiling_is_performance_md_276k_tokens_per_s_in_bf16():
-    # performance.md: ~276,000 tokens/s bf16, ~23,500 fp32 (2.85 GFLOP per token, last-token logits)
+    # ~276,000 tokens/s bf16, ~23,500 fp32 (2.85 GFLOP per token, last-token logits)
     assert prefill_floor(FULL, "bf16", 16, 64).compute_tokens_per_s == pytest.approx(276_000, rel=0.01)
     assert prefill_floor(FULL, "fp32", 16, 64).compute_tokens_per_s == pytest.approx(23_500, rel=0.01)
 
 
 def test_one_token_reads_the_active_weights_and_all_tokens_read_the_whole_model():
-    # model.md: 1.558 B active parameters -> 3.1 GB bf16 per decode token; 16.68 GB all weights
+    # 1.558 B active parameters -> 3.1 GB bf16 per decode token; 16.68 GB all weights
     assert forward_bytes(FULL, "bf16", 1) == pytest.approx(2 * 1_557_740_288, rel=1e-3)
     assert forward_bytes(FULL, "bf16", 100_000) == pytest.approx(16.68e9, rel=1e-3)
     assert forward_bytes(FULL, "fp32", 100_000) == pytest.approx(2 * forward_bytes(FULL, "bf16", 100_000))

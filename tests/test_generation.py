@@ -38,7 +38,7 @@ def test_metrics_and_divergence():
     assert m["ttft_ms"] == pytest.approx(10.0)
     assert m["itl_p50_ms"] == pytest.approx(2.5)
     assert m["decode_tokens_per_s"] == pytest.approx(4 / 0.011)
-    # batch 1 bf16: ~3.1 GB per step (performance.md's decode floor, ~960 tokens/s at 3.0 TB/s)
+    # batch 1 bf16: ~3.1 GB per step (the decode floor, ~960 tokens/s at 3.0 TB/s)
     assert decode_bytes_per_step(cfg, 1, 24) == pytest.approx(3.1e9, rel=0.02)
     assert 0 < m["pct_of_decode_floor"] < 100
     a = np.array([[1, 2, 3], [4, 5, 6]])

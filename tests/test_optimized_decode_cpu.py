@@ -1,5 +1,5 @@
 """CPU tests of the optimized engine's generation host logic (optimized/decode.py,
-decode_kernels.py): the cache memory plan against a hand count from model.md, the max_len room
+decode_kernels.py): the cache memory plan against a hand count, the max_len room
 check, prompt padding for ragged batches, the flash-decoding split choice, the options refused
 before any GPU work, and the reference engine's ragged prefill (the ground truth the GPU tests
 compare the optimized engine's ragged batches with)."""
@@ -15,7 +15,7 @@ from optimized.decode_kernels import DECODE_KT, attention_splits
 
 def test_cache_bytes_full_model_matches_model_md():
     cfg = get_preset("lfm2-8b-a1b")
-    kv_per_token, conv_per_seq = 12_288, 147_456  # model.md 2.5 and 2.4, bf16
+    kv_per_token, conv_per_seq = 12_288, 147_456  # K and V of 6 layers x 8 heads x 64; 18 conv layers x 2 x 2048; bf16
     assert cache_bytes(cfg, 1, 1, "bf16") == kv_per_token + conv_per_seq
     assert cache_bytes(cfg, 64, 4096, "bf16") == 64 * (4096 * kv_per_token + conv_per_seq)
     assert cache_bytes(cfg, 3, 100, "fp32") == 2 * cache_bytes(cfg, 3, 100, "bf16")

@@ -2,7 +2,7 @@
 
 The checkpoint is a synthetic folder written by this project and loaded by transformers through
 its own `from_pretrained`, so the loader's names and layout are checked too. Both sides run in
-float32 on the CPU; router choices are compared per layer, not only the logits (model.md pitfall 1).
+float32 on the CPU; router choices are compared per layer, not only the logits (a wrong expert is invisible in a few logits).
 """
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The peer: transformers' own Lfm2MoeForCausalLM on the same weights (issue 10's `hf` engine).
+"""The peer: transformers' own Lfm2MoeForCausalLM on the same weights.
 
 It needs a Hugging Face folder (the synthetic checkpoints are written as one). Logits are
 taken at the last position only (`logits_to_keep=1`), as the job asks.

@@ -1,4 +1,4 @@
-"""The reference forward: plain torch, written from model.md section 2. Ground truth for every engine.
+"""The reference forward: plain torch, written from the model's description (LFM2-MoE). Ground truth for every engine.
 
 Runs in float64 (default) or float32, on the CPU or a GPU. Weights are fetched from the
 checkpoint layer by layer and upcast when used, so the full 8.3 B model runs from a memory-mapped
@@ -56,7 +56,7 @@ def route(h: torch.Tensor, gate_w: torch.Tensor, expert_bias: torch.Tensor, k: i
 def routing_margin(h: torch.Tensor, gate_w: torch.Tensor, expert_bias: torch.Tensor, k: int) -> torch.Tensor:
     """How far each token is from choosing another expert set: the k-th minus the (k+1)-th biased
     score, [T]. Near zero, the rounding of any other implementation may flip the choice
-    (model.md 5.2), and that token's MoE output changes by a whole expert."""
+    (docs/usage.md, near-ties), and that token's MoE output changes by a whole expert."""
     s = torch.sigmoid(h @ gate_w.T) + expert_bias.to(h.dtype)
     top = torch.topk(s, k=min(k + 1, s.shape[-1]), dim=-1).values
     return top[..., k - 1] - top[..., -1] if top.shape[-1] > k else torch.full_like(top[..., 0], float("inf"))
@@ -143,7 +143,7 @@ def _moe(h: torch.Tensor, W, prefix: str, cfg: ModelConfig):
 
 
 def decoder_layers(x: torch.Tensor, W, cfg: ModelConfig, mixer, debug: ReferenceOutput | None = None):
-    """The residual stream x [..., T, H] through every layer (model.md 2.3). `mixer(i, h)` is
+    """The residual stream x [..., T, H] through every layer (pre-norm residual blocks). `mixer(i, h)` is
     layer i's attention or ShortConv on the normed h (whole prompts, or chunks against caches);
     norms, MLPs and the MoE see every token alike. With `debug`, per-layer outputs and router
     choices are appended to its lists (hidden) and dicts (router_indices/weights)."""

@@ -1,12 +1,12 @@
 """Greedy generation in the reference: prefill, then decode steps with a KV cache and conv state.
 
-The caches are exactly model.md 2.4 / 2.5: per attention layer the post-norm, post-RoPE K and the
+The caches are exactly what transformers keeps: per attention layer the post-norm, post-RoPE K and the
 raw V of every past position; per ShortConv layer the last conv_L_cache - 1 columns of B*x
 (post-gate, pre-conv), oldest first, zero at the start (which is what handles prompts of 1 or 2
 tokens). Sequences are independent: each has its own cache, so prompts of different lengths
 generate side by side without padding.
 
-Ground truth for issue 12: decode logits must equal the full-sequence logits of the same prefix.
+Ground truth for generation: decode logits must equal the full-sequence logits of the same prefix.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The correctness gate: which rule says VALID for an engine's logits, by the engine's dtype.
 
   * fp32 (and wider, and any dtype not listed below), gate "fp32 1e-3": the job's contract
-    (baseline.md), every logit within 1e-3 (absolute) of the answer; NaN never passes.
+    (docs/usage.md, the job), every logit within 1e-3 (absolute) of the answer; NaN never passes.
   * bf16 and fp16, gate "bf16 vs torch-bf16 x 4": the median over samples of the per-sample
     KL(p_answers || p_engine) (harness.jobs.accuracy) must be at most FACTOR times the median that
     a plain torch forward in the same dtype on the same weights scores against the same answers

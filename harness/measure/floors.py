@@ -1,4 +1,4 @@
-"""The two floors a prefill forward cannot beat on one GPU, as tokens/s ceilings (performance.md).
+"""The two floors a prefill forward cannot beat on one GPU, as tokens/s ceilings (docs/optimized.md, the floors).
 
   * compute: the model's useful FLOPs per token (model_stats.job_flops: last-position LM head,
     causal attention) at the math mode's peak, 788 TFLOP/s bf16 or 67 TFLOP/s fp32 per H100;
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from harness.config import ModelConfig
 from harness.measure.model_stats import expected_distinct_experts, model_stats
 
-HBM_BYTES_PER_S = 3.0e12  # H100 device-to-device copy, performance.md
+HBM_BYTES_PER_S = 3.0e12  # H100 device-to-device copy, measured
 PEAK_FLOPS = {"bf16": 788e12, "fp16": 788e12, "fp32": 67e12}  # per H100: cuBLAS bf16 measured, fp32 datasheet
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -31,7 +31,7 @@ def _dtype(dtype: str) -> str:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Useful FLOPs per prompt token of the job's forward (model.md section 4)."""
+    """Useful FLOPs per prompt token of the job's forward (model_stats.job_flops)."""
     return model_stats(cfg).job_flops(seq_len) / seq_len
 
 

@@ -1,4 +1,4 @@
-"""The generation workload (issue 12): greedy prefill + decode, timed per step.
+"""The generation workload: greedy prefill + decode, timed per step.
 
 Time to first token is the prefill (its logits choose the first new token); each later token is
 one decode step. Metrics follow what serving users read: TTFT, inter-token latency percentiles,
@@ -24,7 +24,7 @@ import numpy as np
 
 from harness.measure.model_stats import decode_bytes_per_step
 
-HBM_BYTES_PER_S = 3.0e12  # H100 device-to-device copy, performance.md
+HBM_BYTES_PER_S = 3.0e12  # H100 device-to-device copy, measured
 MODE_NOTES = {
     "streamed": "token-arrival spacing on the host, one decode step queued ahead on the GPU (greedy_steps)",
     "per-step": "one decode_greedy call per step, each timed to a device synchronize",

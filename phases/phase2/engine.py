@@ -1,4 +1,4 @@
-"""Phase 2: phase 1 plus MoE expert batching (plan 1.1; ../../../shared/spec/baseline.md).
+"""Phase 2: phase 1 plus MoE expert batching (plan 1.1; docs/roadmap.md).
 
 Phase 0/1 run each (token, expert) pair through its own expert MLP, uploading that expert's
 three weight matrices (44 MB in fp32 at the real size) for every pair. Phase 2 routes the whole

@@ -3,7 +3,7 @@
 // offsets). Activations are [rows, features] row-major, rows = batch sequences of seq_len tokens.
 
 // Everything of ShortConv between in_proj and out_proj, in one kernel (plan 2.1):
-//   bcx [rows, 3H] = in_proj output, chunks B | C | x along the features (model.md 2.4)
+//   bcx [rows, 3H] = in_proj output, chunks B | C | x along the features, as HF's Lfm2ShortConv splits them
 //   w   [H, L]     = conv.weight [H, 1, L], depthwise, cross-correlation (tap L-1 is the current token)
 //   y[r, c] = C[r, c] * sum_j w[c, j] * Bx[r - (L-1) + j, c],  Bx = B * x,
 // where a tap that reaches before the start of r's own sequence reads zero (zero conv history;

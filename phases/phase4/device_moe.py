@@ -1,4 +1,4 @@
-"""Phase 4's MoE sizing: expert row counts stay on the device (issue 8: only ids up and logits down).
+"""Phase 4's MoE sizing: expert row counts stay on the device (only ids go up and logits come down).
 
 Phase 2 downloads each MoE layer's E expert counts so the host can size every expert's GEMMs: a
 small copy, but one that waits for the layer's routing, so the host cannot queue the forward

@@ -1,4 +1,4 @@
-"""The optimized engine's generation path on a real GPU (issue 12).
+"""The optimized engine's generation path on a real GPU.
 
 Kernels (decode.cu), both storage dtypes, against float64 torch ops on random inputs with the
 outputs (and the cache slots that must stay untouched) poisoned with NaN: conv_step, the conv
@@ -62,7 +62,7 @@ def test_conv_step(DK, B, H, L):
     run(lambda: DK.conv_step(bcx, conv_w, state, y))
     Bm, C, xv = bcx.double().split(H, dim=1)
     bx = Bm * xv
-    full = torch.cat([old.double(), bx[:, None]], dim=1)  # [B, L, H], oldest first (model.md 2.4)
+    full = torch.cat([old.double(), bx[:, None]], dim=1)  # [B, L, H], oldest first (HF's conv state)
     w = conv_w.double()
     close(y, C * sum(w[:, j] * full[:, j] for j in range(L)), DK.dtype, "conv_step output")
     assert torch.equal(state[:, :L - 2], old[:, 1:L - 1]), "state did not shift by one column"

@@ -113,7 +113,7 @@ def test_shortconv(K, B, S, H, tiled):
             assert torch.equal(y, y1)
     finally:
         K.conv_tiled = default
-    for b in range(B):  # model.md 2.4: B, C, x chunks; causal cross-correlation over time, zero history
+    for b in range(B):  # HF's ShortConv: B, C, x chunks; causal cross-correlation over time, zero history
         Bm, C, xv = bcx[b * S:(b + 1) * S].double().split(H, dim=1)
         bx = torch.cat([torch.zeros(2, H, dtype=torch.float64, device="cuda"), Bm * xv])
         w = conv_w.double()

@@ -284,7 +284,7 @@ def test_silu_mul_equals_the_baseline_kernels(engine, rng, n):
 
 # ----- the whole MoE block --------------------------------------------------------------------------------
 def moe_float64(eng, layer, h):
-    """The MoE of model.md 2.7 in float64 from the engine's (fp32) weights."""
+    """The MoE (LFM2-MoE's) in float64 from the engine's (fp32) weights."""
     cfg, f = eng.config, f"layers.{layer}.feed_forward."
     W = lambda n: torch.from_numpy(eng.weights[f + n].astype(np.float64))  # noqa: E731
     x = torch.from_numpy(h.astype(np.float64))
