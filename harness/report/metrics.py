@@ -157,8 +157,8 @@ DTYPE_BYTES = {**WEIGHT_BYTES, "fp64": 8}
 def _routing_columns(rec: VariantRecord, cfg, touched: list[int] | None) -> None:
     """The bytes the first batch's routing touched (engine.touched_experts: distinct experts per MoE
     layer) and, on a GPU, the throughput as a share of the weight-streaming floor of exactly those
-    bytes (with the compute floor, whichever binds): a 1 x 16 forward that touches 8 of 32 experts
-    is judged against the bytes it must read, not the whole model's."""
+    bytes (with the compute floor, whichever binds): a 1 x 16 forward that touches ~24 of 32 experts
+    per layer is judged against the bytes it must read, not the whole model's."""
     if not touched or rec.dtype not in DTYPE_BYTES:
         return
     rec.experts_touched = float(np.mean(touched))
