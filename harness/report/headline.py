@@ -20,6 +20,7 @@ import math
 import pandas as pd
 
 from harness.engines.base import PHASE_ENGINES
+from harness.jobs.gate import low_precision
 from harness.measure.floors import PEAK_FLOPS, prefill_floor
 from harness.report.part_meta import PartMeta
 
@@ -77,7 +78,7 @@ def validity(row) -> str:
         return "VALID"
     bad = cell(row, "invalid_samples")
     k = cell(row, "greedy_first_divergence")
-    if cell(row, "workload") == "generate" and k is not None and cell(row, "dtype") in ("fp32", "fp64"):
+    if cell(row, "workload") == "generate" and k is not None and low_precision(cell(row, "dtype")) is None:
         return f"INVALID (greedy differs at step {int(k)})"
     return f"INVALID ({int(bad)} of {int(cell(row, 'samples') or 0)})" if bad is not None else "INVALID"
 

@@ -130,6 +130,7 @@ def _judge(worker, rec: VariantRecord, batches: list, prefill_logits: np.ndarray
     """valid = the prefill logits pass the dtype's gate against the answers and, for fp32/fp64, the
     greedy tokens are the reference's over the steps checked; the first step that differs is
     reported for every dtype."""
+    from harness.jobs.gate import low_precision
     from harness.run.outputs import check_answers
     spec = worker.spec
     idx = np.concatenate([np.arange(x["first"], x["first"] + len(x["tokens"])) for x in batches]).astype(int)
@@ -142,7 +143,7 @@ def _judge(worker, rec: VariantRecord, batches: list, prefill_logits: np.ndarray
     rec.greedy_steps_checked = steps
     rec.greedy_first_divergence = first_divergence(got[:, :steps], want[idx, :steps])
     same = rec.greedy_first_divergence is None
-    judged = rec.dtype in ("fp32", "fp64")
+    judged = low_precision(rec.dtype) is None  # the dtypes the fp32 contract judges
     if judged:
         rec.valid = same and rec.valid is not False
     rec.notes.append(f"greedy tokens vs the reference over {steps} steps: "
