@@ -26,16 +26,19 @@ def test_every_variant_of_a_part_has_its_own_name_and_prompt_set(name):
 
 
 def test_the_ladders_run_every_phase_at_1_and_2_ranks_and_phase5_with_expert_parallelism():
-    for seq_len in (16, 128):
-        part = PARTS[f"ladder-{seq_len}"]
-        plain = {(g.engine, g.ranks) for g in part.groups if not g.options}
+    # 16 tokens: one part; 128 tokens: one part per rank count, each inside one part's 10 minutes
+    for seq_len, names in ((16, ["ladder-16"]), (128, ["ladder-128-r1", "ladder-128-r2"])):
+        groups = [g for name in names for g in PARTS[name].groups]
+        plain = {(g.engine, g.ranks) for g in groups if not g.options}
         assert plain == {(e, r) for e in PHASE_ENGINES for r in (1, 2)}
-        ep = [g for g in part.groups if g.options]
+        ep = [g for g in groups if g.options]
         assert [(g.engine, g.ranks, dict(g.options), g.label) for g in ep] == [("phase5", 2, {"expert_parallel": True},
                                                                                 "ep")]
-        assert all(s.seq_len == seq_len and g.dtype is None for g, s, _ in _variants(part))  # phases: fp32
-        batches = {s.batch for _, s, _ in _variants(part)}
-        assert len(batches) == 1  # one speedup group per (seq_len, ranks)
+        for name in names:
+            part = PARTS[name]
+            assert all(s.seq_len == seq_len and g.dtype is None for g, s, _ in _variants(part))  # phases: fp32
+            batches = {s.batch for _, s, _ in _variants(part)}
+            assert len(batches) == 1  # one speedup group per (seq_len, ranks)
 
 
 def test_phases_0_and_1_get_two_timed_samples_at_16_tokens_and_one_unwarmed_at_128():
@@ -43,9 +46,10 @@ def test_phases_0_and_1_get_two_timed_samples_at_16_tokens_and_one_unwarmed_at_1
         if g.engine in PHASE_ENGINES[:2]:
             # ~10 s a sample at 16 tokens: the budget must let the second one start
             assert s.samples >= 2 and s.budget_s > 2 * 10 and s.warmup >= 1
-    for g, s, _ in _variants(PARTS["ladder-128"]):
-        if g.engine in PHASE_ENGINES[:2]:
-            assert s.samples == g.ranks and s.warmup == 0
+    for name in ("ladder-128-r1", "ladder-128-r2"):
+        for g, s, _ in _variants(PARTS[name]):
+            if g.engine in PHASE_ENGINES[:2]:
+                assert s.samples == g.ranks and s.warmup == 0
 
 
 def test_prefill_shapes_and_their_minimum_of_10_s_or_256_samples():

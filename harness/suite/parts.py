@@ -68,8 +68,11 @@ def _peers(dtype: str, shapes: tuple[Shape, ...]) -> tuple[Group, Group]:
     return Group("optimized", dtype, 1, shapes), Group("hf", dtype, 1, shapes)
 
 
-def _ladder(seq_len: int) -> Part:
-    """Phases 0-5 in fp32 at 1 and 2 ranks, and phase 5 at 2 ranks with expert parallelism."""
+def _ladder(seq_len: int, ranks: tuple[int, ...] = (1, 2)) -> Part:
+    """Phases 0-5 in fp32 at the given rank counts, and phase 5 at 2 ranks with expert parallelism.
+
+    At 128 tokens one job per rank count: phases 0 and 1 alone time ~390 s there, so both rank
+    counts with their 13 loads (~10 min) would not fit one part's 10 minutes."""
     def shape(phase: int, ranks: int) -> Shape:
         if phase <= 3:  # re-upload weights every forward: ~10 s (phase 0, 16 tokens) to ~106 s (128)
             slow = seq_len >= 128
@@ -79,17 +82,22 @@ def _ladder(seq_len: int) -> Part:
             return Shape(seq_len, LADDER_BATCH, samples=64 if seq_len < 128 else 16, budget_s=5.0, warmup=1)
         # phase 5: ~124 samples/s at 16 tokens, ~16 at 128, all of a rank's samples in one call
         return Shape(seq_len, LADDER_BATCH, samples=256 if seq_len < 128 else 32, budget_s=10.0, warmup=1)
-    groups = [Group(engine, None, ranks, (shape(phase, ranks),))
-              for ranks in (1, 2) for phase, engine in enumerate(PHASE_ENGINES)]
-    groups.append(Group("phase5", None, 2, (shape(5, 2),), options=(("expert_parallel", True),), label="ep"))
+    groups = [Group(engine, None, r, (shape(phase, r),)) for r in ranks for phase, engine in enumerate(PHASE_ENGINES)]
+    if 2 in ranks:
+        groups.append(Group("phase5", None, 2, (shape(5, 2),), options=(("expert_parallel", True),), label="ep"))
     if seq_len >= 128:
-        cost = ("~10 min: phases 0 and 1 take ~106 and ~79 s per sample at 1 rank, ~108 and ~98 s for "
-                "two at 2 ranks (390 s of timed forwards), plus 13 loads")
+        slow = {1: "~106 and ~79 s for phases 0 and 1", 2: "~108 and ~98 s for phases 0 and 1 (a sample per rank)"}
+        cost = f"~{5 if ranks == (1,) else 6} min: {'; '.join(slow[r] for r in ranks)}, plus {len(groups)} loads"
     else:
-        cost = "~6 min: 13 jobs of ~12 s load; phases 0-1 ~10 s a sample"
-    return Part(f"ladder-{seq_len}", f"phases 0-5 (fp32) at {seq_len} tokens, 1 and 2 ranks on one GPU, and phase 5 "
-                f"at 2 ranks with expert_parallel=true: samples/s and the speedup of each phase", cost, tuple(groups))
+        cost = f"~6 min: {len(groups)} jobs of ~12 s load; phases 0-1 ~10 s a sample"
+    where = " and ".join(f"{r} rank{'s' if r > 1 else ''}" for r in ranks)
+    ep = ", and phase 5 at 2 ranks with expert_parallel=true" if 2 in ranks else ""
+    name = f"ladder-{seq_len}" + ("" if ranks == (1, 2) else "-" + "".join(f"r{r}" for r in ranks))
+    return Part(name, f"phases 0-5 (fp32) at {seq_len} tokens, {where} on one GPU{ep}: samples/s and the speedup "
+                f"of each phase", cost, tuple(groups))
 
+
+LADDERS = (_ladder(16), _ladder(128, (1,)), _ladder(128, (2,)))
 
 PREFILL = Part(
     "prefill", "optimized beside hf in the same run: bf16 1x16, 64x16, 8x512, 16x512 and fp32 64x16 (tokens/s, "
@@ -128,8 +136,7 @@ SWEEP = Part(
     "~3 min: 2 loads, 9 shapes each of ~2 s timed after 2 warm-ups",
     _peers("bf16", tuple(Shape(s, b, min(JOB_SAMPLES[s], max(4 * b, 64)), 2.0, 2) for s, b in SWEEP_SHAPES)))
 
-PARTS: dict[str, Part] = {p.name: p for p in (_ladder(16), _ladder(128), PREFILL, PREFILL_SKEW, DECODE, ACCURACY,
-                                              SWEEP)}
+PARTS: dict[str, Part] = {p.name: p for p in (*LADDERS, PREFILL, PREFILL_SKEW, DECODE, ACCURACY, SWEEP)}
 
 
 def smoke(part: Part) -> Part:
