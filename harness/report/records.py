@@ -108,7 +108,7 @@ class VariantRecord:
     expert_h2d_bytes_per_sample: float | None = None  # the expert part of it (phase 2's evidence)
     output_collective: str | None = None  # how outputs reached rank 0: reduce (phases 0-4) or gather
     mpi_output_bytes: float | None = None  # bytes all ranks sent for it
-    output_collective_s: float | None = None  # the slowest rank's seconds in it, inside the timed region
+    output_collective_s: float | None = None  # the longest any rank spent in it (waiting for the others included)
     load_mode: str | None = None  # phase 5: each rank reads the checkpoint, or one per node broadcasts
     load_bytes_read: float | None = None  # checkpoint bytes read, summed over ranks
     calibrate_s: float | None = None  # the engine's calibration hook, outside the clock (slowest rank)
