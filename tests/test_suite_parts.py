@@ -1,6 +1,8 @@
 """The suite's parts meet the measurement minimums they promise, and `suite --help` says what each costs."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness.__main__ import main as harness_main
@@ -100,6 +102,21 @@ def test_help_lists_every_part_with_its_cost(capsys):
     for part in PARTS.values():
         line = next(x for x in out.splitlines() if x.strip().startswith(part.name + " "))
         assert "min" in line, line
+
+
+def test_help_adds_the_time_a_part_took_where_results_hold_it(capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "results" / "h100" / "ladder-16"
+    folder.mkdir(parents=True)
+    (folder / "part.json").write_text(json.dumps({"duration_s": 378.5, "device": "NVIDIA H100 80GB HBM3",
+                                                  "commit": "0123456789ab"}))
+    (tmp_path / "results" / "h100" / "sweep").mkdir()
+    (tmp_path / "results" / "h100" / "sweep" / "part.json").write_text("{not json")  # ignored, not fatal
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        harness_main(["suite", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "measured: 6.3 min on NVIDIA H100 80GB HBM3 at 0123456789ab" in out
+    assert out.count("measured: ") == 1
 
 
 def test_unknown_part_is_a_usage_error(capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
 import time
@@ -10,15 +11,31 @@ from pathlib import Path
 from harness.suite.parts import PARTS
 
 
+def _measured(name: str, results: Path = Path("results")) -> str:
+    """How long the part took where it was last measured, from its part.json under results/<gpu>/."""
+    lines = []
+    for meta_path in sorted(results.glob(f"*/{name}/part.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            lines.append(f"measured: {meta['duration_s'] / 60:.1f} min on {meta['device']} at {meta['commit']} "
+                         f"({meta_path.parent})")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an unreadable part.json leaves the estimate alone
+    return "; ".join(lines)
+
+
 def _parts_text() -> str:
     def wrap(text: str) -> str:
         return textwrap.fill(text, 100, initial_indent=" " * 16, subsequent_indent=" " * 16)
-    return "\n".join(f"  {p.name:<13} " + wrap(p.cost)[16:] + "\n" + wrap(p.what) for p in PARTS.values())
+    return "\n".join(f"  {p.name:<13} " + wrap(p.cost)[16:] + "\n" + wrap(p.what)
+                     + (("\n" + wrap(m)) if (m := _measured(p.name)) else "") for p in PARTS.values())
 
 
-EPILOG = f"""\
-parts (time on one H100, the synthetic full-size model cached; a fresh machine adds ~75 s to
-generate it, and the first part of each prompt length ~20 s for the reference's answers):
+def _epilog() -> str:
+    return f"""\
+parts (estimated time on one H100, the synthetic full-size model cached; a fresh machine adds ~75 s
+to generate it, and the first part of each prompt length ~20 s for the reference's answers; where
+results/ holds the part, the time it took there):
 {_parts_text()}
 
 examples:
@@ -43,7 +60,7 @@ def add_parser(sub) -> None:
                        description="Measure the published numbers on a GPU: the optimization ladder, optimized "
                                    "beside hf in prefill and decode, bf16 accuracy, and a roofline sweep, on the "
                                    "synthetic full-size lfm2-8b-a1b checkpoint (generated once and cached).",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", action="append", choices=list(PARTS), metavar="NAME",
                    help="a part to run (repeatable; default: all, in the order listed below)")
     p.add_argument("--out", help="root of the part folders (default: results, or runs/smoke with --smoke)")

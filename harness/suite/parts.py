@@ -7,8 +7,8 @@ checkpoint and builds the engine (~5-20 s: optimized ~8, hf ~19, phases 0-3 ~12-
 fast engines' shapes time in about a second. Sample counts and budgets are per shape, chosen so
 every variant meets the suite's minimum (prefill: 10 s timed or 256 samples; ladder at 16 tokens:
 2 timed samples for phases 0-1; at 128 tokens one sample, no warm-up, since a phase 0 sample takes
-~106 s there) and no more. The costs quoted are estimates from the H100 runs before the suite
-(per-sample times of results' summaries, load_s), including the reference's answers.
+~106 s there) and no more. The costs quoted are estimates from per-sample times and load_s on an H100, including the
+reference's answers; `suite --help` adds the time each part took where results/ holds it.
 
 Prompts: one seeded synthetic set per prompt length with the reference's fp32 answers on the GPU,
 of JOB_SAMPLES prompts; a shape takes its first `samples`, so parts run in one session share the
@@ -87,7 +87,7 @@ def _ladder(seq_len: int, ranks: tuple[int, ...] = (1, 2)) -> Part:
         groups.append(Group("phase5", None, 2, (shape(5, 2),), options=(("expert_parallel", True),), label="ep"))
     if seq_len >= 128:
         slow = {1: "~106 and ~79 s for phases 0 and 1", 2: "~108 and ~98 s for phases 0 and 1 (a sample per rank)"}
-        cost = f"~{5 if ranks == (1,) else 6} min: {'; '.join(slow[r] for r in ranks)}, plus {len(groups)} loads"
+        cost = f"~{4 if ranks == (1,) else 5} min: {'; '.join(slow[r] for r in ranks)}, plus {len(groups)} loads"
     else:
         cost = f"~6 min: {len(groups)} jobs of ~12 s load; phases 0-1 ~10 s a sample"
     where = " and ".join(f"{r} rank{'s' if r > 1 else ''}" for r in ranks)
@@ -109,7 +109,7 @@ PREFILL = Part(
 PREFILL_SKEW = Part(
     "prefill-skew", f"the prefill headline shapes (bf16 64x16, 8x512) on the synthetic model made with make-model "
     f"--skew {SKEW_70:g}, where the busiest quarter of the experts takes ~70 % of the routed tokens",
-    "~4 min: generating the skewed 16.7 GB checkpoint (~75 s), its answers, 2 loads",
+    "~2-3 min: generating the skewed 16.7 GB checkpoint (~40-75 s), its answers, 2 loads",
     _peers("bf16", (Shape(16, 64, 1024, 10.0, 3), Shape(512, 8, 256, 10.0, 3))), skew=SKEW_70,
     notes=(f"skew {SKEW_70:g}: the busiest quarter of the experts takes ~70 % of the routed slots, measured on the "
            "reference's routing of the `small` preset (python -m harness.measure.routing)",))
@@ -124,7 +124,7 @@ DECODE = Part(
 ACCURACY = Part(
     "accuracy", "bf16 engines against the fp32 reference on 256 prompts of 16 tokens and 128 of 512: max abs error, "
     "KL divergence, top-1 and top-5 agreement, optimized beside hf",
-    "~2 min: 2 loads, every prompt runs (no budget cut)",
+    "~1 min: 2 loads, every prompt runs (no budget cut)",
     _peers("bf16", (Shape(16, 64, 256, 120.0, 1), Shape(512, 16, 128, 120.0, 1))), kind="accuracy")
 
 # (seq_len, batch): 16 to 16,384 tokens per forward, then the 1-token prompt last, the shape furthest from
@@ -133,7 +133,7 @@ SWEEP_SHAPES = ((16, 1), (16, 4), (16, 16), (16, 64), (512, 4), (512, 8), (512, 
 SWEEP = Part(
     "sweep", "tokens per forward from 1 to 16,384 (batch x seq_len) for optimized and hf in bf16: the roofline "
     "against the compute and weight-streaming floors",
-    "~3 min: 2 loads, 9 shapes each of ~2 s timed after 2 warm-ups",
+    "~1 min: 2 loads, 9 shapes each of ~2 s timed after 2 warm-ups",
     _peers("bf16", tuple(Shape(s, b, min(JOB_SAMPLES[s], max(4 * b, 64)), 2.0, 2) for s, b in SWEEP_SHAPES)))
 
 PARTS: dict[str, Part] = {p.name: p for p in (*LADDERS, PREFILL, PREFILL_SKEW, DECODE, ACCURACY, SWEEP)}
