@@ -1,13 +1,12 @@
 """The suite's parts meet the measurement minimums they promise, and `suite --help` says what each costs."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from harness.__main__ import main as harness_main
 from harness.engines.base import PHASE_ENGINES
 from harness.measure.routing import SKEW_70
+from harness.report.part_meta import PartMeta
 from harness.run.variant import Variant
 from harness.suite.parts import JOB_SAMPLES, PARTS, smoke
 from harness.suite.runner import gpu_folder
@@ -107,8 +106,8 @@ def test_help_lists_every_part_with_its_cost(capsys):
 def test_help_adds_the_time_a_part_took_where_results_hold_it(capsys, tmp_path, monkeypatch):
     folder = tmp_path / "results" / "h100" / "ladder-16"
     folder.mkdir(parents=True)
-    (folder / "part.json").write_text(json.dumps({"duration_s": 378.5, "device": "NVIDIA H100 80GB HBM3",
-                                                  "commit": "0123456789ab"}))
+    PartMeta("ladder-16", "the ladder", "python -m harness suite --part ladder-16", "0123456789ab", "2026-12-07 09:57 UTC",
+             "NVIDIA H100 80GB HBM3", 378.5, "synthetic lfm2-8b-a1b (seed 0)").write(folder)
     (tmp_path / "results" / "h100" / "sweep").mkdir()
     (tmp_path / "results" / "h100" / "sweep" / "part.json").write_text("{not json")  # ignored, not fatal
     monkeypatch.chdir(tmp_path)

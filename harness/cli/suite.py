@@ -2,25 +2,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from harness.report.part_meta import PART_FILE, PartMeta
 from harness.suite.parts import PARTS
 
 
 def _measured(name: str, results: Path = Path("results")) -> str:
     """How long the part took where it was last measured, from its part.json under results/<gpu>/."""
     lines = []
-    for meta_path in sorted(results.glob(f"*/{name}/part.json")):
+    for meta_path in sorted(results.glob(f"*/{name}/{PART_FILE}")):
         try:
-            meta = json.loads(meta_path.read_text())
-            lines.append(f"measured: {meta['duration_s'] / 60:.1f} min on {meta['device']} at {meta['commit']} "
-                         f"({meta_path.parent})")
-        except (OSError, ValueError, KeyError, TypeError):
+            meta = PartMeta.read(meta_path.parent)
+        except (OSError, ValueError, TypeError):
             continue  # an unreadable part.json leaves the estimate alone
+        lines.append(f"measured: {meta.duration_s / 60:.1f} min on {meta.device} at {meta.commit} ({meta_path.parent})")
     return "; ".join(lines)
 
 
