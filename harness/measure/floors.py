@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.config import ModelConfig
-from harness.measure.model_stats import expected_distinct_experts, model_stats
+from harness.measure.model_stats import expected_distinct_experts, expert_params, model_stats, non_expert_params
 
 HBM_BYTES_PER_S = 3.0e12  # H100 device-to-device copy, measured
-PEAK_FLOPS = {"bf16": 788e12, "fp16": 788e12, "fp32": 67e12}  # per H100: cuBLAS bf16 measured, fp32 datasheet
+# Arithmetic ceilings of one H100 per dtype: bf16 as measured with cuBLAS on the project's H100, fp32 CUDA
+# cores from NVIDIA's datasheet; fp16 tensor cores run at the bf16 rate on Hopper.
+PEAK_FLOPS = {"bf16": 788e12, "fp16": 788e12, "fp32": 67e12}
 WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
@@ -41,12 +43,11 @@ def compute_ceiling_tokens_per_s(cfg: ModelConfig, dtype: str, seq_len: int, gpu
 
 def expert_bytes(cfg: ModelConfig, dtype: str) -> float:
     """One expert's three matrices."""
-    return 3.0 * cfg.hidden_size * cfg.moe_intermediate_size * WEIGHT_BYTES[_dtype(dtype)]
+    return float(expert_params(cfg) * WEIGHT_BYTES[_dtype(dtype)])
 
 
 def non_expert_bytes(cfg: ModelConfig, dtype: str) -> float:
-    all_experts = len(cfg.moe_layers) * cfg.num_experts * expert_bytes(cfg, dtype)
-    return model_stats(cfg).total_params * WEIGHT_BYTES[_dtype(dtype)] - all_experts
+    return float(non_expert_params(cfg) * WEIGHT_BYTES[_dtype(dtype)])
 
 
 def forward_bytes(cfg: ModelConfig, dtype: str, tokens: int, routed_bytes: float | None = None) -> float:

@@ -72,18 +72,19 @@ def expert_params(cfg: ModelConfig) -> int:
     return 3 * cfg.hidden_size * cfg.moe_intermediate_size
 
 
+def non_expert_params(cfg: ModelConfig) -> int:
+    """Every weight but the routed experts' (read once per forward whatever the routing)."""
+    return model_stats(cfg).total_params - len(cfg.moe_layers) * cfg.num_experts * expert_params(cfg)
+
+
 def decode_bytes_per_step(cfg: ModelConfig, batch: int, context: int, weight_bytes: int = 2,
                           cache_bytes: int = 2) -> float:
     """HBM bytes one decode step must read: every non-expert weight, the experts the batch's
     tokens touch (uniform-routing estimate), each sequence's KV cache over `context` positions and
     its conv state. The decode floor is this over the GPU's memory bandwidth (3.0 TB/s measured
     device-to-device on the H100)."""
-    st = model_stats(cfg)
     H = cfg.hidden_size
-    expert = expert_params(cfg)
-    all_experts = len(cfg.moe_layers) * cfg.num_experts * expert
-    non_expert = st.total_params - all_experts
-    touched = len(cfg.moe_layers) * expected_distinct_experts(cfg, batch) * expert
+    touched = len(cfg.moe_layers) * expected_distinct_experts(cfg, batch) * expert_params(cfg)
     kv = len(cfg.attention_layers) * 2 * cfg.num_key_value_heads * cfg.head_dim * context
     conv = len(cfg.conv_layers) * (cfg.conv_L_cache - 1) * H
-    return (non_expert + touched) * weight_bytes + batch * (kv + conv) * cache_bytes
+    return (non_expert_params(cfg) + touched) * weight_bytes + batch * (kv + conv) * cache_bytes

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.measure.floors import PEAK_FLOPS
+
 # summary.csv starts with these columns in this order (what readers of it rely on); more follow.
 SUMMARY_COLUMNS = [
     "engine", "phase", "dtype", "device", "ranks", "seq_len", "batch", "samples",
@@ -44,10 +46,9 @@ EXTRA_COLUMNS = [
 OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
 STATUSES = (OK, FAILED, INTERRUPTED)
 
-# Arithmetic ceilings of one H100 per math mode, TFLOP/s (bf16 as measured with cuBLAS on the
-# project's H100; fp32 CUDA cores and TF32 tensor cores from NVIDIA's datasheet). fp16 tensor cores run at
-# the bf16 rate on Hopper.
-PEAK_TFLOPS = {"fp32": 67.0, "tf32": 495.0, "bf16": 788.0, "fp16": 788.0}
+# Arithmetic ceilings of one H100 per math mode, TFLOP/s: the floors' table, and TF32 tensor cores from
+# NVIDIA's datasheet.
+PEAK_TFLOPS = {"tf32": 495.0, **{mode: flops / 1e12 for mode, flops in PEAK_FLOPS.items()}}
 
 
 @dataclass

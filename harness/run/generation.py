@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.measure.floors import HBM_BYTES_PER_S
 from harness.measure.model_stats import decode_bytes_per_step
 
-HBM_BYTES_PER_S = 3.0e12  # H100 device-to-device copy, measured
 MODE_NOTES = {
     "streamed": "token-arrival spacing on the host, one decode step queued ahead on the GPU (greedy_steps)",
     "per-step": "one decode_greedy call per step, each timed to a device synchronize",
