@@ -171,6 +171,21 @@ def test_report_note_gives_the_gates_verdict_and_numbers():
     assert "gate 'fp32 1e-3'" in fp32 and "90 of 128 samples beyond tolerance" in fp32 and "explain" in fp32
 
 
+def test_report_notes_a_bf16_row_its_gate_failed_as_the_gates_verdict_not_as_expected(tmp_path):
+    from harness.report.html import write_report
+    from harness.report.records import VariantRecord
+    common = dict(engine="optimized", dtype="bf16", seq_len=16, batch=8, samples=128, max_abs_err=1.2,
+                  top1_agreement=0.7, valid=False, workload="prefill", run_id="r")
+    VariantRecord(variant="gated", gate="bf16 vs torch-bf16 x 4", gate_limit=6.4e-4, invalid_samples=90,
+                  kl_mean=0.011, kl_p50=0.0098, kl_p99=0.04, kl_max=0.05, **common).write(tmp_path / "records" / "a.json")
+    VariantRecord(variant="ungated", **common).write(tmp_path / "records" / "b.json")  # from before the gate
+    _, html_path, _ = write_report([tmp_path])
+    text = html_path.read_text()
+    assert "gated: outputs INVALID (gate &#x27;bf16 vs torch-bf16 x 4&#x27;: median KL 0.0098" in text
+    assert "look for an engine bug" in text
+    assert "1 bf16 variant(s) INVALID against the float32 answers, as expected" in text  # only the ungated one
+
+
 def _explain(d, model, outputs, *extra) -> int:
     from harness.__main__ import main as harness_main
     return harness_main(["explain", "--model", str(model), "--data", str(d / "inputs.bin"), "--answers",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.jobs.gate import low_precision
 from harness.report.frame import (ReportError, fmt, load_records, outcome_labels, records_frame, short_table,
                                   write_summary_csv)
 from harness.report.headline import floor_of, headline_rows, model_config_of, text_table, with_roles
@@ -180,21 +181,23 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                      + _img(roofline, "roofline: tokens/s against tokens per forward with the floors", ""))
     parts.append(_accuracy_html(df))
 
-    notes, low_precision = [], []
+    notes, ungated_low_precision = [], []
     for r in records:
         label = f"{r.run_id}: {r.variant}" if len(runs) > 1 else r.variant
         if r.budget_hit or (r.samples_requested and r.samples < r.samples_requested and not r.error):
             notes.append(f"{label}: time budget ({r.budget_s:g} s) reached, reported over "
                          f"{r.samples} of {r.samples_requested} samples")
         if r.valid is False and not r.error:
-            if r.dtype in ("bf16", "fp16") and r.greedy_first_divergence is None:
-                low_precision.append(r)
+            # Records from before the bf16 gate were held to fp32's 1e-3: that INVALID is expected. A record
+            # its own gate judged INVALID is not, and gets the gate's verdict like any other.
+            if r.gate is None and low_precision(r.dtype) and r.greedy_first_divergence is None:
+                ungated_low_precision.append(r)
             else:
                 notes.append(f"{label}: outputs INVALID ({_invalid_detail(r)})")
-    if low_precision:  # one line, not one per variant: expected, and the same reason for each
-        errs = [r.max_abs_err for r in low_precision if r.max_abs_err is not None]
-        top1 = [r.top1_agreement for r in low_precision if r.top1_agreement is not None]
-        notes.append(f"{len(low_precision)} bf16 variant(s) INVALID against the float32 answers, as expected (the 1e-3 "
+    if ungated_low_precision:  # one line, not one per variant: expected, and the same reason for each
+        errs = [r.max_abs_err for r in ungated_low_precision if r.max_abs_err is not None]
+        top1 = [r.top1_agreement for r in ungated_low_precision if r.top1_agreement is not None]
+        notes.append(f"{len(ungated_low_precision)} bf16 variant(s) INVALID against the float32 answers, as expected (the 1e-3 "
                      "contract is float32's)" + (f": max abs err up to {max(errs):.3g}" if errs else "")
                      + (f", top-1 agreement at least {100 * min(top1):.1f}%" if top1 else ""))
     nvml_notes = sorted({str(n) for n in df["nvml_note"].dropna()})
