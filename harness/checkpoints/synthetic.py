@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from harness.atomic import write_json_atomic
 from harness.checkpoints.base import Checkpoint, DictCheckpoint, expected_shapes, keeps_fp32
 from harness.config import ModelConfig, get_preset
 from harness.checkpoints.prefetch import prefetched
@@ -90,13 +91,6 @@ def synthetic_checkpoint(cfg: ModelConfig, seed: int = 0, skew: float = 0.0) -> 
     """All tensors in memory (small presets and tests)."""
     lazy = SyntheticCheckpoint(cfg, seed, skew)
     return DictCheckpoint(cfg, {n: lazy.raw(n) for n in lazy.names()}, source=lazy.source)
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON under a temporary name, then rename: readers never see half a file."""
-    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _marker(cfg: ModelConfig, seed: int, skew: float) -> dict:

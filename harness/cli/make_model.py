@@ -8,8 +8,9 @@ from pathlib import Path
 
 from harness.checkpoints.modelbin import write_model_bin
 from harness.checkpoints.staging import holds_checkpoint_files_only, staged_folder
+from harness.atomic import write_json_atomic
 from harness.checkpoints.synthetic import (SyntheticCheckpoint, cache_folder, cache_root, cached_synthetic, is_complete,
-                                           write_json_atomic, write_synthetic)
+                                           write_synthetic)
 from harness.config import PRESETS, get_preset
 from harness.errors import UsageError
 

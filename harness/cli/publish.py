@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.suite.publish import render, write_atomic
+    from harness.atomic import write_text_atomic
+    from harness.suite.publish import render
     outputs = render(Path(args.results), Path(args.readme))
     stale = [path for path, text in outputs.items() if not path.is_file() or path.read_text() != text]
     if args.check:
@@ -40,6 +41,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"{path} differs from what `python -m harness publish` makes of {args.results}/", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
-        write_atomic(path, outputs[path])
+        write_text_atomic(path, outputs[path])
     print("\n".join(f"wrote {p}" for p in stale) or "both files were up to date")
     return 0

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.atomic import write_json_atomic
 from harness.jobs.accuracy import LogitStats, logit_stats
 from harness.jobs.files import TOLERANCE, JobFileError, validate
 
@@ -89,8 +90,7 @@ class Calibration:
                                                                             st.st_mtime_ns)
 
     def write(self, path: Path) -> None:
-        from harness.checkpoints.synthetic import write_json_atomic
-        write_json_atomic(Path(path), asdict(self))
+        write_json_atomic(path, asdict(self))
 
     @classmethod
     def read(cls, path: Path) -> "Calibration | None":

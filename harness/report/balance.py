@@ -23,6 +23,8 @@ import os
 import sys
 from pathlib import Path
 
+from harness.atomic import write_text_atomic
+
 
 def find_record(path: Path) -> dict:
     """A record JSON, or the one phase-5 record in a run folder's records/."""
@@ -116,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (paths[0] if paths[0].is_dir() else paths[0].parent)
     out.mkdir(parents=True, exist_ok=True)
     draw(numbers, out / "load_balance.png")
-    tmp = out / "load_balance.json.tmp"
-    tmp.write_text(json.dumps(numbers, indent=1))
-    os.replace(tmp, out / "load_balance.json")
+    write_text_atomic(out / "load_balance.json", json.dumps(numbers, indent=1))
     print(f"calibration ({numbers['calibration_rows']} rows), expected ms per shard: contiguous "
           f"{[round(v, 3) for v in ms_list(numbers['before'])]} -> measured load "
           f"{[round(v, 3) for v in ms_list(numbers['after'])]}; critical path {numbers['imbalance_before']:.2f}x -> "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.atomic import write_text_atomic
 from harness.jobs.gate import low_precision
 from harness.report.frame import (ReportError, fmt, load_records, outcome_labels, records_frame, short_table,
                                   write_summary_csv)
@@ -314,7 +315,5 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None,
         df["device"] = df["device"].fillna(meta.device)
     csv_path = write_summary_csv(df, out_dir / "summary.csv")
     html_path = out_dir / "report.html"
-    tmp = html_path.with_name(html_path.name + ".tmp")
-    tmp.write_text(render_html(df, records, merge, meta), encoding="utf-8")
-    tmp.replace(html_path)
+    write_text_atomic(html_path, render_html(df, records, merge, meta))
     return csv_path, html_path, df

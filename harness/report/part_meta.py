@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness.atomic import write_json_atomic
 
 PART_FILE = "part.json"
 
@@ -33,11 +34,7 @@ class PartMeta:
     smoke: bool = False  # a stand-in engine on a test preset: never a published number
 
     def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / PART_FILE
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(Path(folder) / PART_FILE, dataclasses.asdict(self), indent=1)
 
     @classmethod
     def read(cls, folder: str | Path) -> "PartMeta":

@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.atomic import write_text_atomic
 from harness.measure.floors import PEAK_FLOPS
 
 # summary.csv starts with these columns in this order (what readers of it rely on); more follow.
@@ -172,12 +173,7 @@ class VariantRecord:
 
     def write(self, path: str | Path) -> Path:
         """Atomically: a reader never sees half a record."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def from_dict(cls, d: dict) -> "VariantRecord":

@@ -23,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
+from harness.atomic import write_text_atomic
 from harness.run.procs import is_alive, proc_state
 
 BOARD_ENV = "LFM2_RANK_BOARD"  # the board folder, set by the launcher
@@ -34,12 +35,6 @@ LAUNCHER_POLL_S = 1.0
 def launcher_identity() -> str:
     state = proc_state(os.getpid())
     return f"{socket.gethostname()}:{os.getpid()}:{state[1] if state else 0}"
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 class _Tee(io.TextIOBase):
@@ -100,7 +95,7 @@ class RankReporter:
     def _save(self) -> None:
         if self.folder is not None:
             try:
-                _write_json(self.folder / f"rank-{self.status['rank']}.json", self.status)
+                write_text_atomic(self.folder / f"rank-{self.status['rank']}.json", json.dumps(self.status))
             except OSError:
                 pass
 

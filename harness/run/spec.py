@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.atomic import write_text_atomic
+
 
 @dataclass
 class WorkerSpec:
@@ -33,12 +35,7 @@ class WorkerSpec:
     profile_ops: bool = False  # after the timed region, one forward under torch.profiler
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)  # the ranks never read a half-written spec
-        return path
+        return write_text_atomic(path, json.dumps(asdict(self), indent=1))  # the ranks never read half a spec
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":

@@ -130,9 +130,3 @@ def render(results: Path, readme: Path, allow_smoke: bool = False) -> dict[Path,
     return {results / "README.md": results_readme(parts, results),
             readme: with_block(readme.read_text(), readme_block(parts, readme, results), readme)}
 
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
