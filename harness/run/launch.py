@@ -26,7 +26,7 @@ from pathlib import Path
 
 from harness.run.interrupt import signals_deferred
 from harness.run.procs import MARKER_ENV, end_processes, marked_pids, new_marker
-from harness.run.rankboard import BOARD_ENV, LAUNCHER_ENV, RankBoard, launcher_identity
+from harness.run.rankboard import BOARD_ENV, LAUNCHER_ENV, RankBoard, launcher_identity, tail_of
 
 MPICH, OPENMPI, UNKNOWN = "mpich", "openmpi", "unknown"
 
@@ -119,7 +119,7 @@ class LaunchResult:
             why = f"timed out after {self.elapsed_s:.1f} s (raise --timeout-s if it was only slow)"
         elif self.dead_ranks or crashed:
             why = _describe_ranks(self.dead_ranks, crashed, self.board,
-                                  _tail(self.stdout_path) + _tail(self.stderr_path))
+                                  tail_of(self.stdout_path) + self.stderr_tail)
         else:
             why = f"mpiexec exited with status {self.returncode}"
         log, tail = self.output_log()
@@ -131,7 +131,7 @@ class LaunchResult:
         tail = self.stderr_tail.strip()
         if tail:
             return self.stderr_path, tail
-        return self.stdout_path, _tail(self.stdout_path).strip()
+        return self.stdout_path, tail_of(self.stdout_path).strip()
 
 
 def _describe_ranks(dead: list[dict], crashed: list[dict], board: RankBoard | None, launcher_text: str) -> str:
@@ -154,17 +154,6 @@ def _describe_ranks(dead: list[dict], crashed: list[dict], board: RankBoard | No
     words = board.last_words(first["rank"]) if board else ""
     lines.append(f"rank {first['rank']}'s last output: " + (f"\n{words}" if words else "(none)"))
     return "\n".join(lines)
-
-
-def _tail(path: Path, max_chars: int = 4000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_chars))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def worker_env(marker: str | None = None, board: Path | None = None) -> dict:
@@ -220,7 +209,7 @@ def launch_worker(spec_path: str | Path, ranks: int, log_dir: str | Path, name: 
             with signals_deferred():
                 stop_job(proc, marker)
     return LaunchResult(ok=(rc == 0 and not dead), returncode=rc, elapsed_s=time.perf_counter() - t0, command=cmd,
-                        stdout_path=out_path, stderr_path=err_path, stderr_tail=_tail(err_path),
+                        stdout_path=out_path, stderr_path=err_path, stderr_tail=tail_of(err_path),
                         timed_out=timed_out, board=board, dead_ranks=dead)
 
 

@@ -48,6 +48,12 @@ def proc_state(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
+def start_ticks_of(pid: int) -> int:
+    """A process's start time in clock ticks since boot (0 when it is gone): with the pid, its identity."""
+    state = proc_state(pid)
+    return state[1] if state else 0
+
+
 def is_alive(pid: int, start_ticks: int | None = None) -> bool:
     """Running (not a zombie), and the same process when its start time is given (pids recycle)."""
     state = proc_state(pid)

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 
 from harness.atomic import write_text_atomic
-from harness.run.procs import is_alive, proc_state
+from harness.run.procs import is_alive, start_ticks_of
 
 BOARD_ENV = "LFM2_RANK_BOARD"  # the board folder, set by the launcher
 LAUNCHER_ENV = "LFM2_LAUNCHER"  # host:pid:start of the launching process
@@ -33,9 +33,19 @@ LAUNCHER_POLL_S = 1.0
 
 
 def launcher_identity() -> str:
-    state = proc_state(os.getpid())
-    return f"{socket.gethostname()}:{os.getpid()}:{state[1] if state else 0}"
+    return f"{socket.gethostname()}:{os.getpid()}:{start_ticks_of(os.getpid())}"
 
+
+
+def tail_of(path: Path, max_chars: int = 4000) -> str:
+    """The last max_chars of a log ("" when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_chars))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 class _Tee(io.TextIOBase):
     """A text stream that writes to the original stream and to the rank's log file."""
@@ -72,7 +82,7 @@ class RankReporter:
         folder = folder if folder is not None else os.environ.get(BOARD_ENV)
         self.folder = Path(folder) if folder else None
         self.status = {"rank": rank, "size": size, "pid": os.getpid(), "host": socket.gethostname(),
-                       "start": (proc_state(os.getpid()) or ("", 0))[1], "state": RUNNING, "stage": "starting"}
+                       "start": start_ticks_of(os.getpid()), "state": RUNNING, "stage": "starting"}
 
     def start(self) -> "RankReporter":
         if self.folder is None:
@@ -150,11 +160,4 @@ class RankBoard:
         return [s for s in self.ranks() if s.get("state") == DONE and s.get("rc")]
 
     def last_words(self, rank: int, max_chars: int = 1500) -> str:
-        path = self.folder / f"rank-{rank}.log"
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_chars))
-                return f.read().decode(errors="replace").strip()
-        except OSError:
-            return ""
+        return tail_of(self.folder / f"rank-{rank}.log", max_chars).strip()
