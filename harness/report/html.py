@@ -130,10 +130,9 @@ def _accuracy_html(df: pd.DataFrame) -> str:
     return ("<h2>Accuracy against the fp32 answers</h2><div class='scroll'>" + _table_html(df, show) + "</div>")
 
 
-def _with_floor(df: pd.DataFrame, meta: PartMeta | None) -> pd.DataFrame:
-    """df plus pct_of_floor: prefill tokens/s over the floor of the row's dtype and tokens per forward."""
-    roles = with_roles(df, meta)
-    cfg = model_config_of(roles, meta)
+def _with_floor(df: pd.DataFrame, roles: pd.DataFrame, cfg) -> pd.DataFrame:
+    """df plus pct_of_floor: prefill tokens/s over the floor of the row's dtype and tokens per forward
+    (roles: df with its roles, headline.with_roles; cfg: the measured model's config)."""
     out = df.copy()
     out["pct_of_floor"] = [None if w == "generate" else floor_of(r, cfg, r["role_dtype"])[0]
                            for (_, r), w in zip(roles.iterrows(), roles["workload"])]
@@ -165,6 +164,7 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
              + "</table>"]
 
     roles = with_roles(df, meta)
+    cfg = model_config_of(roles, meta)
     parts.append(_headline_html(df, meta))
     ladder = plot_ladder(roles)
     if ladder:
@@ -172,7 +172,7 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                      "each bar and below it the speedup over the previous phase at the same rank count (phase 5 with "
                      "a label, e.g. ep = expert parallelism: over phase 5 without it).</p>"
                      + _img(ladder, "optimization ladder: samples/s per phase", ""))
-    roofline = plot_roofline(roles, model_config_of(roles, meta))
+    roofline = plot_roofline(roles, cfg)
     if roofline:
         parts.append("<h2>Roofline</h2><p class='note'>Prefill tokens/s against tokens per forward (batch_used x "
                      "seq_len). Dashed: the compute floor; dotted: the weight-streaming floor (non-expert weights + "
@@ -206,7 +206,7 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes)
                      + "".join(f"<li class='note'>NVML: {e(n)}</li>" for n in nvml_notes) + "</ul>")
 
-    floored = _with_floor(df, meta)
+    floored = _with_floor(df, roles, cfg)
     compact = (["variant"] + (["run_id"] if len(runs) > 1 else []) + COMPACT_COLUMNS[1:])
     columns = ["variant"] + (["run_id"] if len(runs) > 1 else []) + SUMMARY_COLUMNS
     parts.append("<h2>Summary</h2><p class='note'>One row per variant. Throughput is over the samples that ran "

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.measure.floors import PEAK_FLOPS, compute_ceiling_tokens_per_s, prefill_floor, streaming_ceiling_tokens_per_s
-from harness.report.headline import cell
+from harness.measure.floors import PEAK_FLOPS, compute_ceiling_tokens_per_s, streaming_ceiling_tokens_per_s
+from harness.report.headline import cell, floor_of
 from harness.report.plots import pyplot, to_png
 
 ENGINE_STYLE = {"optimized": ("tab:green", "o"), "hf": ("tab:purple", "s")}
@@ -22,10 +22,7 @@ def roofline_points(df: pd.DataFrame, cfg) -> pd.DataFrame:
     for _, r in ok.iterrows():
         per_call = int(cell(r, "batch_used") or r["batch"])
         dtype = r["role_dtype"]
-        pct = None
-        if cfg is not None and dtype in PEAK_FLOPS:
-            pct = prefill_floor(cfg, dtype, int(r["seq_len"]), per_call,
-                                cell(r, "routed_bytes")).pct(float(r["tokens_per_s"]))
+        pct = floor_of(r, cfg, dtype)[0]  # the summary's pct_of_floor
         rows.append({"role": r["role"], "dtype": dtype, "seq_len": int(r["seq_len"]), "tokens": per_call * int(r["seq_len"]),
                      "tokens_per_s": float(r["tokens_per_s"]), "pct_floor": pct})
     return pd.DataFrame(rows, columns=["role", "dtype", "seq_len", "tokens", "tokens_per_s", "pct_floor"])
