@@ -78,7 +78,7 @@ def synthetic_job(model_path: str, model_label: str, samples: int, seq_len: int,
             pass
         elif validate:
             make_job(open_checkpoint(model_path), samples, seq_len, data_seed, folder)
-            _release_gpu_cache()
+            release_gpu_cache()
         else:  # the same prompts, without paying for the reference (kept apart: no answers)
             from harness.config import ModelConfig
             from harness.jobs.files import synthetic_prompts, write_inputs
@@ -129,7 +129,7 @@ def gate_calibration(model_path: str, inputs: str | Path, answers: str | Path, d
     if gate.low_precision(dtype) is None:
         return None, None
     made = gate.cached_calibration(answers, inputs, model_path, model_id(model_path), dtype, device)
-    _release_gpu_cache()
+    release_gpu_cache()
     return made
 
 
@@ -141,10 +141,10 @@ def _write_reference_answers(model_path: str, tokens: np.ndarray, out: Path) -> 
     if tokens.size and (tokens.min() < 0 or tokens.max() >= ckpt.config.vocab_size):
         raise JobFileError(f"token ids outside the model's vocabulary [0, {ckpt.config.vocab_size})")
     write_logits(out, reference_answers(ckpt, tokens, desc=f"reference answers for {out.name}"))  # atomic
-    _release_gpu_cache()
+    release_gpu_cache()
 
 
-def _release_gpu_cache() -> None:
+def release_gpu_cache() -> None:
     """The reference may have run on the GPU in this process: hand its memory back before the
     measured ranks start on the same GPU."""
     import sys
@@ -186,5 +186,5 @@ def with_greedy_answers(job: PreparedJob, max_new_tokens: int) -> PreparedJob:
         tmp = out.with_name(out.name + ".tmp.npy")
         np.save(tmp, tokens)
         tmp.replace(out)
-        _release_gpu_cache()
+        release_gpu_cache()
     return dataclasses.replace(job, greedy_answers=out)

@@ -86,7 +86,7 @@ def results_readme(parts: list[PublishedPart], results: Path) -> str:
     rows = []
     for p in parts:
         text = text_table(p.rows)
-        for (_, r), (_, t) in zip(p.rows.iterrows(), text.iterrows()):
+        for _, t in text.iterrows():
             rows.append([p.meta.part, t["shape"], t["engine vs peer"], t["ratio"], t["% of floor"], t["validity"],
                          p.meta.device, p.meta.commit or "unknown", p.meta.date])
     lines += _table(["part", "shape", "engine vs peer", "ratio", "% of floor", "validity", "device", "commit", "date"],

@@ -96,17 +96,6 @@ def _members(group: Group, jobs, part_name: str, device: str):
     return members
 
 
-def _roles(planned: Part, ran: Part) -> dict:
-    """variant name -> the engine and dtype the part planned for it (what the headline compares)."""
-    from harness.run.variant import Variant
-    roles = {}
-    for want, got in zip(planned.groups, ran.groups):
-        for s in got.shapes:
-            name = Variant(got.engine, s.seq_len, got.ranks, s.batch, got.dtype, label=got.label).name
-            roles[name] = {"role": want.engine, "dtype": want.dtype or "fp32", "label": want.label}
-    return roles
-
-
 def _routing_note(part: Part, model: str, jobs, smoke_run: bool) -> list[str]:
     """A skewed part measures how uneven its checkpoint routes (the reference, first 64 prompts)."""
     if not part.skew:
@@ -116,13 +105,13 @@ def _routing_note(part: Part, model: str, jobs, smoke_run: bool) -> list[str]:
 
     from harness.checkpoints.open import open_checkpoint
     from harness.jobs.files import read_inputs
+    from harness.jobs.prepare import release_gpu_cache
     from harness.measure.routing import layer_shares
     job = jobs[min(seq for seq, _ in jobs), "prefill"]
     tokens = read_inputs(job.inputs)[:64]
     device = "cuda" if (torch.cuda.is_available() and not smoke_run) else "cpu"
     shares = layer_shares(open_checkpoint(model), tokens, device)
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    release_gpu_cache()
     return [f"routing on this checkpoint (reference, {len(tokens)} prompts of {tokens.shape[1]} tokens): the busiest "
             f"quarter of the experts took {100 * np.mean(list(shares.values())):.1f} % of the routed slots (mean "
             f"over {len(shares)} MoE layers, {100 * min(shares.values()):.0f}-{100 * max(shares.values()):.0f} %)"]
@@ -190,10 +179,14 @@ def run_part(planned: Part, out: Path, device: str, smoke_run: bool = False, say
         say(f"{part.name}: preparing prompts and the reference's answers ({label})")
         jobs = _jobs(part, model, label, smoke_run)
         notes = list(part.notes) + _routing_note(part, model, jobs, smoke_run)
-        by_group, records = {}, []
-        for i, group in enumerate(part.groups):
+        by_group, records, roles = {}, [], {}
+        for i, (want, group) in enumerate(zip(planned.groups, part.groups)):
             say(f"{part.name}: [{i + 1}/{len(part.groups)}] {group.name}: {len(group.shapes)} shape(s) on one load")
-            got = run_group(_members(group, jobs, part.name, "cpu" if smoke_run else "auto"), tmp, group.name)
+            members = _members(group, jobs, part.name, "cpu" if smoke_run else "auto")
+            # what the headline compares: the engine and dtype the part planned (a stand-in ran in a smoke run)
+            roles.update({v.name: {"role": want.engine, "dtype": want.dtype or "fp32", "label": want.label}
+                          for v, _, _ in members})
+            got = run_group(members, tmp, group.name)
             by_group[group.name] = got
             records += got
             for r in got:
@@ -204,7 +197,7 @@ def run_part(planned: Part, out: Path, device: str, smoke_run: bool = False, say
                         commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         device=device, duration_s=round(time.time() - t0, 1), model=label,
                         model_config=open_checkpoint(model).config.to_hf_dict(), kind=part.kind,
-                        roles=_roles(planned, part), notes=notes, smoke=smoke_run)
+                        roles=roles, notes=notes, smoke=smoke_run)
         meta.write(tmp)
         final = part_folder(out, part, device)
         _repoint(tmp / "records", tmp, final)
