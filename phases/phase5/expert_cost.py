@@ -23,7 +23,7 @@ every rank alike, roughly) and noisier, which the record's measured-vs-predicted
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -76,5 +76,4 @@ def fit_cost_model(points) -> ExpertCostModel:
     model = ExpertCostModel(max(fixed, 0.0), max(per_row, 0.0), points=len(pts))
     predicted = model.shard_seconds(X[:, 0], X[:, 1])
     scale = float(np.sqrt(np.mean(y ** 2))) or 1.0
-    return ExpertCostModel(model.fixed_s, model.per_row_s, len(pts),
-                           float(np.sqrt(np.mean((predicted - y) ** 2)) / scale))
+    return replace(model, residual=float(np.sqrt(np.mean((predicted - y) ** 2)) / scale))

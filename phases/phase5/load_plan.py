@@ -27,19 +27,11 @@ from .expert_cost import ExpertCostModel
 from .placement import balanced_layers, critical_load, shard_loads
 
 
-def expert_seconds_by_layer(rows_by_layer: dict, model: ExpertCostModel) -> dict:
-    return {layer: model.expert_seconds(rows) for layer, rows in rows_by_layer.items()}
-
-
-def critical_imbalance(loads_by_layer: dict, placement: dict, shards: int) -> float:
-    total = float(sum(np.sum(v) for v in loads_by_layer.values()))
-    return critical_load(loads_by_layer, placement, shards) / (total / shards) if total > 0 else 1.0
-
-
 def plan_placement(rows_by_layer: dict, model: ExpertCostModel, current: dict, shards: int) -> tuple[dict, dict]:
     """-> (placement per layer, report). The report's lists are per shard, summed over layers."""
     rows = {layer: np.asarray(r, np.int64) for layer, r in rows_by_layer.items()}
-    seconds = expert_seconds_by_layer(rows, model)
+    seconds = {layer: model.expert_seconds(r) for layer, r in rows.items()}
+    total_s = float(sum(np.sum(v) for v in seconds.values()))  # the same whatever the placement
     new = balanced_layers(seconds, shards, current)
     report = {"rows": int(sum(r.sum() for r in rows.values())), "shards": shards, "cost_model": model.as_dict(),
               "layers": {}}
@@ -48,7 +40,7 @@ def plan_placement(rows_by_layer: dict, model: ExpertCostModel, current: dict, s
         report[f"shard_seconds_{key}"] = sum(shard_loads(seconds[l], placement[l], shards) for l in rows).tolist()
         report[f"critical_seconds_{key}"] = critical_load(seconds, placement, shards)
         report[f"critical_rows_{key}"] = int(critical_load(rows, placement, shards))
-        report[f"imbalance_{key}"] = critical_imbalance(seconds, placement, shards)
+        report[f"imbalance_{key}"] = report[f"critical_seconds_{key}"] / (total_s / shards) if total_s > 0 else 1.0
     for layer in sorted(rows):
         report["layers"][str(layer)] = {
             "expert_rows": rows[layer].tolist(),
