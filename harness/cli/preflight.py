@@ -131,13 +131,14 @@ def _check_fit(args, cfg, engines: list[str], ranks: int, seq_lens: list[int], n
     params = model_stats(cfg).total_params
     model_folder = _synthetic_folder(args) if not args.model else None
     smaller = "use --preset small or --preset tiny" if not args.model else "use a smaller checkpoint"
-    if model_folder is not None and not _complete(model_folder, args):
+    unwritten = model_folder is not None and not _complete(model_folder, args)  # a synthetic model still to make
+    if unwritten:
         need, free = params * 2, free_disk_bytes(model_folder.parent)  # bf16 weights
         if need > free:
             problems.append(f"the synthetic {cfg.name} checkpoint takes {need / GB:.1f} GB in {model_folder.parent}, "
                             f"which has {free / GB:.1f} GB free: {smaller}, or point LFM2_CACHE at a larger disk")
     needs = []  # (bytes, what takes them); the jobs run one after the other, so the largest counts
-    if _answers_to_compute(args, seq_lens, model_folder, n_data) and not _gpu_here():
+    if _answers_to_compute(args, seq_lens, model_folder, unwritten, n_data) and not _gpu_here():
         needs.append((params * 8, "computing the reference answers on the CPU (float64 weights)"))
     if not args.hostfile:  # across hosts, each holds only its own ranks
         for engine in engines:
@@ -164,14 +165,15 @@ def _complete(folder: Path, args) -> bool:
     return is_complete(folder, get_preset(args.preset), args.seed, args.skew)
 
 
-def _answers_to_compute(args, seq_lens: list[int], model_folder: Path | None, n_data: int | None) -> bool:
+def _answers_to_compute(args, seq_lens: list[int], model_folder: Path | None, unwritten: bool,
+                        n_data: int | None) -> bool:
     """Will the reference run in this process (answers or greedy tokens not cached yet)?"""
     if args.no_validate or args.answers and args.workload != "generate":
         return False
     from harness.cli.job_args import DEFAULT_SAMPLES
     from harness.jobs.prepare import cached_answers_path, greedy_answers_path, synthetic_job_folder
     model = Path(args.model).resolve() if args.model else model_folder
-    if model is None or (model_folder is not None and not _complete(model_folder, args)):
+    if model is None or unwritten:
         return True  # the model is not written yet, so nothing computed from it is cached
     if args.data:
         data = Path(args.data).resolve()
