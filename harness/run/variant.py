@@ -29,6 +29,8 @@ from harness.run.launch import MPILaunchError, launch_worker
 from harness.run.spec import WorkerSpec, write_spec_group
 
 
+LOAD_ALLOWANCE_S = 1800.0  # beyond the timed budget: start-up, the engine's load and warm-up, the report
+
 @dataclass(frozen=True)
 class Variant:
     engine: str
@@ -66,7 +68,7 @@ class RunSettings:
     nvml_interval_s: float = 0.1  # NVML sampling period in the timed region
 
     def launch_timeout(self) -> float:
-        return self.timeout_s if self.timeout_s else self.budget_s + 1800.0
+        return self.timeout_s if self.timeout_s else self.budget_s + LOAD_ALLOWANCE_S
 
 
 def worker_spec(variant: Variant, job: PreparedJob, run_dir: Path, settings: RunSettings) -> WorkerSpec:
@@ -130,7 +132,7 @@ def run_group(members: list[tuple[Variant, PreparedJob, RunSettings]], run_dir: 
     specs = [worker_spec(v, job, run_dir, s) for v, job, s in members]
     group = write_spec_group(run_dir / "specs" / f"{name}.group.json",
                              [spec.write(run_dir / "specs" / f"{v.name}.json") for spec, (v, _, _) in zip(specs, members)])
-    timeout = base.timeout_s or sum(s.budget_s for _, _, s in members) + 1800.0
+    timeout = base.timeout_s or sum(s.budget_s for _, _, s in members) + LOAD_ALLOWANCE_S
     started = time.monotonic()
     try:
         result = launch_worker(group, first.ranks, run_dir / "logs", name, timeout_s=timeout,
