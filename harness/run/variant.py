@@ -28,8 +28,8 @@ from harness.run.interrupt import Interrupted
 from harness.run.launch import MPILaunchError, launch_worker
 from harness.run.spec import WorkerSpec, write_spec_group
 
-
 LOAD_ALLOWANCE_S = 1800.0  # beyond the timed budget: start-up, the engine's load and warm-up, the report
+
 
 @dataclass(frozen=True)
 class Variant:
