@@ -1,6 +1,8 @@
 """The suite's parts meet the measurement minimums they promise, and `suite --help` says what each costs."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from harness.__main__ import main as harness_main
@@ -63,6 +65,17 @@ def test_prefill_shapes_and_their_minimum_of_10_s_or_256_samples():
         assert all(s.samples >= 256 or s.budget_s >= 10 for _, s, _ in _variants(PARTS[part]))
     assert PARTS["prefill-skew"].skew == SKEW_70
     assert {(s.batch, s.seq_len) for _, s, _ in _variants(PARTS["prefill-skew"])} == {(64, 16), (8, 512)}
+
+
+def test_prefill_profiles_the_optimized_engine_so_its_report_says_where_the_time_goes(tmp_path):
+    from harness.suite.runner import _members
+    groups = PARTS["prefill"].groups
+    assert {(g.engine, g.profile_ops) for g in groups} == {("optimized", True), ("hf", False)}
+    job = dataclasses.make_dataclass("Job", [("samples", int)])(0)
+    jobs = {(s.seq_len, g.workload): job for g in groups for s in g.shapes}
+    for g in groups:
+        settings = [m[2] for m in _members(g, jobs, "prefill", "cpu")]
+        assert len(settings) == len(g.shapes) and all(st.profile_ops == g.profile_ops for st in settings)
 
 
 def test_decode_accuracy_and_sweep_cover_what_the_issue_asks():

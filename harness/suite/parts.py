@@ -46,6 +46,7 @@ class Group:
     label: str | None = None  # variant-name suffix telling these runs from the same shapes without the options
     workload: str = "prefill"
     max_new_tokens: int = 32
+    profile_ops: bool = False  # after its timed region, one forward per shape under torch.profiler (report: where the time goes)
 
     @property
     def name(self) -> str:
@@ -64,8 +65,9 @@ class Part:
     notes: tuple[str, ...] = field(default=())
 
 
-def _peers(dtype: str, shapes: tuple[Shape, ...]) -> tuple[Group, Group]:
-    return Group("optimized", dtype, 1, shapes), Group("hf", dtype, 1, shapes)
+def _peers(dtype: str, shapes: tuple[Shape, ...], profile: bool = False) -> tuple[Group, Group]:
+    """optimized and hf on the same shapes; with `profile` the optimized engine's kernels are profiled."""
+    return Group("optimized", dtype, 1, shapes, profile_ops=profile), Group("hf", dtype, 1, shapes)
 
 
 def _ladder(seq_len: int, ranks: tuple[int, ...] = (1, 2)) -> Part:
@@ -103,8 +105,8 @@ PREFILL = Part(
     "prefill", "optimized beside hf in the same run: bf16 1x16, 64x16, 8x512, 16x512 and fp32 64x16 (tokens/s, "
     "% of the floor)", "~3 min: 4 loads (optimized, hf; bf16 and fp32), ~15 s of timed forwards",
     _peers("bf16", (Shape(16, 1, 256, 10.0, 3), Shape(16, 64, 1024, 10.0, 3), Shape(512, 8, 256, 10.0, 3),
-                    Shape(512, 16, 256, 10.0, 3)))
-    + _peers("fp32", (Shape(16, 64, 1024, 10.0, 3),)))
+                    Shape(512, 16, 256, 10.0, 3)), profile=True)
+    + _peers("fp32", (Shape(16, 64, 1024, 10.0, 3),), profile=True))
 
 PREFILL_SKEW = Part(
     "prefill-skew", f"the prefill headline shapes (bf16 64x16, 8x512) on the synthetic model made with make-model "

@@ -91,7 +91,7 @@ def _members(group: Group, jobs, part_name: str, device: str):
         settings = RunSettings(run_id=part_name, budget_s=s.budget_s, warmup=s.warmup, device=device,
                                options=dict(group.options), workload=group.workload,
                                max_new_tokens=group.max_new_tokens, timeout_s=GROUP_TIMEOUT_S,
-                               nvml_interval_s=s.nvml_interval_s)
+                               nvml_interval_s=s.nvml_interval_s, profile_ops=group.profile_ops)
         members.append((Variant(group.engine, s.seq_len, group.ranks, s.batch, group.dtype, label=group.label), job, settings))
     return members
 
