@@ -223,6 +223,8 @@ class Kernels:
             if v.smem > 48 * 1024:  # above the default limit a block must ask for its shared memory
                 for k in pair:
                     k.function.set_attribute(attr, v.smem)
+            if v.module == "moe_wgmma":  # they wait for PDL (moe_wgmma.cu): the down's first weights load early
+                self.pdl_kernels.update(pair)
             self.moe[v.name] = (v, *pair)
 
     def _go(self, kernel, grid, block, args, shared=0, **shapes):

@@ -21,6 +21,8 @@ import ctypes
 import numpy as np
 
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID in cuda.h
+CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CUfunction_attribute in cuda.h
+DEFAULT_DYNAMIC_SMEM = 48 * 1024  # what a function may take before it is allowed more
 
 
 class _Attribute(ctypes.Structure):  # CUlaunchAttribute: id, pad to 8, a 64-byte value union
@@ -45,6 +47,7 @@ def _driver():
         _lib = ctypes.CDLL("libcuda.so.1")
         _lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(_Config), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
                                           ctypes.c_void_p]
+        _lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         _ATTR = _Attribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
     return _lib
 
@@ -57,7 +60,8 @@ def _check(rc: int, what: str) -> None:
 
 
 class PdlModule:
-    """A cubin loaded through the driver API; `function(name)` is its CUfunction handle."""
+    """A cubin loaded through the driver API; `function(name)` is its CUfunction handle (a function of
+    its own: attributes set on PyCUDA's copy, such as its dynamic shared memory, do not carry over)."""
 
     def __init__(self, cubin: bytes):
         self._cubin = ctypes.create_string_buffer(cubin)  # alive as long as the module
@@ -74,6 +78,9 @@ class PdlModule:
         return self._functions[name]
 
 
+_smem_allowed: dict[int, int] = {}  # CUfunction handle -> dynamic shared memory it may take
+
+
 def _c_value(a):
     if isinstance(a, (np.uintp, np.uint64)):
         return ctypes.c_uint64(int(a))
@@ -85,8 +92,13 @@ def _c_value(a):
 
 
 def launch_pdl(function: ctypes.c_void_p, grid, block, args, stream_handle: int, shared: int = 0) -> None:
-    """Launch `function` on `stream_handle` with the programmatic-serialization attribute."""
+    """Launch `function` on `stream_handle` with the programmatic-serialization attribute; past 48 KB of
+    dynamic shared memory the function is first allowed `shared` bytes (once per function and size)."""
     lib = _driver()
+    if shared > _smem_allowed.get(function.value, DEFAULT_DYNAMIC_SMEM):
+        _check(lib.cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared),
+               "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+        _smem_allowed[function.value] = shared
     grid = tuple(grid) + (1,) * (3 - len(grid))
     block = tuple(block) + (1,) * (3 - len(block))
     values = [_c_value(a) for a in args]
