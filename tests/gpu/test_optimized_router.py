@@ -38,11 +38,16 @@ def check_routing(idx, wts, s, bias, k: int, scale: float) -> None:
 @pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (4, 32, 4, 2048), (64, 32, 4, 2048), (5, 64, 8, 64),
                                      (2, 8, 2, 24)])
 def test_router_topk(R, T, E, k, H):
+    check_router(R.router_topk, T, E, k, H)
+
+
+def check_router(router, T: int, E: int, k: int, H: int) -> None:
+    """router(h32, gate, bias, k, norm_topk, scale, idx, wts) on random fp32 rows against float64."""
     h32 = rand(T, H, dtype=torch.float32)
     gate = rand(E, H, dtype=torch.float32, scale=H ** -0.5)
     bias = rand(E, dtype=torch.float32, scale=0.05)
     idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
-    run(lambda: R.router_topk(h32, gate, bias, k, True, 2.5, idx, wts))
+    run(lambda: router(h32, gate, bias, k, True, 2.5, idx, wts))
     check_routing(idx, wts, torch.sigmoid(h32.double() @ gate.double().T), bias, k, 2.5)
 
 
@@ -51,12 +56,7 @@ def test_router_topk(R, T, E, k, H):
 @pytest.mark.parametrize("T,E,k,H", [(65, 32, 4, 2048), (1024, 32, 4, 2048), (13, 64, 8, 256), (200, 41, 4, 512),
                                      (8, 8, 2, 768)])
 def test_router_rows(R, T, E, k, H):
-    h32 = rand(T, H, dtype=torch.float32)
-    gate = rand(E, H, dtype=torch.float32, scale=H ** -0.5)
-    bias = rand(E, dtype=torch.float32, scale=0.05)
-    idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
-    run(lambda: R.router_rows(h32, gate, bias, k, True, 2.5, idx, wts))
-    check_routing(idx, wts, torch.sigmoid(h32.double() @ gate.double().T), bias, k, 2.5)
+    check_router(R.router_rows, T, E, k, H)
 
 
 def test_router_rows_refuses_what_it_cannot_take(R):
