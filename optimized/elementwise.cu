@@ -234,51 +234,35 @@ __device__ void route(const T* logits, const float* bias, int ntok, int E, int k
 // the combine goes by pair id, so results do not depend on it); expert_offsets[E + 1]; and for
 // the grouped GEMM with row tiles of BM: tiles[3 * i] = {expert, first row, end row}, num_tiles.
 // Everything stays on the device: no host synchronisation between routing and the experts.
-// Each warp counts and places a contiguous chunk of the pairs with counters of its own, so that
-// the block's shared-memory atomics spread over warps x E counters instead of all landing on E.
 #define SORT_MAX_E 256
-#define SORT_MAX_WARPS 32
 __device__ void moe_sort(const int* idx, int npairs, int E, int BM, int* sorted_pair, int* expert_offsets,
                          int* tiles, int* num_tiles)
 {
-    __shared__ int count[SORT_MAX_WARPS][SORT_MAX_E];  // warp w's pairs per expert, then its cursors
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-    const int chunk = (npairs + nwarps - 1) / nwarps, p0 = warp * chunk, p1 = min(npairs, p0 + chunk);
-    for (int i = threadIdx.x; i < nwarps * SORT_MAX_E; i += blockDim.x) count[i / SORT_MAX_E][i % SORT_MAX_E] = 0;
+    __shared__ int count[SORT_MAX_E], cursor[SORT_MAX_E];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;
     __syncthreads();
-    for (int p = p0 + lane; p < p1; p += 32) atomicAdd(&count[warp][idx[p]], 1);
+    for (int p = threadIdx.x; p < npairs; p += blockDim.x) atomicAdd(&count[idx[p]], 1);
     __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {  // each warp's start inside expert e; the total aside
-        int acc = 0;
-        for (int w = 0; w < nwarps; ++w) {
-            const int c = count[w][e];
-            count[w][e] = acc;
-            acc += c;
-        }
-        expert_offsets[e] = acc;  // the count for now; thread 0 turns the counts into offsets
-    }
-    __syncthreads();
-    __shared__ int offset[SORT_MAX_E];
     if (threadIdx.x == 0) {
         int acc = 0, tile = 0;
         for (int e = 0; e < E; ++e) {
-            const int n = expert_offsets[e];
-            offset[e] = acc;
+            cursor[e] = acc;
             expert_offsets[e] = acc;
-            for (int r = 0; r < n; r += BM, ++tile) {
+            for (int r = 0; r < count[e]; r += BM, ++tile) {
                 tiles[3 * tile] = e;
                 tiles[3 * tile + 1] = acc + r;
-                tiles[3 * tile + 2] = acc + n;
+                tiles[3 * tile + 2] = acc + count[e];
             }
-            acc += n;
+            acc += count[e];
         }
         expert_offsets[E] = acc;
         *num_tiles = tile;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < nwarps * E; i += blockDim.x) count[i / E][i % E] += offset[i % E];
-    __syncthreads();
-    for (int p = p0 + lane; p < p1; p += 32) sorted_pair[atomicAdd(&count[warp][idx[p]], 1)] = p;
+    for (int p = threadIdx.x; p < npairs; p += blockDim.x) {
+        int pos = atomicAdd(&cursor[idx[p]], 1);
+        sorted_pair[pos] = p;
+    }
 }
 
 // ----- unmangled instantiations ---------------------------------------------------------------------
@@ -325,4 +309,4 @@ INSTANTIATE(bf16, bf16)
 
 extern "C" __global__ void moe_sort_pairs(const int* idx, int npairs, int E, int BM, int* sorted_pair,
                                           int* expert_offsets, int* tiles, int* num_tiles)
-{ pdl_wait(); pdl_trigger(); moe_sort(idx, npairs, E, BM, sorted_pair, expert_offsets, tiles, num_tiles); }
+{ moe_sort(idx, npairs, E, BM, sorted_pair, expert_offsets, tiles, num_tiles); }

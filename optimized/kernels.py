@@ -211,7 +211,7 @@ class Kernels:
                            if dtype == torch.bfloat16 else {})
         self.attn_variant = "mma"  # a test or benchmark may set "simt" to compare
         self.pdl = False  # the engine's choice: launch the kernels that wait for it with PDL
-        self.pdl_kernels = {self.k_embed, self.k_embed_norm, self.k_add_norm, self.k_add_norm_vec8, self.k_sort}
+        self.pdl_kernels = {self.k_embed, self.k_embed_norm, self.k_add_norm, self.k_add_norm_vec8}
         from harness.gpu.context import import_driver
         attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
         self.moe: dict[str, tuple] = {}  # variant name -> (variant, gate/up kernel, down kernel)

@@ -10,10 +10,9 @@ device work its CUDA graphs capture, shared by the forward, the prefill and the 
 |                            | GQA kernel (bf16 head_dim 64: tensor cores, attention_mma.cu; else    |
 |                            | attention.cu), out_proj (cuBLAS)                                      |
 | dense FFN (layers < 2)     | fused w1|w3 GEMM (cuBLAS), silu_mul kernel, w2 (cuBLAS)               |
-| MoE                        | fp32 router and biased top-k in one kernel (router.py's router_rows;  |
-|                            | cuBLAS + route where H is not a multiple of 256), sort of the (token, |
-|                            | slot) pairs by expert on the device, grouped gate/up GEMM with        |
-|                            | SiLU*up in its epilogue, grouped down GEMM that applies the           |
+| MoE                        | router GEMM (cuBLAS), route kernel (fp32 biased top-k), sort of the   |
+|                            | (token, slot) pairs by expert on the device, grouped gate/up GEMM     |
+|                            | with SiLU*up in its epilogue, grouped down GEMM that applies the      |
 |                            | routing weight; the k slots are summed by the next add_norm. The      |
 |                            | GEMM variant is picked per forward shape from its token count:        |
 |                            | weight-streaming mma.sync tiles of 16-64 rows for small batches,      |
@@ -181,8 +180,6 @@ class ForwardLayers:
         K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
         if small:
             R.router_topk(P.h32, L["gate"], L["bias"], *route)
-        elif moe and R.router_rows_takes(cfg.hidden_size, cfg.num_experts):
-            R.router_rows(P.h32, L["gate"], L["bias"], *route)
         elif moe:
             self._mm(P.h32, L["gate"], P.router)
             K.route(P.router, L["bias"], *route)

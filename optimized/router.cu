@@ -1,14 +1,12 @@
 // The MoE router kernels of the small-batch path (decode at batch 1-64): ffn_norm, the fp32 router
 // GEMV and the biased top-k (route.cuh) fused, so that the routing is one launch or none between
 // the mixer and the experts. The router weight is 256 KB (E = 32 rows of H = 2048 fp32 columns):
-// one block per token re-reads it from L2, so from 65 tokens on router_rows shares each load among 8.
+// one block per token re-reads it from L2, so from 64 tokens on cuBLAS's GEMM is the better reader.
 //
 // Kernels (T = bf16 or float storage of y, w, h; x, the router and the logits are fp32):
 //   router_topk(h32, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       one block per token: the E fp32 router logits into shared memory, then route_token's
 //       biased top-k, replacing a cuBLAS GEMV (2 launches) and the route launch (H > 2048);
-//   router_rows32 / router_rows64(h32, gate, bias, ntok, H, E, k, norm_topk, scale, idx, wts)
-//       the same from 65 tokens on: 8 tokens per block sharing each weight load (E <= 32 / 64);
 //   norm_route_<sfx>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       ffn_norm (one addend) and the router in one block per token (H <= 2048);
 //   norm_route_split_<sfx>(..., ntok, logits_g, count)   the same for 1-2 tokens over E / (H / 256) blocks;
@@ -40,107 +38,6 @@ extern "C" __global__ void __launch_bounds__(RT_THREADS)
     if (warp == 0)
         route_token<float>(logits, bias, E, k, norm_topk, scale, idx + (size_t)t * k, wts + (size_t)t * k, lane);
 }
-
-// Many tokens (the prefill past 64): RR_TOKENS tokens per block share every router weight a lane
-// loads. A lane holds RR_U float4 of each of its warp's experts (warp w: experts w, w + 8, ...; EPW of
-// them) in registers and multiplies them with every token's same columns, which the block stages in
-// shared memory, double-buffered, the next step's weights and tokens in flight meanwhile; warp t then
-// routes token t. Replaces cuBLAS's fp32 GEMM ([T, H] x [H, E]: two launches) and the route launch.
-// h32 [ntok, H] fp32 (add_norm's unrounded copy), gate [E, H] fp32, H % (32 * 4 * RR_U) == 0, E <= 64.
-#define RR_TOKENS 8  // = warps per block
-#define RR_U 2       // float4 per lane, expert and step: 256 columns a step
-template <int EPW>
-__device__ void router_rows(const float* h32, const float* gate, const float* bias, int ntok, int H, int E, int k,
-                            int norm_topk, float scale, int* idx, float* wts)
-{
-    constexpr int TT = RR_TOKENS, CH4 = 32 * RR_U, PER = TT * CH4 / (TT * 32);  // float4: a step's row, per thread
-    __shared__ __align__(16) float4 hs[2][TT][CH4];
-    __shared__ float logits[TT][64];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int t0 = blockIdx.x * TT, nt = min(TT, ntok - t0);
-    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-    float4 w[EPW][RR_U], wn[EPW][RR_U], hn[PER];
-    auto load_w = [&](float4 (&dst)[EPW][RR_U], int c) {  // c: the step's first float4 of a row
-#pragma unroll
-        for (int j = 0; j < EPW; ++j) {
-            const int e = warp + TT * j;
-#pragma unroll
-            for (int u = 0; u < RR_U; ++u)
-                dst[j][u] = e < E ? reinterpret_cast<const float4*>(gate + (size_t)e * H)[c + u * 32 + lane] : zero;
-        }
-    };
-    auto load_h = [&](int c) {  // thread i stages float4 i % CH4 of token i / CH4, for i = tid, tid + 256, ...
-#pragma unroll
-        for (int r = 0; r < PER; ++r) {
-            const int i = threadIdx.x + r * TT * 32, t = i / CH4;
-            hn[r] = t < nt ? reinterpret_cast<const float4*>(h32 + (size_t)(t0 + t) * H)[c + i % CH4] : zero;
-        }
-    };
-    auto stage_h = [&](int b) {
-#pragma unroll
-        for (int r = 0; r < PER; ++r) {
-            const int i = threadIdx.x + r * TT * 32;
-            hs[b][i / CH4][i % CH4] = hn[r];
-        }
-    };
-    load_w(w, 0);  // weights: nothing writes them, so they load before the wait
-    pdl_wait();
-    pdl_trigger();
-    load_h(0);
-    stage_h(0);
-    __syncthreads();
-    float acc[TT][EPW] = {};
-    const int steps = H / (4 * CH4);
-    for (int st = 0; st < steps; ++st) {
-        const int b = st & 1;
-        const bool more = st + 1 < steps;
-        if (more) {
-            load_w(wn, (st + 1) * CH4);
-            load_h((st + 1) * CH4);
-        }
-#pragma unroll
-        for (int t = 0; t < TT; ++t)
-#pragma unroll
-            for (int u = 0; u < RR_U; ++u) {
-                const float4 hv = hs[b][t][u * 32 + lane];
-#pragma unroll
-                for (int j = 0; j < EPW; ++j) {
-                    acc[t][j] = fmaf(w[j][u].x, hv.x, acc[t][j]);
-                    acc[t][j] = fmaf(w[j][u].y, hv.y, acc[t][j]);
-                    acc[t][j] = fmaf(w[j][u].z, hv.z, acc[t][j]);
-                    acc[t][j] = fmaf(w[j][u].w, hv.w, acc[t][j]);
-                }
-            }
-        if (more) {
-            stage_h(b ^ 1);  // read last in the step before, which every warp has left (the barrier below)
-#pragma unroll
-            for (int j = 0; j < EPW; ++j)
-#pragma unroll
-                for (int u = 0; u < RR_U; ++u) w[j][u] = wn[j][u];
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int t = 0; t < TT; ++t)
-#pragma unroll
-        for (int j = 0; j < EPW; ++j) {
-            const float s = warp_sum(acc[t][j]);
-            const int e = warp + TT * j;
-            if (lane == 0 && e < E) logits[t][e] = s;
-        }
-    __syncthreads();
-    if (warp < nt)
-        route_token<float>(logits[warp], bias, E, k, norm_topk, scale, idx + (size_t)(t0 + warp) * k,
-                           wts + (size_t)(t0 + warp) * k, lane);
-}
-extern "C" __global__ void __launch_bounds__(RR_TOKENS * 32) router_rows32(
-    const float* h32, const float* gate, const float* bias, int ntok, int H, int E, int k, int norm_topk, float scale,
-    int* idx, float* wts)
-{ router_rows<32 / RR_TOKENS>(h32, gate, bias, ntok, H, E, k, norm_topk, scale, idx, wts); }
-extern "C" __global__ void __launch_bounds__(RR_TOKENS * 32) router_rows64(
-    const float* h32, const float* gate, const float* bias, int ntok, int H, int E, int k, int norm_topk, float scale,
-    int* idx, float* wts)
-{ router_rows<64 / RR_TOKENS>(h32, gate, bias, ntok, H, E, k, norm_topk, scale, idx, wts); }
 
 // The MoE layer's ffn_norm fused with its router (batch <= 64 tokens, H <= 2048): one block of
 // H/2 threads per token does add_norm's work for one addend (x += y; h = rmsnorm(x) * w, the same

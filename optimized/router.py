@@ -4,10 +4,10 @@ tensors, in gemv.py's style: each method checks dtype, shape, contiguity and 16-
 then launches on `stream`.
 
 Which shapes take them is the engine's choice (optimized/layers.py): at most ROUTER_MAX_TOKENS
-tokens (one block per token re-reads the 256 KB router weight from L2); norm_route where
-H <= NORM_ROUTE_MAX_H (`norm_route_takes`), else add_norm then router_topk; at 1-2 tokens the
-router folded through out_proj (`folds_router`: out_router, then norm_route_folded). Past 64
-tokens add_norm then router_rows, which shares each weight load among 8 tokens.
+tokens (one block per token re-reads the 256 KB router weight from L2; past 64 tokens cuBLAS's
+GEMM is the better reader); norm_route where H <= NORM_ROUTE_MAX_H (`norm_route_takes`), else
+add_norm then router_topk; at 1-2 tokens the router folded through out_proj (`folds_router`:
+out_router, then norm_route_folded).
 """
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ NORM_ROUTE_SPLIT_MAX_TOKENS = 2  # = NRS_MAXT: norm_route_split's tokens per lau
 FOLDED_ROUTER_PARTS = 4  # = FR_PARTS: slices of K per folded-router row (out_router's partial logits)
 ROUTER_MAX_E = 64
 ROUTER_MAX_TOKENS = 64
-ROWS_TOKENS = 8  # = RR_TOKENS: router_rows's tokens per block (and warps)
-ROWS_COLUMNS = 256  # = 32 * 4 * RR_U: the columns of one step (H must be a multiple)
 
 
 class RouterKernels:
@@ -37,7 +35,6 @@ class RouterKernels:
         self.dtype, self.stream, sfx = dtype, stream, SUFFIX[dtype]
         m = load_module(HERE / "router.cu", gpu)
         self.k_router = m.kernel("router_topk")
-        self.k_router_rows = {32: m.kernel("router_rows32"), 64: m.kernel("router_rows64")}  # by most experts
         self.k_norm_route = m.kernel(f"norm_route_{sfx}")
         self.k_norm_route_split = m.kernel(f"norm_route_split_{sfx}")
         self.k_norm_route_folded = m.kernel(f"norm_route_folded_{sfx}")
@@ -142,28 +139,6 @@ class RouterKernels:
                   i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts), i32(T)), T=T, E=E, H=H)
 
     # ----- router ------------------------------------------------------------------------------------------
-    @staticmethod
-    def router_rows_takes(H: int, E: int) -> bool:
-        """router_rows: whole steps of ROWS_COLUMNS columns, E <= ROUTER_MAX_E."""
-        return H % ROWS_COLUMNS == 0 and E <= ROUTER_MAX_E
-
-    def router_rows(self, h32, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:
-        """router_topk's outputs for many tokens: ROWS_TOKENS tokens per block share each router weight
-        load (ceil(T / ROWS_TOKENS) blocks), for the prefill from ROUTER_MAX_TOKENS + 1 tokens on."""
-        for t, n in ((h32, "h32"), (gate, "router weight"), (bias, "expert_bias"), (wts, "wts")):
-            _dev(t, torch.float32, n)
-        _dev(idx, torch.int32, "idx")
-        E, H = gate.shape
-        T = h32.numel() // H
-        _need(self.router_rows_takes(H, E) and 1 <= k <= min(E, 32), f"router_rows needs H % {ROWS_COLUMNS} == 0, "
-              f"E <= {ROUTER_MAX_E} and k <= 32 (got H={H}, E={E}, k={k})")
-        _need(_aligned(h32) and _aligned(gate), "h32 and the router weight need 16-byte rows")
-        _need(h32.numel() == T * H and idx.numel() == T * k and wts.numel() == T * k,
-              f"h32 must be [T, {H}] and idx, wts [T, {k}]")
-        self._go(self.k_router_rows[32 if E <= 32 else 64], (-(-T // ROWS_TOKENS),), (ROWS_TOKENS * 32,),
-                 (ptr(h32), ptr(gate), ptr(bias), i32(T), i32(H), i32(E), i32(k), i32(bool(norm_topk)), f32(scale),
-                  ptr(idx), ptr(wts)), T=T, E=E, H=H)
-
     def router_topk(self, h32, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:
         """idx, wts [T, k] = route(h32 [T, H] @ gate [E, H]^T): fp32 logits, then the biased top-k
         of kernels.route, in one launch of T blocks."""

@@ -177,7 +177,7 @@ def routed(K, T, E, k, H=64, seed=None, variant=None):
 
 
 @pytest.mark.parametrize("tile_variant", [None, "mma16", "mma64"])
-@pytest.mark.parametrize("T,E,k", [(1, 8, 2), (37, 8, 3), (200, 32, 4), (5, 64, 8), (4096, 32, 4), (1000, 64, 8)])
+@pytest.mark.parametrize("T,E,k", [(1, 8, 2), (37, 8, 3), (200, 32, 4), (5, 64, 8)])
 def test_route_and_sort(K, T, E, k, tile_variant):
     logits, bias, idx, wts, sp, offs, tiles, nt = routed(K, T, E, k, variant=tile_variant)
     s = torch.sigmoid(logits.float()).to(K.dtype).double()  # bf16: HF takes the sigmoid in bf16

@@ -38,32 +38,12 @@ def check_routing(idx, wts, s, bias, k: int, scale: float) -> None:
 @pytest.mark.parametrize("T,E,k,H", [(1, 32, 4, 2048), (4, 32, 4, 2048), (64, 32, 4, 2048), (5, 64, 8, 64),
                                      (2, 8, 2, 24)])
 def test_router_topk(R, T, E, k, H):
-    check_router(R.router_topk, T, E, k, H)
-
-
-def check_router(router, T: int, E: int, k: int, H: int) -> None:
-    """router(h32, gate, bias, k, norm_topk, scale, idx, wts) on random fp32 rows against float64."""
     h32 = rand(T, H, dtype=torch.float32)
     gate = rand(E, H, dtype=torch.float32, scale=H ** -0.5)
     bias = rand(E, dtype=torch.float32, scale=0.05)
     idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
-    run(lambda: router(h32, gate, bias, k, True, 2.5, idx, wts))
+    run(lambda: R.router_topk(h32, gate, bias, k, True, 2.5, idx, wts))
     check_routing(idx, wts, torch.sigmoid(h32.double() @ gate.double().T), bias, k, 2.5)
-
-
-# the prefill's many-token router: whole blocks of 8 tokens and a partial last one, E of 32 (4 experts
-# per warp), 41 and 64 (the 64-expert build, warps with and without a last expert), one 256-column step
-@pytest.mark.parametrize("T,E,k,H", [(65, 32, 4, 2048), (1024, 32, 4, 2048), (13, 64, 8, 256), (200, 41, 4, 512),
-                                     (8, 8, 2, 768)])
-def test_router_rows(R, T, E, k, H):
-    check_router(R.router_rows, T, E, k, H)
-
-
-def test_router_rows_refuses_what_it_cannot_take(R):
-    h32 = rand(16, 200, dtype=torch.float32)
-    idx, wts = poisoned(16, 4, dtype=torch.int32), poisoned(16, 4, dtype=torch.float32)
-    with pytest.raises(ValueError, match="H % 256"):
-        R.router_rows(h32, rand(32, 200, dtype=torch.float32), rand(32, dtype=torch.float32), 4, True, 1.0, idx, wts)
 
 
 @pytest.fixture(params=[True, False], ids=["split", "block_per_token"])
