@@ -175,21 +175,18 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
     const char* a_src[ACH];
     bool a_ok[ACH];
     tile_row_sources<bf16, MODE, ACH, RPP>(A, sorted_pair, row0, rows, K, topk, lrow, kc, a_src, a_ok);
-    // a stage's copies (past K, or past the rows / columns, they zero-fill): the tile rows, the weight rows
-    auto load_rows = [&](int stage, int kt) {
-        unsigned char* s = smem + stage * STAGE_BYTES + dst_off;
+    // k-step kt's copies of the rows in src into the stage from byte `at` on (past K, or past the rows /
+    // columns, they zero-fill): the tile rows (a_src, at the stage's start) or the weight rows (w_src)
+    auto copy_rows = [&](unsigned at, const auto& src, const auto& ok, int kt) {
+        unsigned char* s = smem + at + dst_off;
         const size_t kb = (size_t)kt * ROW_BYTES;
         const bool kok = kb + kc < kbytes;
 #pragma unroll
-        for (int i = 0; i < ACH; ++i) cp_async16(s + i * RPP * ROW_BYTES, a_src[i] + (kok ? kb : 0), a_ok[i] && kok);
+        for (int i = 0; i < (int)(sizeof(ok) / sizeof(ok[0])); ++i)
+            cp_async16(s + i * RPP * ROW_BYTES, src[i] + (kok ? kb : 0), ok[i] && kok);
     };
-    auto load_weights = [&](int stage, int kt) {
-        unsigned char* s = smem + stage * STAGE_BYTES + A_BYTES + dst_off;
-        const size_t kb = (size_t)kt * ROW_BYTES;
-        const bool kok = kb + kc < kbytes;
-#pragma unroll
-        for (int i = 0; i < WCH; ++i) cp_async16(s + i * RPP * ROW_BYTES, w_src[i] + (kok ? kb : 0), w_ok[i] && kok);
-    };
+    auto load_rows = [&](int stage, int kt) { copy_rows(stage * STAGE_BYTES, a_src, a_ok, kt); };
+    auto load_weights = [&](int stage, int kt) { copy_rows(stage * STAGE_BYTES + A_BYTES, w_src, w_ok, kt); };
     auto load_stage = [&](int stage, int kt) {
         load_rows(stage, kt);
         load_weights(stage, kt);
@@ -203,12 +200,9 @@ __device__ void moe_wgmma(const bf16* A, const bf16* W, bf16* out, const int* so
     pdl_trigger();
 #pragma unroll
     for (int s = 0; s < STAGES - 2; ++s) {  // one commit group per stage, empty ones past K
-        if constexpr (MODE == MODE_DOWN) {
-            load_rows(s, s);
-            cp_async_commit();
-        } else {
-            load_stage(s, s);
-        }
+        load_rows(s, s);
+        if constexpr (MODE == MODE_GATEUP) load_weights(s, s);  // the down's went ahead of the wait
+        cp_async_commit();
     }
 
     // DOWN: each row's pair and bf16-rounded routing weight, read now so that their latency hides behind

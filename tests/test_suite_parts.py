@@ -67,7 +67,7 @@ def test_prefill_shapes_and_their_minimum_of_10_s_or_256_samples():
     assert {(s.batch, s.seq_len) for _, s, _ in _variants(PARTS["prefill-skew"])} == {(64, 16), (8, 512)}
 
 
-def test_prefill_profiles_the_optimized_engine_so_its_report_says_where_the_time_goes(tmp_path):
+def test_prefill_profiles_the_optimized_engine_so_its_report_says_where_the_time_goes():
     from harness.suite.runner import _members
     groups = PARTS["prefill"].groups
     assert {(g.engine, g.profile_ops) for g in groups} == {("optimized", True), ("hf", False)}
