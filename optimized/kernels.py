@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from harness.gpu import launch, load_module
+from harness.gpu.pdl import DEFAULT_DYNAMIC_SMEM
 
 HERE = Path(__file__).parent
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -220,7 +221,7 @@ class Kernels:
                 modules[v.module] = load_module(HERE / f"{v.module}.cu", gpu, arch=f"{v.arch}a" if v.arch else None)
             mod, stem = modules[v.module], v.stem.format(sfx=sfx)
             pair = (mod.kernel(f"moe_gateup_{stem}"), mod.kernel(f"moe_down_{stem}"))
-            if v.smem > 48 * 1024:  # above the default limit a block must ask for its shared memory
+            if v.smem > DEFAULT_DYNAMIC_SMEM:  # above the default limit a block must ask for its shared memory
                 for k in pair:
                     k.function.set_attribute(attr, v.smem)
             if v.module == "moe_wgmma":  # they wait for PDL (moe_wgmma.cu): the down's first weights load early
