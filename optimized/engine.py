@@ -238,7 +238,7 @@ class OptimizedEngine(ForwardLayers, Generation, Engine):
         if out.shape != (tokens.shape[0], self.config.vocab_size) or out.dtype != np.float32:
             raise ValueError(f"out must be float32 {(tokens.shape[0], self.config.vocab_size)}, got {out.dtype} "
                              f"{out.shape}")
-        per = self.sequences_per_forward(tokens.shape[1])
+        per = self.sequences_per_chunk(tokens.shape[1])
         for b in range(0, tokens.shape[0], per):
             self._forward_chunk(tokens[b:b + per], out[b:b + per])
 
@@ -246,7 +246,7 @@ class OptimizedEngine(ForwardLayers, Generation, Engine):
         """Distinct experts routed to in each MoE layer by one eager forward of `tokens`' first
         internal chunk (P.idx after each layer's routing, copied aside)."""
         tokens = self._checked(tokens)
-        chunk = tokens[:self.sequences_per_forward(tokens.shape[1])]
+        chunk = tokens[:self.sequences_per_chunk(tokens.shape[1])]
         P = self._plan(*chunk.shape)
         P.ids_host.numpy()[:] = chunk
         self._route_probe = []
@@ -266,7 +266,7 @@ class OptimizedEngine(ForwardLayers, Generation, Engine):
         tokens = check_tokens(tokens, self.config).astype(np.int32)
         self.forward(tokens)  # this shape's plan, its graph and its ids on the device
         B, S = tokens.shape
-        P = self.plans[(min(B, self.sequences_per_forward(S)), S)]
+        P = self.plans[(min(B, self.sequences_per_chunk(S)), S)]
 
         def body():
             with torch.cuda.stream(self.tstream):
@@ -275,13 +275,13 @@ class OptimizedEngine(ForwardLayers, Generation, Engine):
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         tokens = self._checked(tokens)
-        per = self.sequences_per_forward(tokens.shape[1])
+        per = self.sequences_per_chunk(tokens.shape[1])
         outs = [self._forward_chunk(tokens[b:b + per]) for b in range(0, tokens.shape[0], per)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
-    def sequences_per_forward(self, seq_len: int) -> int:
-        """Sequences of `seq_len` tokens in one internal forward: its buffers hold max_tokens tokens,
-        and a longer sequence still goes whole."""
+    def sequences_per_chunk(self, seq_len: int) -> int:
+        """Sequences of `seq_len` tokens in one internal forward (_forward_chunk): its buffers hold
+        max_tokens tokens, and a longer sequence still goes whole (phase 5's method of the same name)."""
         return max(1, self.max_tokens // seq_len)
 
     def _checked(self, tokens: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ class Generation:
         D.active = False
         with torch.cuda.stream(self.tstream):
             D.lengths.copy_(torch.from_numpy(lengths))
-        per = self.sequences_per_forward(S)
+        per = self.sequences_per_chunk(S)
         outs = [self._prefill_chunk(D, padded[b:b + per], lengths[b:b + per], b) for b in range(0, B, per)]
         D.len_host[:] = lengths
         D.active = True
