@@ -33,13 +33,13 @@ def rec(engine, variant, **kw) -> VariantRecord:
 
 
 def fake_part(results: Path, part: str, records: list[VariantRecord], kind: str = "throughput",
-              smoke: bool = False, date: str = "2026-12-07 10:00 UTC") -> Path:
+              smoke: bool = False, date: str = "2026-12-07 10:00 UTC", commit: str = "abc123def456") -> Path:
     folder = results / "h100" / part
     for r in records:
         r.run_id = part
         r.write(folder / "records" / f"{r.variant}.json")
     PartMeta(part=part, what=f"what {part} measures", command=f"python -m harness suite --part {part}",
-             commit="abc123def456", date=date, device=H100, duration_s=150.0, model="synthetic lfm2-8b-a1b (seed 0)",
+             commit=commit, date=date, device=H100, duration_s=150.0, model="synthetic lfm2-8b-a1b (seed 0)",
              model_config=FULL.to_hf_dict(), kind=kind, smoke=smoke).write(folder)
     return folder
 
@@ -109,6 +109,14 @@ def test_readme_block_is_the_compact_rows_and_nothing_outside_the_markers_change
     assert "| prefill: bf16 64x16 | optimized 60,000 vs hf 24,000 tokens/s | 2.5x |" in block
     assert "phase 5 124 vs phase 0" in block and "phase 4 4.5 vs phase 3" not in block  # per-phase rows: results only
     assert f"Measured on {H100}, commit abc123def456" in block and "(results/README.md)" in block
+
+
+def test_parts_measured_on_different_commits_say_which_ran_where(tree):
+    results, readme = tree
+    fake_part(results, "accuracy", [rec("optimized", "optimized-bf16-s16-r1-b64", valid=True)], commit="fedcba987654")
+    block = render(results, readme)[readme].split(BEGIN)[1].split(END)[0]
+    assert (f"Measured on {H100}, commit abc123def456 (ladder-16, prefill, decode); {H100}, commit fedcba987654 "
+            "(accuracy)") in block
 
 
 def test_publish_writes_then_check_passes_and_catches_an_edit(tree, capsys):

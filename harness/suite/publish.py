@@ -105,10 +105,21 @@ def readme_block(parts: list[PublishedPart], readme: Path, results: Path) -> str
         text = text_table(compact)
         rows += [[f"{p.meta.part}: {t['shape']}", t["engine vs peer"], t["ratio"], t["% of floor"], t["validity"]]
                  for _, t in text.iterrows()]
-    where = sorted({f"{p.meta.device}, commit {p.meta.commit or 'unknown'}" for p in parts})
     return "\n".join(_table(["measurement", "engine vs peer", "ratio", "% of floor", "validity"], rows)
-                     + ["", f"Measured on {'; '.join(where)}. Each part's command, device, commit and date: "
+                     + ["", f"Measured on {_provenance(parts)}. Each part's command, device, commit and date: "
                             f"[{link}]({link}); regenerate this table with `python -m harness publish`."])
+
+
+def _provenance(parts: list[PublishedPart]) -> str:
+    """Where and on what code the parts ran: "<device>, commit <c>" when they all share one, else
+    each (device, commit) with the parts it measured, in the suite's order."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for p in parts:
+        groups.setdefault((p.meta.device, p.meta.commit or "unknown"), []).append(p.meta.part)
+    if len(groups) == 1:
+        (device, commit), = groups
+        return f"{device}, commit {commit}"
+    return "; ".join(f"{device}, commit {commit} ({', '.join(names)})" for (device, commit), names in groups.items())
 
 
 def with_block(readme_text: str, block: str, readme: Path) -> str:
