@@ -152,3 +152,37 @@ def test_several_problems_are_all_reported(model, job, capsys):
     lines = refused(["compare", "--phases", "4", "--device", "cpu", "--model", str(model), "--data", str(data)],
                     tmp_path, capsys)
     assert len(lines) == 2 and "sample 0, position 1" in lines[0] and "phase4 runs only on a GPU" in lines[1]
+
+
+def test_ranks_that_share_a_gpu_past_its_memory_are_refused(job, capsys, monkeypatch):
+    tmp_path, _ = job
+    monkeypatch.setattr(preflight, "_gpu_here", lambda: True)
+    monkeypatch.setattr(preflight, "_gpu_sizes", lambda: (80 * 10**9,))
+    monkeypatch.setattr("harness.measure.machine.free_disk_bytes", lambda path: 10**12)
+    lines = refused(["run", "--engine", "optimized", "--dtype", "fp32", "--ranks", "3"], tmp_path, capsys)
+    assert lines == ["error: optimized holds 33.4 GB of fp32 weights on its GPU per rank; 3 ranks share this "
+                     "machine's one GPU: 100.1 GB against 80.0 GB of GPU memory: fewer ranks (--ranks), --dtype bf16, "
+                     "use --preset small or --preset tiny"]
+
+
+def test_gpu_memory_counts_the_ranks_of_the_busiest_gpu_and_only_whole_model_engines():
+    from types import SimpleNamespace
+    params = 8_000_000_000  # 16 GB in bf16, 32 GB in fp32
+
+    def problems(engines, ranks, sizes, dtype=None, device="auto"):
+        out: list[str] = []
+        args = SimpleNamespace(dtype=dtype, device=device)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(preflight, "_gpu_sizes", lambda: sizes)
+            preflight._check_gpu_fit(args, engines, ranks, params, "a smaller model", out)
+        return out
+
+    gpu80 = (80 * 10**9,)
+    assert problems(["optimized"], 2, gpu80, "fp32") == []                  # 64 GB on one GPU
+    assert problems(["optimized"], 4, gpu80 * 2, "fp32") == []              # two per GPU
+    assert len(problems(["optimized"], 5, gpu80 * 2, "fp32")) == 1          # three on the busiest
+    assert problems(["optimized"], 4, gpu80) == []                          # bf16 by default: 64 GB
+    assert len(problems(["optimized", "hf"], 6, gpu80)) == 2                # 96 GB each
+    assert problems(["hf"], 6, gpu80, device="cpu") == []                   # hf on the CPU: not the GPU's
+    assert problems(["phase5", "phase4", "reference"], 8, gpu80, "fp32") == []  # they plan their own residency
+    assert problems(["optimized"], 8, ()) == []                             # no size known: no verdict

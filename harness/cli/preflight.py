@@ -10,7 +10,9 @@ changed. What is checked:
     --device cpu is refused for engines that are CUDA kernels, --workload generate for engines
     that do not generate, hf for a model.bin;
   * the job fits: disk for a synthetic checkpoint still to be written, memory for the reference
-    answers still to be computed on the CPU and for the CPU engines' weights in every rank.
+    answers still to be computed on the CPU and for the CPU engines' weights in every rank, and
+    GPU memory for the engines that hold the whole model on their GPU (optimized, hf on a GPU),
+    with the ranks that share one GPU counted together.
 """
 from __future__ import annotations
 
@@ -152,6 +154,44 @@ def _check_fit(args, cfg, engines: list[str], ranks: int, seq_lens: list[int], n
         if need > avail:
             problems.append(f"{what} needs {need / GB:.1f} GB of memory and this machine has {avail / GB:.1f} GB "
                             f"available: {smaller}, fewer ranks, or a machine with a GPU")
+    if not args.hostfile and _gpu_here():
+        _check_gpu_fit(args, engines, ranks, params, smaller, problems)
+
+
+def _check_gpu_fit(args, engines: list[str], ranks: int, params: int, smaller: str, problems: list[str]) -> None:
+    """Refuse what cannot fit: the weights alone (a lower bound of what the engine allocates) of the
+    ranks that share a GPU (round-robin, harness.run.ranks.select_gpu) against its total memory (an
+    upper bound of what it can give)."""
+    sizes = _gpu_sizes()
+    if not sizes:
+        return
+    per_gpu = -(-ranks // len(sizes))  # the busiest GPU's ranks
+    for engine in engines:
+        per_rank, dtype = _gpu_weight_bytes(engine, args, params)
+        if per_rank and per_rank * per_gpu > min(sizes):
+            where = "this machine's one GPU" if len(sizes) == 1 else f"one of the {len(sizes)} GPUs here"
+            share = f"{per_gpu} ranks share {where}: " if per_gpu > 1 else ""
+            fixes = [f for f, ok in (("fewer ranks (--ranks)", per_gpu > 1), ("--dtype bf16", dtype == "fp32"),
+                                     (smaller, True)) if ok]
+            problems.append(f"{engine} holds {per_rank / GB:.1f} GB of {dtype} weights on its GPU per rank; "
+                            f"{share}{per_rank * per_gpu / GB:.1f} GB against {min(sizes) / GB:.1f} GB of GPU "
+                            f"memory: {', '.join(fixes)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_sizes() -> tuple[int, ...]:
+    from harness.run.ranks import gpu_memory_bytes
+    return tuple(gpu_memory_bytes())
+
+
+def _gpu_weight_bytes(engine: str, args, params: int) -> tuple[int, str]:
+    """Bytes of weights one rank of `engine` keeps on its GPU, all of the model, and their dtype (0:
+    the engine streams what does not fit, runs on the CPU, or its residency is its own plan)."""
+    dtype = args.dtype or "bf16"
+    on_gpu = engine == "optimized" or engine == "hf" and args.device != "cpu"
+    if not on_gpu or dtype not in ("bf16", "fp16", "fp32"):
+        return 0, dtype
+    return params * (4 if dtype == "fp32" else 2), dtype
 
 
 def _synthetic_folder(args) -> Path:

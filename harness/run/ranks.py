@@ -38,6 +38,22 @@ def gpu_count() -> int:
         return 0
 
 
+def gpu_memory_bytes() -> list[int]:
+    """Each visible GPU's total memory in bytes (the CUDA driver's count, else torch's; [] if neither)."""
+    try:
+        from harness.gpu.context import import_driver
+        cuda = import_driver()
+        cuda.init()
+        return [cuda.Device(i).total_memory() for i in range(cuda.Device.count())]
+    except Exception:
+        pass
+    try:
+        import torch
+        return [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
 def select_gpu(local_rank: int) -> int:
     """Ranks map to this node's GPUs round-robin (harness.gpu.context's rule, with the local rank
     MPI itself reports rather than a launcher's environment variable)."""
