@@ -119,10 +119,15 @@ def _verb(engines: list[str], one: str, several: str) -> str:
     return one if len(engines) == 1 else several
 
 
-@functools.lru_cache(maxsize=1)
 def _gpu_here() -> bool:
-    from harness.run.ranks import gpu_count
-    return gpu_count() > 0
+    return bool(_gpu_sizes())
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_sizes() -> tuple[int, ...]:
+    """Each visible GPU's total memory (asked of the driver once per process)."""
+    from harness.run.ranks import gpu_memory_bytes
+    return tuple(gpu_memory_bytes())
 
 
 # ---- memory and disk -------------------------------------------------------------------------------
@@ -178,20 +183,15 @@ def _check_gpu_fit(args, engines: list[str], ranks: int, params: int, smaller: s
                             f"memory: {', '.join(fixes)}")
 
 
-@functools.lru_cache(maxsize=1)
-def _gpu_sizes() -> tuple[int, ...]:
-    from harness.run.ranks import gpu_memory_bytes
-    return tuple(gpu_memory_bytes())
-
-
 def _gpu_weight_bytes(engine: str, args, params: int) -> tuple[int, str]:
     """Bytes of weights one rank of `engine` keeps on its GPU, all of the model, and their dtype (0:
     the engine streams what does not fit, runs on the CPU, or its residency is its own plan)."""
+    from harness.measure.floors import WEIGHT_BYTES
     dtype = args.dtype or "bf16"
     on_gpu = engine == "optimized" or engine == "hf" and args.device != "cpu"
-    if not on_gpu or dtype not in ("bf16", "fp16", "fp32"):
+    if not on_gpu or dtype not in WEIGHT_BYTES:
         return 0, dtype
-    return params * (4 if dtype == "fp32" else 2), dtype
+    return params * WEIGHT_BYTES[dtype], dtype
 
 
 def _synthetic_folder(args) -> Path:

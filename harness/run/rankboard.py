@@ -36,7 +36,6 @@ def launcher_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{start_ticks_of(os.getpid())}"
 
 
-
 def tail_of(path: Path, max_chars: int = 4000) -> str:
     """The last max_chars of a log ("" when it cannot be read)."""
     try:
@@ -46,6 +45,7 @@ def tail_of(path: Path, max_chars: int = 4000) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
 
 class _Tee(io.TextIOBase):
     """A text stream that writes to the original stream and to the rank's log file."""

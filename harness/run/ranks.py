@@ -24,22 +24,11 @@ def engine_runs_on_gpu(name: str, cls, device: str) -> bool:
 
 def gpu_count() -> int:
     """Visible GPUs, as the CUDA driver (PyCUDA) counts them, else as torch does; 0 if neither can."""
-    try:
-        from harness.gpu.context import import_driver
-        cuda = import_driver()
-        cuda.init()
-        return cuda.Device.count()
-    except Exception:
-        pass
-    try:
-        import torch
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
+    return len(gpu_memory_bytes())
 
 
 def gpu_memory_bytes() -> list[int]:
-    """Each visible GPU's total memory in bytes (the CUDA driver's count, else torch's; [] if neither)."""
+    """Each visible GPU's total memory in bytes (the CUDA driver's list, else torch's; [] if neither)."""
     try:
         from harness.gpu.context import import_driver
         cuda = import_driver()
