@@ -285,15 +285,11 @@ def _graph_ms(eng, reps: int = 20) -> float | None:
 
 
 def profile_decode(eng, cfg, B: int) -> list[dict]:
-    """One decode step's kernels, run eagerly (the launches the decode graph holds)."""
+    """One decode step's kernels after a 16-token prefill of B prompts (OptimizedEngine.profile_decode)."""
     from harness.jobs.files import synthetic_prompts
-
-    from .decode import decode_body
-    logits = eng.prefill(synthetic_prompts(cfg.vocab_size, B, 16, seed=5), max_new_tokens=4)
-    eng.decode(logits.argmax(1))  # plan, buffers and graph made; the profiled step is eager
-    D = eng._dec
-    table = _kernel_table(lambda: decode_body(eng, D), eng, f"decode step B={B} (eager)")
-    D.len_host += 1  # decode_body advanced the device lengths
+    from harness.measure.op_profile import format_table
+    table = eng.profile_decode(synthetic_prompts(cfg.vocab_size, B, 16, seed=5))
+    print(format_table(table, f"profile decode step B={B} (eager)"), flush=True)
     return table
 
 
@@ -304,19 +300,6 @@ def profile_forward(eng, cfg, B: int, S: int) -> list[dict]:
     from harness.measure.op_profile import format_table
     table = eng.profile(tokens)  # OptimizedEngine.profile: the eager launches the graph holds
     print(format_table(table, f"profile {B}x{S} (eager, moe variant {eng.moe_variant_name(B * S)})"), flush=True)
-    return table
-
-
-def _kernel_table(work, eng, title: str) -> list[dict]:
-    """Run `work` on the engine's stream under torch.profiler; print its GPU kernels by time."""
-    import torch
-    from harness.measure.op_profile import format_table, profile_ops
-
-    def on_stream():
-        with torch.cuda.stream(eng.tstream):
-            work()
-    table = profile_ops(on_stream, on_gpu=True, synchronize=eng.synchronize)
-    print(format_table(table, f"profile {title}"), flush=True)
     return table
 
 

@@ -41,3 +41,19 @@ def test_run_with_profile_ops_records_and_reports_the_table(tmp_path, monkeypatc
     assert harness_main(["report", str(tmp_path / "r" / "p")]) == 0
     html = (tmp_path / "r" / "p" / "report.html").read_text()
     assert "Where the time goes" in html and "aten::" in html
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
+                    reason="no mpiexec on PATH (pip install mpich)")
+def test_a_generate_run_with_profile_ops_profiles_one_decode_step(tmp_path, monkeypatch):
+    pytest.importorskip("mpi4py")
+    monkeypatch.setenv("LFM2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--workload", "generate",
+                         "--max-new-tokens", "3", "--samples", "2", "--seq-len", "4", "--batch", "2", "--ranks", "1",
+                         "--device", "cpu", "--profile-ops", "--out", str(tmp_path / "r"), "--run-id", "d"]) == 0
+    rec = json.loads(next((tmp_path / "r" / "d" / "records").glob("*.json")).read_text())
+    assert rec["valid"] is True and rec["samples"] == 2  # the profiled step is not a timed one
+    assert any(op["name"].startswith("aten::") for op in rec["op_profile"])
+    assert any("op profile: one decode step of 2 sequences" in n for n in rec["notes"])

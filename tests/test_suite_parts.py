@@ -67,14 +67,15 @@ def test_prefill_shapes_and_their_minimum_of_10_s_or_256_samples():
     assert {(s.batch, s.seq_len) for _, s, _ in _variants(PARTS["prefill-skew"])} == {(64, 16), (8, 512)}
 
 
-def test_prefill_profiles_the_optimized_engine_so_its_report_says_where_the_time_goes():
+@pytest.mark.parametrize("part", ["prefill", "decode"])
+def test_the_headline_parts_profile_the_optimized_engine_so_their_reports_say_where_the_time_goes(part):
     from harness.suite.runner import _members
-    groups = PARTS["prefill"].groups
+    groups = PARTS[part].groups
     assert {(g.engine, g.profile_ops) for g in groups} == {("optimized", True), ("hf", False)}
     job = dataclasses.make_dataclass("Job", [("samples", int)])(0)
     jobs = {(s.seq_len, g.workload): job for g in groups for s in g.shapes}
     for g in groups:
-        settings = [m[2] for m in _members(g, jobs, "prefill", "cpu")]
+        settings = [m[2] for m in _members(g, jobs, part, "cpu")]
         assert len(settings) == len(g.shapes) and all(st.profile_ops == g.profile_ops for st in settings)
 
 

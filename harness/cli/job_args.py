@@ -115,8 +115,9 @@ def add_job_args(p: argparse.ArgumentParser, batch_default: int | None = None) -
     m.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where engines run: auto = the reference on the CPU, others on a GPU when there is one")
     m.add_argument("--profile-ops", action="store_true",
-                   help="after the timed region, run one more forward under torch.profiler and record its GPU "
-                        "kernels (or CPU ops) by time: report.html's 'Where the time goes'; timings are unaffected")
+                   help="after the timed region, run one more forward (with --workload generate: one decode step "
+                        "after a prefill) under torch.profiler and record its GPU kernels (or CPU ops) by time: "
+                        "report.html's 'Where the time goes'; timings are unaffected")
     m.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="extra engine constructor option (repeatable; VALUE read as JSON when it parses)")
     r = p.add_argument_group("MPI and output")

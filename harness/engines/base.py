@@ -103,6 +103,14 @@ class Engine:
         from harness.measure.op_profile import profile_ops
         return profile_ops(lambda: self.forward(tokens), on_gpu, self.synchronize)
 
+    def profile_decode(self, prompts: np.ndarray, on_gpu: bool) -> list[dict]:
+        """Prefill `prompts`, then one greedy decode step under torch.profiler: its GPU kernels
+        (on_gpu) or torch ops, by time. Engines whose step replays a CUDA graph override this to
+        profile the same launches eagerly."""
+        from harness.measure.op_profile import profile_ops
+        first = np.asarray(self.prefill(prompts)).argmax(1).astype(np.int32)
+        return profile_ops(lambda: self.decode_greedy(first), on_gpu, self.synchronize)
+
     def decode_greedy(self, tokens: np.ndarray) -> np.ndarray:
         """One step that returns each sequence's argmax token (int32 [batch]) instead of its logits;
         engines that can choose on the device override it (fewer bytes back per step)."""

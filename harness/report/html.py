@@ -260,9 +260,11 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                      "kernels did.</p>" + _img(timeline, "copy/compute timeline", ""))
     profiles = op_profile_tables(records)
     if profiles:
-        parts.append("<h2>Where the time goes (one profiled forward)</h2><p class='note'>`--profile-ops`: rank 0 ran "
-                     "one more forward of its first batch under torch.profiler after the timed region: GPU "
-                     "kernels by GPU time, or CPU ops by self time. Shares are of the profiled total.</p>"
+        parts.append("<h2>Where the time goes (one profiled forward or decode step)</h2><p class='note'>"
+                     "`--profile-ops`: after the timed region rank 0 ran one more forward of its first batch "
+                     "(prefill), or one decode step after that batch's prefill (generate), under "
+                     "torch.profiler: GPU kernels by GPU time, or CPU ops by self time. Shares are of the "
+                     "profiled total.</p>"
                      + "".join(f"<h3>{e(label)}</h3>" + t.to_html(index=False, border=0) for label, t in profiles))
     sc = scaling_table(df)
     parts.append("<h2>Scaling with ranks</h2>" + _img(plot_scaling(sc), "scaling efficiency vs ranks",

@@ -36,6 +36,9 @@ def run_generation(worker, engine, tokens: np.ndarray, lo: int, hi: int, b: int)
         first = tokens[lo:lo + b] if hi > lo else tokens[:1]
         worker.stage("warm-up", lambda: spec.warmup and greedy_generate(engine, first, min(n_new, 4)))
         runs = worker.stage("the timed loop", lambda: _timed(worker, engine, tokens, lo, hi, b, n_new))
+        if spec.profile_ops:  # after the clock, on the rank's first batch: where a decode step's time goes
+            worker.take_op_profile(f"one decode step of {len(first)} sequences after their prefill",
+                                   lambda on_gpu: engine.profile_decode(np.ascontiguousarray(first), on_gpu))
     except StageFailed as e:
         if worker.rank == 0:
             worker.write_failure(str(e))
@@ -52,6 +55,7 @@ def run_generation(worker, engine, tokens: np.ndarray, lo: int, hi: int, b: int)
     rec.__dict__.update(device_facts(ranks_info, nvml_all), per_rank=ranks_info)
     if not rec.gpus:  # the decode floor is the H100's memory bandwidth: no yardstick for a CPU
         rec.pct_of_decode_floor = None
+    worker.attach_op_profile(rec)
     try:
         _judge(worker, rec, batches, np.concatenate(logits))
     except Exception as e:

@@ -135,13 +135,6 @@ def routing_footprint(worker, engine, tokens, lo: int, b: int) -> None:
 
 
 def profile_one_forward(worker, engine, tokens, b: int) -> None:
-    """Every rank profiles a forward of the first batch (collective engines need all ranks);
-    rank 0's table goes into the record. A diagnostic: its failure is a note, not an error."""
+    """Every rank profiles a forward of the first batch (collective engines need all ranks)."""
     batch = np.ascontiguousarray(tokens[:b])
-    try:
-        worker.op_profile = engine.profile(batch, on_gpu=worker.gpu is not None)[:40]
-        worker.op_profile_note = (f"op profile: one forward of {len(batch)} samples under torch.profiler "
-                                f"({'GPU kernels' if worker.gpu is not None else 'CPU ops, self time'})")
-    except Exception as e:
-        worker.op_profile, worker.op_profile_note = [], f"op profile failed: {err_text(e)}"
-        print(f"[rank {worker.rank}] {worker.op_profile_note}", file=sys.stderr, flush=True)
+    worker.take_op_profile(f"one forward of {len(batch)} samples", lambda on_gpu: engine.profile(batch, on_gpu=on_gpu))

@@ -192,9 +192,7 @@ class Worker:
         idx = np.concatenate([np.arange(r["first_sample"], r["first_sample"] + r["samples_ran"])
                               for r in ranks_info]).astype(int)
         rec.ran_indices = idx.tolist()
-        if self.spec.profile_ops:
-            rec.op_profile = getattr(self, "op_profile", [])
-            rec.notes.append(getattr(self, "op_profile_note", "op profile: not taken"))
+        self.attach_op_profile(rec)
         collective = timed["collective"]
         outs = collective.select(timed["outputs"], idx)
         rec.output_collective_s = max(r.get("output_s", 0.0) for r in ranks_info)
@@ -212,6 +210,25 @@ class Worker:
             rec.valid = False
         rec.write(self.spec.record)
         return 0 if rec.error is None else 1
+
+    def take_op_profile(self, what: str, profile) -> None:
+        """After the clock (`--profile-ops`): `profile(on_gpu)` -> the kernels or ops of `what` by time
+        (an engine's profile or profile_decode), kept for rank 0's record. A diagnostic: its failure
+        is a note, not an error."""
+        on_gpu = self.gpu is not None
+        try:
+            self.op_profile = profile(on_gpu)[:40]
+            self.op_profile_note = (f"op profile: {what} under torch.profiler "
+                                    f"({'GPU kernels' if on_gpu else 'CPU ops, self time'})")
+        except Exception as e:
+            self.op_profile, self.op_profile_note = [], f"op profile failed: {err_text(e)}"
+            print(f"[rank {self.rank}] {self.op_profile_note}", file=sys.stderr, flush=True)
+
+    def attach_op_profile(self, rec) -> None:
+        """Rank 0: the table take_op_profile kept (with its note) into the record, where asked for."""
+        if self.spec.profile_ops:
+            rec.op_profile = getattr(self, "op_profile", [])
+            rec.notes.append(getattr(self, "op_profile_note", "op profile: not taken"))
 
     @staticmethod
     def add_engine_fields(engine, rec, ranks_info: list[dict]) -> None:

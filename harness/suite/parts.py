@@ -46,7 +46,7 @@ class Group:
     label: str | None = None  # variant-name suffix telling these runs from the same shapes without the options
     workload: str = "prefill"
     max_new_tokens: int = 32
-    profile_ops: bool = False  # after its timed region, one forward per shape under torch.profiler (report: where the time goes)
+    profile_ops: bool = False  # after its timed region, one forward (or decode step) per shape under torch.profiler (report: where the time goes)
 
     @property
     def name(self) -> str:
@@ -121,7 +121,7 @@ DECODE = Part(
     "inter-token latency, % of the decode floor); greedy tokens checked against the reference for 32 steps",
     "~2 min: the reference's greedy tokens for 64 prompts, 2 loads; hf takes ~6.5 s per batch-1 prompt",
     tuple(replace(g, workload="generate", max_new_tokens=64) for g in
-          _peers("bf16", (Shape(16, 1, 8, 10.0, 1), Shape(16, 64, 64, 30.0, 1)))))
+          _peers("bf16", (Shape(16, 1, 8, 10.0, 1), Shape(16, 64, 64, 30.0, 1)), profile=True)))
 
 ACCURACY = Part(
     "accuracy", "bf16 engines against the fp32 reference on 256 prompts of 16 tokens and 128 of 512: max abs error, "

@@ -370,6 +370,25 @@ def test_decode_greedy_returns_the_argmax_of_decode(fp32, ckpt):
         assert tok.dtype == np.int32 and tok.tolist() == want[step].tolist(), f"step {step}"
 
 
+def test_profile_decode_lists_the_steps_kernels_and_the_generation_goes_on(fp32, ckpt):
+    """--profile-ops on the generate workload: one eager decode step's kernels by GPU time, after which
+    the generation continues exactly as one that was not profiled."""
+    prompts = synthetic_prompts(ckpt.config.vocab_size, 3, 5, seed=43)
+    ops = fp32.profile_decode(prompts)
+    names = " ".join(op["name"] for op in ops)
+    assert "argmax_rows" in names and "attention" in names
+    assert all(op["us"] > 0 and op["calls"] >= 1 for op in ops)
+    profiled = fp32._dec.len_host.copy()
+    tok = fp32.prefill(prompts).argmax(1).astype(np.int32)
+    np.testing.assert_array_equal(profiled, fp32._dec.len_host + 2)  # the prefill's first token, the profiled step
+    want = []
+    for _ in range(3):
+        tok = fp32.decode_greedy(tok)
+        want.append(tok)
+    fp32.profile_decode(prompts)  # prefill, step 1 (-> want[0]), the profiled step 2 (-> want[1] on the device)
+    assert fp32.decode_greedy(want[1]).tolist() == want[2].tolist()  # step 3 reads the profiled step's caches
+
+
 def test_forward_between_decode_steps_leaves_the_generation_alone(fp32, ckpt):
     prompts = synthetic_prompts(ckpt.config.vocab_size, 2, 4, seed=31)
     first = fp32.prefill(prompts)
