@@ -12,6 +12,22 @@ import torch
 from harness.__main__ import main as harness_main
 from harness.measure.op_profile import format_table, profile_ops
 
+_no_mpiexec = pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
+                                 reason="no mpiexec on PATH (pip install mpich)")
+
+
+def needs_mpiexec(test):
+    """A harness job under a real mpiexec: marked mpi, skipped where there is none."""
+    return pytest.mark.mpi(_no_mpiexec(test))
+
+
+@pytest.fixture
+def cpu_job_env(tmp_path, monkeypatch):
+    """A harness job on the CPU under mpiexec: its own cache, one thread per rank."""
+    pytest.importorskip("mpi4py")
+    monkeypatch.setenv("LFM2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
 
 def test_cpu_profile_names_the_ops_that_ran_with_self_time():
     a, b = torch.randn(64, 64), torch.randn(64, 64)
@@ -23,13 +39,8 @@ def test_cpu_profile_names_the_ops_that_ran_with_self_time():
     assert text.startswith("three matmuls:") and "aten::mm" in text
 
 
-@pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
-                    reason="no mpiexec on PATH (pip install mpich)")
-def test_run_with_profile_ops_records_and_reports_the_table(tmp_path, monkeypatch):
-    pytest.importorskip("mpi4py")
-    monkeypatch.setenv("LFM2_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+@needs_mpiexec
+def test_run_with_profile_ops_records_and_reports_the_table(tmp_path, cpu_job_env):
     assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--samples", "4", "--batch", "2",
                          "--ranks", "2", "--device", "cpu", "--profile-ops", "--out", str(tmp_path / "r"),
                          "--run-id", "p"]) == 0
@@ -43,13 +54,8 @@ def test_run_with_profile_ops_records_and_reports_the_table(tmp_path, monkeypatc
     assert "Where the time goes" in html and "aten::" in html
 
 
-@pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
-                    reason="no mpiexec on PATH (pip install mpich)")
-def test_a_generate_run_with_profile_ops_profiles_one_decode_step(tmp_path, monkeypatch):
-    pytest.importorskip("mpi4py")
-    monkeypatch.setenv("LFM2_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+@needs_mpiexec
+def test_a_generate_run_with_profile_ops_profiles_one_decode_step(tmp_path, cpu_job_env):
     assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--workload", "generate",
                          "--max-new-tokens", "3", "--samples", "2", "--seq-len", "4", "--batch", "2", "--ranks", "1",
                          "--device", "cpu", "--profile-ops", "--out", str(tmp_path / "r"), "--run-id", "d"]) == 0
