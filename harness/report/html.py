@@ -220,7 +220,8 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                  "used.</p><div class='scroll'>" + _table_html(df, columns) + "</div></details>")
     parts.append("<details><summary>Data movement per sample</summary><p class='note'>From the engines' own counters "
                  "over the timed region: what crossed PCIe (weights, and the experts among them), device "
-                 "allocations, and how outputs reached rank 0.</p><div class='scroll'>"
+                 "allocations, and how outputs reached rank 0. A blank cell: the engine keeps no such counter "
+                 "(hf, whose copies torch makes), not zero bytes.</p><div class='scroll'>"
                  + _table_html(df, ["variant", "h2d_bytes_per_sample", "weight_h2d_bytes_per_sample",
                                     "expert_h2d_bytes_per_sample", "d2h_bytes_per_sample",
                                     "device_allocs_per_sample", "output_collective", "mpi_output_bytes"])
@@ -264,7 +265,8 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                      "`--profile-ops`: after the timed region rank 0 ran one more forward of its first batch "
                      "(prefill), or one decode step after that batch's prefill (generate), under "
                      "torch.profiler: GPU kernels by GPU time, or CPU ops by self time. Shares are of the "
-                     "profiled total.</p>"
+                     "profiled total. The run is eager (an engine that replays CUDA graphs launches the same "
+                     "kernels one by one), so its total can exceed the timed call's: read the shares.</p>"
                      + "".join(f"<h3>{e(label)}</h3>" + t.to_html(index=False, border=0) for label, t in profiles))
     sc = scaling_table(df)
     parts.append("<h2>Scaling with ranks</h2>" + _img(plot_scaling(sc), "scaling efficiency vs ranks",
