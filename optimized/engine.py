@@ -260,18 +260,23 @@ class OptimizedEngine(ForwardLayers, Generation, Engine):
             self._route_probe = None
 
     def profile(self, tokens: np.ndarray, on_gpu: bool = True) -> list[dict]:
-        """The forward's launches of the first internal chunk, run eagerly under torch.profiler (a
-        graph replay would show the profiler one opaque launch)."""
-        from harness.measure.op_profile import profile_ops
+        """The forward's launches of the first internal chunk, by GPU time (_profiled)."""
         tokens = check_tokens(tokens, self.config).astype(np.int32)
         self.forward(tokens)  # this shape's plan, its graph and its ids on the device
         B, S = tokens.shape
         P = self.plans[(min(B, self.sequences_per_chunk(S)), S)]
+        return self._profiled(lambda: self._body(P))
 
-        def body():
+    def _profiled(self, work) -> list[dict]:
+        """`work`'s launches on the engine's stream, run eagerly under torch.profiler (a graph replay
+        would show the profiler one opaque launch): its GPU kernels by time. profile and
+        profile_decode use it."""
+        from harness.measure.op_profile import profile_ops
+
+        def on_stream():
             with torch.cuda.stream(self.tstream):
-                self._body(P)
-        return profile_ops(body, True, self.synchronize)
+                work()
+        return profile_ops(on_stream, True, self.synchronize)
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         tokens = self._checked(tokens)
