@@ -97,6 +97,9 @@ __device__ void qk_norm_rope_step(const T* qkv, const T* qw, const T* kw, const 
 // fp32 per head, and writes the unnormalised accumulator and (max, sum) of its chunk:
 // part_o [B, nh, nsplit, HD], part_ml [B, nh, nsplit, 2] (scores are in log2 units: q carries
 // scale * log2(e)). Pass 2 (decode_attention_combine) merges the used chunks into o [B, nh * HD].
+// With nsplit 1 (batch 64: 512 (sequence, kv head) blocks already fill the GPU) pass 1 writes o itself,
+// with the combine's arithmetic, and pass 2 is not launched: one dependent launch fewer per attention
+// layer (the combine took 6.3 us per launch in the batch-64 decode step on an H100).
 // With `step.qkv` (qk_norm_rope_step folded in: one dependent launch fewer per attention layer) the
 // queries come straight from the qkv projection [B, (nh + 2 nkv) hd]: every split norms and rotates its
 // G query heads itself (norm_rope_head, as qk_norm_rope_step: the same values), and the split holding
@@ -111,7 +114,7 @@ struct QkvStep {
 };
 template <typename T, int HD>
 __device__ void decode_attention_partial(const T* q, T* kc, T* vc, const int* lengths, float* part_o,
-                                         float* part_ml, int nh, int nkv, int Lmax, int nsplit, float scale,
+                                         float* part_ml, T* o, int nh, int nkv, int Lmax, int nsplit, float scale,
                                          QkvStep<T> step)
 {
     __shared__ float Ks[DKT * (HD + 1)];  // padded rows: thread j reads row j, no bank conflicts
@@ -208,6 +211,17 @@ __device__ void decode_attention_partial(const T* q, T* kc, T* vc, const int* le
             }
         }
     }
+    if (nsplit == 1) {  // the whole sequence in this block: o as the combine would leave it, no combine launch
+#pragma unroll
+        for (int r = 0; r < DACC; ++r) {
+            const int i = tid + r * DTHREADS;
+            if (i < G * HD) {
+                const int g = i / HD, d = i % HD;
+                o[((size_t)b * nh + kvh * G + g) * HD + d] = from_f<T>(acc[r] * (1.0f / l_s[g]));
+            }
+        }
+        return;
+    }
     const size_t base = ((size_t)b * nh + kvh * G) * nsplit + split;  // row of head g: base + g * nsplit
 #pragma unroll
     for (int r = 0; r < DACC; ++r) {
@@ -268,12 +282,12 @@ extern "C" __global__ void decode_attention_combine_##SUF(const float* part_o, c
 
 #define INSTANTIATE_ATTN(SUF, T, HD)                                                                           \
 extern "C" __global__ void __launch_bounds__(DTHREADS) decode_attention_##SUF##_hd##HD(                       \
-    const T* q, T* kc, T* vc, const int* lengths, float* part_o, float* part_ml, int nh, int nkv, int Lmax,    \
-    int nsplit, float scale, const T* qkv, const T* qw, const T* kw, float eps, float theta)                   \
+    const T* q, T* kc, T* vc, const int* lengths, float* part_o, float* part_ml, T* o, int nh, int nkv,        \
+    int Lmax, int nsplit, float scale, const T* qkv, const T* qw, const T* kw, float eps, float theta)          \
 {                                                                                                              \
     pdl_wait();                                                                                                \
     pdl_trigger();                                                                                             \
-    decode_attention_partial<T, HD>(q, kc, vc, lengths, part_o, part_ml, nh, nkv, Lmax, nsplit, scale,         \
+    decode_attention_partial<T, HD>(q, kc, vc, lengths, part_o, part_ml, o, nh, nkv, Lmax, nsplit, scale,      \
                                     {qkv, qw, kw, eps, theta});                                                \
 }
 

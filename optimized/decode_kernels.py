@@ -151,9 +151,11 @@ class DecodeKernels:
         _need(o.numel() >= B * nh * hd, f"o must hold [{B}, {nh}, {hd}]")
         _need(tuple(part_ml.shape) == (B, nh, nsplit, 2), f"part_ml must be [{B}, {nh}, {nsplit}, 2]")
         self._go(self.k_attn[hd], (nsplit, nkv, B), (DECODE_THREADS,),
-                 (ptr(q), ptr(kc), ptr(vc), ptr(lengths), ptr(part_o), ptr(part_ml), i32(nh), i32(nkv), i32(Lmax),
-                  i32(nsplit), f32(hd ** -0.5), *step), B=B, heads=(nh, nkv, hd), Lmax=Lmax, nsplit=nsplit,
+                 (ptr(q), ptr(kc), ptr(vc), ptr(lengths), ptr(part_o), ptr(part_ml), ptr(o), i32(nh), i32(nkv),
+                  i32(Lmax), i32(nsplit), f32(hd ** -0.5), *step), B=B, heads=(nh, nkv, hd), Lmax=Lmax, nsplit=nsplit,
                  fused=q is None)
+        if nsplit == 1:  # pass 1 wrote o (decode.cu)
+            return
         warps = B * nh
         self._go(self.k_combine, ((warps * 32 + 255) // 256,), (256,),
                  (ptr(part_o), ptr(part_ml), ptr(lengths), ptr(o), i32(B), i32(nh), i32(hd), i32(Lmax), i32(nsplit)),

@@ -1,8 +1,9 @@
 // The optimized engine's memory-bound kernels: embedding gather, residual add fused with RMSNorm,
 // SiLU*up for the dense FFN, the fused ShortConv core, q/k RMSNorm + RoPE, routing and the
-// sort of (token, slot) pairs by expert. Storage type T = float or bf16, math in float; where
+// launch of the sort of (token, slot) pairs by expert (moe_sort.cuh). Storage type T = float or bf16, math in float; where
 // HF rounds to bf16 between ops (Lfm2MoeRMSNorm and friends) we round the same way (rnd<T>, identity in fp32).
 #include "common.cuh"
+#include "moe_sort.cuh"
 #include "route.cuh"
 
 #define NORM_MAXV 16  // values per thread kept in registers by add_norm: H <= 16 * blockDim
@@ -228,43 +229,6 @@ __device__ void route(const T* logits, const float* bias, int ntok, int E, int k
                    lane);
 }
 
-// ----- sort (token, slot) pairs by expert, and the grouped GEMM's tile table -----------------------
-// One block. pair p = t * k + j routes to idx[p]. Output: sorted_pair[pos] = p, grouped by expert
-// in ascending id (order inside an expert is arbitrary: every row is computed independently and
-// the combine goes by pair id, so results do not depend on it); expert_offsets[E + 1]; and for
-// the grouped GEMM with row tiles of BM: tiles[3 * i] = {expert, first row, end row}, num_tiles.
-// Everything stays on the device: no host synchronisation between routing and the experts.
-#define SORT_MAX_E 256
-__device__ void moe_sort(const int* idx, int npairs, int E, int BM, int* sorted_pair, int* expert_offsets,
-                         int* tiles, int* num_tiles)
-{
-    __shared__ int count[SORT_MAX_E], cursor[SORT_MAX_E];
-    for (int e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;
-    __syncthreads();
-    for (int p = threadIdx.x; p < npairs; p += blockDim.x) atomicAdd(&count[idx[p]], 1);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int acc = 0, tile = 0;
-        for (int e = 0; e < E; ++e) {
-            cursor[e] = acc;
-            expert_offsets[e] = acc;
-            for (int r = 0; r < count[e]; r += BM, ++tile) {
-                tiles[3 * tile] = e;
-                tiles[3 * tile + 1] = acc + r;
-                tiles[3 * tile + 2] = acc + count[e];
-            }
-            acc += count[e];
-        }
-        expert_offsets[E] = acc;
-        *num_tiles = tile;
-    }
-    __syncthreads();
-    for (int p = threadIdx.x; p < npairs; p += blockDim.x) {
-        int pos = atomicAdd(&cursor[idx[p]], 1);
-        sorted_pair[pos] = p;
-    }
-}
-
 // ----- unmangled instantiations ---------------------------------------------------------------------
 #define INSTANTIATE(SUF, T)                                                                                     \
 extern "C" __global__ void embedding_gather_##SUF(const int* ids, const T* table, float* x, int H)             \
@@ -309,4 +273,4 @@ INSTANTIATE(bf16, bf16)
 
 extern "C" __global__ void moe_sort_pairs(const int* idx, int npairs, int E, int BM, int* sorted_pair,
                                           int* expert_offsets, int* tiles, int* num_tiles)
-{ moe_sort(idx, npairs, E, BM, sorted_pair, expert_offsets, tiles, num_tiles); }
+{ moe_sort<false>(idx, npairs, E, BM, sorted_pair, expert_offsets, tiles, num_tiles); }

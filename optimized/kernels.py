@@ -224,7 +224,7 @@ class Kernels:
             if v.smem > DEFAULT_DYNAMIC_SMEM:  # above the default limit a block must ask for its shared memory
                 for k in pair:
                     k.function.set_attribute(attr, v.smem)
-            if v.module == "moe_wgmma":  # they wait for PDL (moe_wgmma.cu): the down's first weights load early
+            if v.module in ("moe_wgmma", "moe_stream"):  # they wait for PDL: the down's first weights load early
                 self.pdl_kernels.update(pair)
             self.moe[v.name] = (v, *pair)
 

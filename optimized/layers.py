@@ -22,9 +22,10 @@ device work its CUDA graphs capture, shared by the forward, the prefill and the 
 
 At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head are weight-
 streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV
-up to 2 tokens, no sort), and up to 64 tokens a MoE layer's ffn_norm, router GEMM and routing
-are one launch (optimized/router.py's norm_route; where H > 2048, add_norm then router_topk). At
-1-2 tokens (decode) the router is folded through the mixer's out_proj instead
+up to 2 tokens, no sort). Up to 64 tokens a MoE layer's ffn_norm, router GEMM and routing are one
+launch (optimized/router.py's norm_route, whose last block also sorts the pairs for the grouped
+GEMM; where H > 2048, add_norm then router_topk). At 1-2 tokens (decode) the router is folded
+through the mixer's out_proj instead
 (weights.fold_routers): the out_proj launch also computes the logits' two partial sums and a
 one-block norm_route_folded only scales and routes them (fold_router). Option gemv=False keeps
 add_norm, cuBLAS and the grouped GEMM there (for comparison).
@@ -128,7 +129,7 @@ class ForwardLayers:
         cfg, K = self.config, self.K
         k, T = cfg.num_experts_per_tok, P.T
         moe = cfg.is_moe(i)
-        self._ffn_norm(P, L, moe)
+        sorted_by_router = self._ffn_norm(P, L, moe)
         if moe and self._route_probe is not None:  # OptimizedEngine.touched_experts (never in a graph)
             self._route_probe.append(P.idx.clone())
         if moe:
@@ -137,7 +138,8 @@ class ForwardLayers:
                 self.G.moe_down(P.act, L["w2"], P.y, P.idx, P.wts)
                 return k
             v = P.moe_variant.name
-            K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles, variant=v)
+            if not sorted_by_router:
+                K.moe_sort(P.idx, cfg.num_experts, P.sorted_pair, P.offsets, P.tiles, P.num_tiles, variant=v)
             K.moe_gateup(P.h, L["w13"], P.act, P.sorted_pair, P.tiles, P.num_tiles, P.npairs, k, variant=v)
             K.moe_down(P.act, L["w2"], P.y, P.sorted_pair, P.tiles, P.num_tiles, P.wts, P.npairs, variant=v)
             return k
@@ -165,24 +167,29 @@ class ForwardLayers:
         else:
             self._mm(a, L["out"], P.y[:P.T])
 
-    def _ffn_norm(self, P: Plan, L: dict, moe: bool) -> None:
+    def _ffn_norm(self, P: Plan, L: dict, moe: bool) -> bool:
         """x += the mixer's output; h = ffn_norm(x); on a MoE layer also the routing (P.idx, P.wts):
-        one launch up to 64 tokens (norm_route), else add_norm then the router."""
+        one launch up to 64 tokens (norm_route, which also sorts the pairs for a grouped GEMM), else
+        add_norm then the router. Returns whether the pairs are sorted (P.sorted_pair, P.tiles)."""
         cfg, K, R, T = self.config, self.K, self.R, P.T
         route = (cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.routed_scaling_factor, P.idx, P.wts)
         small = moe and self.use_gemv and T <= ROUTER_MAX_TOKENS
         if self._folded(P, L):  # the logits' partial sums came with out_proj (_out_proj)
             R.norm_route_folded(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, P.r[:T], L["bias"], *route)
-            return
+            return False
         if small and R.norm_route_takes(cfg.hidden_size, cfg.num_experts):
-            R.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route)
-            return
+            sort = None
+            if R.sort_in_router and not self._moe_gemv(P):  # one launch fewer before the grouped GEMM
+                sort = (P.moe_variant.tile_rows, P.sorted_pair, P.offsets, P.tiles, P.num_tiles)
+            R.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route, sort=sort)
+            return sort is not None
         K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
         if small:
             R.router_topk(P.h32, L["gate"], L["bias"], *route)
         elif moe:
             self._mm(P.h32, L["gate"], P.router)
             K.route(P.router, L["bias"], *route)
+        return False
 
     def _lm_head(self, rows: torch.Tensor, P: Plan) -> None:
         """Tied LM head on the final-normed `rows` [B, H] -> P.logits_f32 [B, V]."""

@@ -9,6 +9,8 @@
 //       biased top-k, replacing a cuBLAS GEMV (2 launches) and the route launch (H > 2048);
 //   norm_route_<sfx>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       ffn_norm (one addend) and the router in one block per token (H <= 2048);
+//   norm_route_sort_<sfx>(..., npairs, BM, sorted_pair, offsets, tiles, num_tiles, count)
+//       the same, and the last block to finish sorts the pairs for the grouped GEMM (moe_sort.cuh);
 //   norm_route_split_<sfx>(..., ntok, logits_g, count)   the same for 1-2 tokens over E / (H / 256) blocks;
 //   gemv_out_router_<sfx>(a, lda, W, y, N, K, nb, M, Gw, x, r, E) + norm_route_folded_<sfx>(...)
 //       the decode step's MoE router folded through the mixer's out_proj: the out_proj launch also
@@ -16,6 +18,7 @@
 // The GEMV parts (dot_rows, gemv) are gemv.cuh's; the launchers in router.py check shapes and
 // 16-byte alignment.
 #include "gemv.cuh"
+#include "moe_sort.cuh"
 #include "route.cuh"
 
 #define RT_THREADS 1024  // a warp per expert: each logit is one 8 KB row, two passes
@@ -121,6 +124,28 @@ __device__ void norm_route(float* x, const T* y, const T* w, T* h, float eps, co
     __syncthreads();
     if (warp == 0)
         route_token<float>(logits, bias, E, k, norm_topk, scale, idx + (size_t)t * k, wts + (size_t)t * k, lane);
+}
+
+// norm_route, then the sort of the grouped GEMM (moe_sort) in the last block to finish: the blocks
+// count themselves out (`count`, put back to 0 by the last), so the sort runs once every token is
+// routed, without a launch of its own between the router and the experts' gate/up GEMM (measured
+// together with the stream GEMMs' PDL, moe_stream.cu).
+template <typename T>
+__device__ void norm_route_sort(float* x, const T* y, const T* w, T* h, float eps, const float* gate,
+                                const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,
+                                float* wts, int BM, int* sorted_pair, int* expert_offsets, int* tiles,
+                                int* num_tiles, unsigned* count)
+{
+    __shared__ bool last;
+    norm_route<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts);
+    __threadfence();  // this block's idx reaches L2 before the count says so
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    moe_sort<true>(idx, gridDim.x * k, E, BM, sorted_pair, expert_offsets, tiles, num_tiles);
+    if (threadIdx.x == 0) *count = 0;
 }
 
 // ----- the same for 1-2 tokens, spread over several SMs (the batch-1/2 decode step's MoE layers) -----
@@ -328,6 +353,17 @@ OUT_ROUTER_KERNEL(f32, float)
     { norm_route<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts); }
 NORM_ROUTE_KERNEL(bf16, bf16)
 NORM_ROUTE_KERNEL(f32, float)
+#define NORM_ROUTE_SORT_KERNEL(SUF, T)                                                                          \
+    extern "C" __global__ void __launch_bounds__(NR_MAX_H / 2) norm_route_sort_##SUF(                           \
+        float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias, int H, int E,   \
+        int k, int norm_topk, float scale, int* idx, float* wts, int BM, int* sorted_pair, int* expert_offsets,  \
+        int* tiles, int* num_tiles, unsigned* count)                                                            \
+    {                                                                                                           \
+        norm_route_sort<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, BM, sorted_pair,    \
+                           expert_offsets, tiles, num_tiles, count);                                            \
+    }
+NORM_ROUTE_SORT_KERNEL(bf16, bf16)
+NORM_ROUTE_SORT_KERNEL(f32, float)
 #define NORM_ROUTE_SPLIT_KERNEL(SUF, T)                                                                         \
     extern "C" __global__ void __launch_bounds__(NR_MAX_H / 8) norm_route_split_##SUF(                          \
         float* x, const T* y, const T* w, T* h, float eps, const float* gate, const float* bias, int H, int E,   \

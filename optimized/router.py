@@ -7,7 +7,8 @@ Which shapes take them is the engine's choice (optimized/layers.py): at most ROU
 tokens (one block per token re-reads the 256 KB router weight from L2; past 64 tokens cuBLAS's
 GEMM is the better reader); norm_route where H <= NORM_ROUTE_MAX_H (`norm_route_takes`), else
 add_norm then router_topk; at 1-2 tokens the router folded through out_proj (`folds_router`:
-out_router, then norm_route_folded).
+out_router, then norm_route_folded). Where the grouped MoE GEMM follows, norm_route also sorts the
+pairs for it (norm_route_sort: one launch fewer per MoE layer).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from harness.gpu import launch, load_module
 
 from .gemv import GEMV_WARPS, _aligned, gemv_takes
-from .kernels import SUFFIX, _dev, _need, f32, i32, ptr
+from .kernels import SUFFIX, _dev, _need, f32, i32, max_gemm_tiles, ptr
 
 HERE = Path(__file__).parent
 ROUTER_THREADS = 1024  # = RT_THREADS in router.cu
@@ -36,13 +37,16 @@ class RouterKernels:
         m = load_module(HERE / "router.cu", gpu)
         self.k_router = m.kernel("router_topk")
         self.k_norm_route = m.kernel(f"norm_route_{sfx}")
+        self.k_norm_route_sort = m.kernel(f"norm_route_sort_{sfx}")
         self.k_norm_route_split = m.kernel(f"norm_route_split_{sfx}")
         self.k_norm_route_folded = m.kernel(f"norm_route_folded_{sfx}")
         self.k_out_router = m.kernel(f"gemv_out_router_{sfx}")
         self.norm_route_split = True  # 1-2 tokens over several SMs (False: one block per token, for A/B)
+        self.sort_in_router = True  # norm_route_sort where a grouped GEMM follows (False: the sort's own launch, for A/B)
         dev = gpu.torch_device  # norm_route_split's logits and arrival count (the last block resets it)
         self._split_logits = torch.empty(NORM_ROUTE_SPLIT_MAX_TOKENS * ROUTER_MAX_E, dtype=torch.float32, device=dev)
         self._split_count = torch.zeros(1, dtype=torch.int32, device=dev)
+        self._sort_count = torch.zeros(1, dtype=torch.int32, device=dev)  # norm_route_sort's, likewise
         self.pdl = False  # as Kernels.pdl: every kernel here waits for it (router.cu)
 
     def _go(self, kernel, grid, block, args, **shapes):
@@ -54,9 +58,13 @@ class RouterKernels:
         """norm_route runs H/2 threads (whole warps, <= 1024) and routes E <= 64 experts."""
         return H % 64 == 0 and H <= NORM_ROUTE_MAX_H and E <= ROUTER_MAX_E
 
-    def norm_route(self, x, y, w, h, eps: float, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts) -> None:
+    def norm_route(self, x, y, w, h, eps: float, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts,
+                   sort=None) -> None:
         """x += y (one addend per row); h = rmsnorm(x) * w as Kernels.add_norm; then idx, wts = the
-        routing of the fp32 normed rows by `gate` [E, H] as router_topk, in one launch of T blocks."""
+        routing of the fp32 normed rows by `gate` [E, H] as router_topk, in one launch of T blocks.
+        With `sort` (tile_rows, sorted_pair, offsets, tiles, num_tiles) the same launch also does
+        Kernels.moe_sort for the grouped GEMM of that many rows per tile (norm_route_sort: the last
+        block to finish sorts); its tile table must hold kernels.max_gemm_tiles entries."""
         _dev(x, torch.float32, "x")
         for t, n in ((y, "y"), (w, "ffn_norm weight"), (h, "h")):
             _dev(t, self.dtype, n)
@@ -74,11 +82,22 @@ class RouterKernels:
         _need(_aligned(gate) and _aligned(x), "x and the router weight need 16-byte rows")
         args = (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias), i32(H), i32(E), i32(k),
                 i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts))
-        if self._split_takes(T, H, y, w, h):  # a warp per expert, H / 256 of them per block
+        if sort is not None:
+            self._go(self.k_norm_route_sort, (T,), (H // 2,), (*args, *self._sort_args(sort, T * k, E)), T=T, E=E, H=H)
+        elif self._split_takes(T, H, y, w, h):  # a warp per expert, H / 256 of them per block
             self._go(self.k_norm_route_split, (-(-E // (H // 256)),), (H // 8,),
                      (*args, i32(T), ptr(self._split_logits), ptr(self._split_count)), T=T, E=E, H=H)
         else:
             self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
+
+    def _sort_args(self, sort, npairs: int, E: int) -> tuple:
+        tile_rows, sorted_pair, offsets, tiles, num_tiles = sort
+        for t, n in ((sorted_pair, "sorted_pair"), (offsets, "offsets"), (tiles, "tiles"), (num_tiles, "num_tiles")):
+            _dev(t, torch.int32, n)
+        _need(sorted_pair.numel() >= npairs and offsets.numel() >= E + 1, f"sorted_pair must hold {npairs} pairs and "
+              f"offsets {E + 1} entries")
+        _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, E, self.dtype, tile_rows), "tile table too small")
+        return (i32(tile_rows), ptr(sorted_pair), ptr(offsets), ptr(tiles), ptr(num_tiles), ptr(self._sort_count))
 
     @staticmethod
     def _warp_per_token(T: int, H: int) -> bool:

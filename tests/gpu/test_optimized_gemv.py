@@ -128,52 +128,64 @@ def assert_close_outputs(got, want, tol: float) -> None:
         assert err <= tol and mean <= tol / 5, f"output {i}: max {err:.3g}, mean {mean:.3g} of scale {scale:.3g}"
 
 
+def assert_equal_outputs(got, want, what: str) -> None:
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert np.array_equal(a, b), f"output {i} differs {what}: max {np.abs(a - b).max():.3g}"
+
+
+def engine_outputs(gpu, ckpt, dtype: str, variants: dict, forwards=(), decodes=(), prompt_len: int = 4,
+                   steps: int = 3, check=None) -> dict:
+    """Each engine variant's outputs on the same inputs: forwards of the (B, S) shapes in `forwards`,
+    then for each batch size in `decodes` a prefill of prompt_len-token prompts and `steps` decode steps
+    (the first runs eagerly, the rest replay its graph), every engine fed the first one's greedy
+    choices. variants: name -> (OptimizedEngine keyword arguments, attributes to set on it, dotted
+    names allowed: "R.sort_in_router"). check(eng, name), when given, runs before each engine closes."""
+    from optimized.engine import OptimizedEngine
+    V = ckpt.config.vocab_size
+    outs, fed = {}, []
+    for first, (name, (kwargs, attrs)) in zip((True, *[False] * len(variants)), variants.items()):
+        eng = OptimizedEngine(ckpt, gpu.index, dtype=dtype, progress=False, max_len=64, **kwargs)
+        for dotted, value in attrs.items():
+            *path, attr = dotted.split(".")
+            obj = eng
+            for part in path:
+                obj = getattr(obj, part)
+            setattr(obj, attr, value)
+        try:
+            got = [eng.forward(synthetic_prompts(V, B, S, seed=B + S)) for B, S in forwards]
+            n = 0
+            for B in decodes:
+                got.append(eng.prefill(synthetic_prompts(V, B, prompt_len, seed=B), max_new_tokens=steps + 1))
+                for _ in range(steps):
+                    if first:
+                        fed.append(got[-1].argmax(1))
+                    got.append(eng.decode(fed[n]))
+                    n += 1
+            if check is not None:
+                check(eng, name)
+            outs[name] = got
+        finally:
+            eng.close()
+    return outs
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_engine_gemv_path_matches_cublas_path(gpu, small_ckpt, dtype):
     """1x3 and 4x1 forwards and a batch-2 decode take the GEMV kernels; their logits equal the
-    cuBLAS / grouped-GEMM engine's (the same math, other summation orders). Both engines are fed
-    the same tokens (the first one's greedy choices)."""
-    from optimized.engine import OptimizedEngine
-    tol = 2e-4 if dtype == "fp32" else 0.15
-    V = small_ckpt.config.vocab_size
-    prompts = [synthetic_prompts(V, B, S, seed=B + S) for B, S in ((1, 3), (4, 1))]
-    outs, fed = {}, []
-    for gemv in (True, False):
-        eng = OptimizedEngine(small_ckpt, gpu.index, dtype=dtype, gemv=gemv, progress=False, max_len=64)
-        try:
-            got = [eng.forward(p) for p in prompts]
-            got.append(eng.prefill(synthetic_prompts(V, 2, 5, seed=9), max_new_tokens=4))
-            for step in range(3):
-                if gemv:
-                    fed.append(got[-1].argmax(1))
-                got.append(eng.decode(fed[step]))
-            outs[gemv] = got
-        finally:
-            eng.close()
-    assert_close_outputs(outs[True], outs[False], tol)
+    cuBLAS / grouped-GEMM engine's (the same math, other summation orders)."""
+    outs = engine_outputs(gpu, small_ckpt, dtype, {"gemv": ({"gemv": True}, {}), "cublas": ({"gemv": False}, {})},
+                          forwards=((1, 3), (4, 1)), decodes=(2,), prompt_len=5)
+    assert_close_outputs(outs["gemv"], outs["cublas"], 2e-4 if dtype == "fp32" else 0.15)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_pdl_launches_change_nothing(gpu, small_ckpt, dtype):
     """Programmatic dependent launch only lets kernels start early; every kernel waits before it
-    touches activations, so forwards and graph-replayed decode steps at batch 1 and 3 give the same
+    touches activations, so forwards and graph-replayed decode steps at batch 1, 3 and 16 (the
+    GEMVs; the grouped GEMM's stream kernels after norm_route's sort) give the same
     logits bit for bit with and without it (a missing wait would show up as a race here)."""
-    from optimized.engine import OptimizedEngine
-    V = small_ckpt.config.vocab_size
-    outs = {}
-    for pdl in (True, False):
-        eng = OptimizedEngine(small_ckpt, gpu.index, dtype=dtype, pdl=pdl, progress=False, max_len=64)
-        assert eng.use_pdl == pdl
-        try:
-            got = [eng.forward(synthetic_prompts(V, B, S, seed=S)) for B, S in ((1, 2), (2, 9))]
-            for B in (1, 3):
-                nxt = eng.prefill(synthetic_prompts(V, B, 4, seed=B), max_new_tokens=9).argmax(1)
-                for _ in range(8):  # the first step runs eagerly, the rest replay its graph
-                    logits = eng.decode(nxt)
-                    got.append(logits)
-                    nxt = logits.argmax(1)
-            outs[pdl] = got
-        finally:
-            eng.close()
-    for i, (a, b) in enumerate(zip(outs[True], outs[False])):
-        assert np.array_equal(a, b), f"output {i} differs with PDL: max {np.abs(a - b).max():.3g}"
+    def check(eng, name):
+        assert eng.use_pdl == (name == "pdl")
+    outs = engine_outputs(gpu, small_ckpt, dtype, {"pdl": ({"pdl": True}, {}), "plain": ({"pdl": False}, {})},
+                          forwards=((1, 2), (2, 9), (4, 16)), decodes=(1, 3, 16), steps=8, check=check)
+    assert_equal_outputs(outs["pdl"], outs["plain"], "with PDL")

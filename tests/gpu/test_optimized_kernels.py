@@ -185,13 +185,17 @@ def test_route_and_sort(K, T, E, k, tile_variant):
     assert torch.equal(idx.long().sort(1).values, want_idx.sort(1).values)
     w = torch.gather(s, 1, idx.long())
     close(wts, w / (w.sum(-1, keepdim=True) + 1e-6), torch.float32, "routing weights")
-    # sort: a permutation of the pairs, grouped by ascending expert, offsets = counts' prefix sums
-    assert torch.equal(sp.sort().values.long(), torch.arange(T * k, device="cuda"))
+    check_sort(idx, sp, offs, tiles, nt, E, K.moe_variant(tile_variant).tile_rows)
+
+
+def check_sort(idx, sp, offs, tiles, nt, E: int, BM: int) -> None:
+    """moe_sort's outputs for the routing idx [T, k]: sorted_pair sp a permutation of the pairs
+    grouped by ascending expert, offsets the counts' prefix sums, the tile table of BM-row tiles."""
+    assert torch.equal(sp.sort().values.long(), torch.arange(idx.numel(), device="cuda"))
     experts = idx.view(-1).long()[sp.long()]
     assert torch.all(experts[1:] >= experts[:-1])
     counts = torch.bincount(idx.view(-1).long(), minlength=E)
     assert torch.equal(offs.long(), torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
-    BM = K.moe_variant(tile_variant).tile_rows
     assert nt.item() == int(((counts + BM - 1) // BM).sum())
     # the table: per expert, consecutive tiles of BM rows from its offset, each ending at the expert's end
     want = [(e, int(offs[e]) + r, int(offs[e + 1])) for e in range(E) for r in range(0, int(counts[e]), BM)]

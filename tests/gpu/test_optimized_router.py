@@ -1,16 +1,17 @@
 """The MoE router's kernels (optimized/router.cu) against float64 torch on random inputs, outputs
 poisoned with NaN first, both storage dtypes: the fused router + top-k, ffn_norm + router in one
-launch (one block per token and the 1-2 token split), the out_proj with the router folded
-through it and the ffn_norm + routing after it; then the engine with the folded router against
-norm_route."""
+launch (one block per token and the 1-2 token split), the same with the grouped GEMM's sort in its
+last block, the out_proj with the router folded through it and the ffn_norm + routing after it;
+then the engine with the folded router against norm_route, and with the sort in the router against
+the sort's own launch."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness.jobs.files import synthetic_prompts
-from test_optimized_gemv import G, assert_close_outputs, small_ckpt  # noqa: F401 (fixtures; tests/gpu is on sys.path)
-from test_optimized_kernels import close, poisoned, rand, run
+from test_optimized_gemv import (G, assert_close_outputs, assert_equal_outputs, engine_outputs,  # noqa: F401 (fixtures;
+                                 small_ckpt)  # tests/gpu is on sys.path)
+from test_optimized_kernels import check_sort, close, poisoned, rand, run
 
 pytestmark = pytest.mark.gpu
 
@@ -85,6 +86,37 @@ def test_norm_route(R, T, E, k, H, split):
     check_routing(idx, wts, s, bias, k, 1.5)
 
 
+# the engine's shapes (3-64 tokens of the real model, 16-row tiles) and odd ones: 64 experts, top-8,
+# one token, 64-row tiles holding several experts' worth of pairs
+@pytest.mark.parametrize("T,E,k,H,BM", [(3, 32, 4, 2048, 16), (16, 32, 4, 2048, 16), (64, 32, 4, 2048, 16),
+                                        (64, 32, 4, 2048, 64), (5, 64, 8, 1024, 16), (1, 8, 2, 64, 16),
+                                        (40, 16, 12, 512, 64)])
+def test_norm_route_sort(R, T, E, k, H, BM):
+    """norm_route with the sort in its last block: x, h, idx and wts bit for bit as norm_route's, and
+    the sort as moe_sort's (check_sort); twice, so that the arrival count is shown to start again from 0."""
+    from optimized.kernels import max_gemm_tiles
+    x_in, y = rand(T, H, dtype=torch.float32), rand(T, H, dtype=R.dtype)
+    w = (1 + 0.1 * rand(H, dtype=torch.float32)).to(R.dtype)
+    gate = rand(E, H, dtype=torch.float32, scale=H ** -0.5)
+    bias = rand(E, dtype=torch.float32, scale=0.05)
+    npairs = T * k
+    outs = []
+    for sorting in (False, True, True):
+        x, h = x_in.clone(), poisoned(T, H, dtype=R.dtype)
+        idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
+        sp, offs = poisoned(npairs, dtype=torch.int32), poisoned(E + 1, dtype=torch.int32)
+        tiles, nt = poisoned(3 * max_gemm_tiles(npairs, E, R.dtype, BM), dtype=torch.int32), poisoned(1, dtype=torch.int32)
+        sort = (BM, sp, offs, tiles, nt) if sorting else None
+        run(lambda: R.norm_route(x, y, w, h, 1e-5, gate, bias, k, True, 1.5, idx, wts, sort=sort))
+        outs.append((x, h, idx, wts))
+        if sorting:
+            check_sort(idx, sp, offs, tiles, nt, E, BM)
+    for a, b in zip(outs[0], outs[1]):
+        assert torch.equal(a, b), "norm_route_sort routed otherwise than norm_route"
+    for a, b in zip(outs[1], outs[2]):
+        assert torch.equal(a, b), "a second launch on the same inputs gave other outputs"
+
+
 @pytest.mark.parametrize("T,N,K,E", [(1, 2048, 2048, 32), (2, 2048, 2048, 32), (2, 100, 256, 5), (1, 64, 4096, 8)])
 def test_out_router(G, R, T, N, K, E):
     """out_proj with the router folded through it: y as gemv gives it (bit for bit), and the
@@ -129,25 +161,19 @@ def test_norm_route_folded(R, T, E, k, H):
 def test_folded_router_matches_norm_route(gpu, small_ckpt, dtype):
     """Batch-1 and batch-2 decode steps (and 1x2 forwards) with the router folded through out_proj
     and with norm_route: the same routing up to fp32 summation order, so logits within the GEMV
-    path's tolerance of each other, both engines fed the same tokens."""
-    from optimized.engine import OptimizedEngine
-    tol = 2e-4 if dtype == "fp32" else 0.15
-    V = small_ckpt.config.vocab_size
-    outs, fed = {}, []
-    for fold in (True, False):
-        eng = OptimizedEngine(small_ckpt, gpu.index, dtype=dtype, progress=False, max_len=64)
-        eng.fold_router = fold
-        try:
-            got = [eng.forward(synthetic_prompts(V, 1, 2, seed=5))]
-            n = 0
-            for B in (1, 2):
-                got.append(eng.prefill(synthetic_prompts(V, B, 4, seed=B), max_new_tokens=6))
-                for _ in range(5):
-                    if fold:
-                        fed.append(got[-1].argmax(1))
-                    got.append(eng.decode(fed[n]))
-                    n += 1
-            outs[fold] = got
-        finally:
-            eng.close()
-    assert_close_outputs(outs[True], outs[False], tol)
+    path's tolerance of each other."""
+    outs = engine_outputs(gpu, small_ckpt, dtype, {"folded": ({}, {"fold_router": True}),
+                                                   "norm_route": ({}, {"fold_router": False})},
+                          forwards=((1, 2),), decodes=(1, 2), steps=5)
+    assert_close_outputs(outs["folded"], outs["norm_route"], 2e-4 if dtype == "fp32" else 0.15)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sort_in_router_matches_the_sorts_own_launch(gpu, small_ckpt, dtype):
+    """Forwards of 3-64 tokens and decode steps at batch 4 and 16 (the grouped GEMM after
+    norm_route) with the sort in norm_route's last block and with its own launch: the same logits
+    bit for bit (the order of rows inside an expert does not change any sum)."""
+    outs = engine_outputs(gpu, small_ckpt, dtype, {"in_router": ({}, {"R.sort_in_router": True}),
+                                                   "own_launch": ({}, {"R.sort_in_router": False})},
+                          forwards=((1, 3), (4, 4), (2, 32), (4, 16), (4, 16)), decodes=(4, 16))
+    assert_equal_outputs(outs["in_router"], outs["own_launch"], "with the sort in norm_route")
