@@ -266,7 +266,9 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
                      "(prefill), or one decode step after that batch's prefill (generate), under "
                      "torch.profiler: GPU kernels by GPU time, or CPU ops by self time. Shares are of the "
                      "profiled total. The run is eager (an engine that replays CUDA graphs launches the same "
-                     "kernels one by one), so its total can exceed the timed call's: read the shares.</p>"
+                     "kernels one by one), so its total can exceed the timed call's: read the shares. A kernel "
+                     "launched with programmatic dependent launch starts before the one ahead of it ends, and "
+                     "its time includes that wait.</p>"
                      + "".join(f"<h3>{e(label)}</h3>" + t.to_html(index=False, border=0) for label, t in profiles))
     sc = scaling_table(df)
     parts.append("<h2>Scaling with ranks</h2>" + _img(plot_scaling(sc), "scaling efficiency vs ranks",
