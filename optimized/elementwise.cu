@@ -1,7 +1,8 @@
 // The optimized engine's memory-bound kernels: embedding gather, residual add fused with RMSNorm,
-// SiLU*up for the dense FFN, the fused ShortConv core, q/k RMSNorm + RoPE, routing and the
-// launch of the sort of (token, slot) pairs by expert (moe_sort.cuh). Storage type T = float or bf16, math in float; where
-// HF rounds to bf16 between ops (Lfm2MoeRMSNorm and friends) we round the same way (rnd<T>, identity in fp32).
+// SiLU*up for the dense FFN, the fused ShortConv core, q/k RMSNorm + RoPE, routing and the launch
+// of the sort of (token, slot) pairs by expert (moe_sort.cuh). Storage type T = float or bf16,
+// math in float; where HF rounds to bf16 between ops (Lfm2MoeRMSNorm and friends) we round the
+// same way (rnd<T>, identity in fp32).
 #include "common.cuh"
 #include "moe_sort.cuh"
 #include "route.cuh"

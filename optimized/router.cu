@@ -9,7 +9,7 @@
 //       biased top-k, replacing a cuBLAS GEMV (2 launches) and the route launch (H > 2048);
 //   norm_route_<sfx>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts)
 //       ffn_norm (one addend) and the router in one block per token (H <= 2048);
-//   norm_route_sort_<sfx>(..., npairs, BM, sorted_pair, offsets, tiles, num_tiles, count)
+//   norm_route_sort_<sfx>(..., BM, sorted_pair, offsets, tiles, num_tiles, count)
 //       the same, and the last block to finish sorts the pairs for the grouped GEMM (moe_sort.cuh);
 //   norm_route_split_<sfx>(..., ntok, logits_g, count)   the same for 1-2 tokens over E / (H / 256) blocks;
 //   gemv_out_router_<sfx>(a, lda, W, y, N, K, nb, M, Gw, x, r, E) + norm_route_folded_<sfx>(...)

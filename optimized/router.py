@@ -91,7 +91,9 @@ class RouterKernels:
             self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
 
     def _sort_args(self, sort, npairs: int, E: int) -> tuple:
+        """norm_route_sort's arguments past norm_route's, checked as Kernels.moe_sort checks them."""
         tile_rows, sorted_pair, offsets, tiles, num_tiles = sort
+        _need(tile_rows >= 1, f"tile rows must be >= 1, got {tile_rows}")
         for t, n in ((sorted_pair, "sorted_pair"), (offsets, "offsets"), (tiles, "tiles"), (num_tiles, "num_tiles")):
             _dev(t, torch.int32, n)
         _need(sorted_pair.numel() >= npairs and offsets.numel() >= E + 1, f"sorted_pair must hold {npairs} pairs and "
