@@ -5,11 +5,13 @@ Tests that use it should also carry `@pytest.mark.gpu`; everything under tests/g
 mark automatically.
 `tiny_ckpt`: the in-memory synthetic checkpoint of the "tiny" preset, seed 0.
 `rng`: a numpy Generator seeded from the test's name: fresh random data per test, reproducible.
+Tests marked `mpi` (they launch a real mpiexec) skip where no mpiexec or mpirun is on PATH.
 On a machine without a GPU the GPU tests skip for one reason; their skip lines are folded into
 one ("SKIPPED [N] tests/conftest.py: no GPU: ...") so the summary shows that, and why, at a glance.
 """
 from __future__ import annotations
 
+import shutil
 import zlib
 from pathlib import Path
 
@@ -23,9 +25,12 @@ GPU_SKIP_PREFIX = "no GPU: "  # the `gpu` fixture's skip reason starts with it
 
 
 def pytest_collection_modifyitems(config, items):
+    no_mpiexec = shutil.which("mpiexec") is None and shutil.which("mpirun") is None
     for item in items:
         if GPU_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.gpu)
+        if no_mpiexec and item.get_closest_marker("mpi"):
+            item.add_marker(pytest.mark.skip(reason="no mpiexec on PATH (pip install mpich)"))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,16 +4,13 @@ that cannot generate reported as a failed row, not a hang."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
 
 from harness.__main__ import main as harness_main
 
-pytestmark = [pytest.mark.mpi,
-              pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
-                                 reason="no mpiexec on PATH (pip install mpich)")]
+pytestmark = pytest.mark.mpi  # skipped without mpiexec (conftest.py)
 pytest.importorskip("mpi4py")
 
 

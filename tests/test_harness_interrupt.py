@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +18,7 @@ import pytest
 
 from harness.run.procs import marked_pids
 
-pytestmark = [pytest.mark.mpi,
-              pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
-                                 reason="no mpiexec on PATH (pip install mpich)")]
+pytestmark = pytest.mark.mpi  # skipped without mpiexec (conftest.py)
 pytest.importorskip("mpi4py")
 
 ROOT = Path(__file__).resolve().parents[1]

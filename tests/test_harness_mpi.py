@@ -13,9 +13,7 @@ import pytest
 from harness.__main__ import main as harness_main
 from harness.report.records import SUMMARY_COLUMNS
 
-pytestmark = [pytest.mark.mpi,
-              pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
-                                 reason="no mpiexec on PATH (pip install mpich)")]
+pytestmark = pytest.mark.mpi  # skipped without mpiexec (conftest.py)
 pytest.importorskip("mpi4py")
 
 

@@ -4,22 +4,12 @@ kernels by GPU time, is what `python -m optimized --profile` uses on the H100)."
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from harness.__main__ import main as harness_main
 from harness.measure.op_profile import format_table, profile_ops
-
-_no_mpiexec = pytest.mark.skipif(shutil.which("mpiexec") is None and shutil.which("mpirun") is None,
-                                 reason="no mpiexec on PATH (pip install mpich)")
-
-
-def needs_mpiexec(test):
-    """A harness job under a real mpiexec: marked mpi, skipped where there is none."""
-    return pytest.mark.mpi(_no_mpiexec(test))
-
 
 @pytest.fixture
 def cpu_job_env(tmp_path, monkeypatch):
@@ -39,7 +29,7 @@ def test_cpu_profile_names_the_ops_that_ran_with_self_time():
     assert text.startswith("three matmuls:") and "aten::mm" in text
 
 
-@needs_mpiexec
+@pytest.mark.mpi  # skipped without mpiexec (conftest.py)
 def test_run_with_profile_ops_records_and_reports_the_table(tmp_path, cpu_job_env):
     assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--samples", "4", "--batch", "2",
                          "--ranks", "2", "--device", "cpu", "--profile-ops", "--out", str(tmp_path / "r"),
@@ -54,7 +44,7 @@ def test_run_with_profile_ops_records_and_reports_the_table(tmp_path, cpu_job_en
     assert "Where the time goes" in html and "aten::" in html
 
 
-@needs_mpiexec
+@pytest.mark.mpi  # skipped without mpiexec (conftest.py)
 def test_a_generate_run_with_profile_ops_profiles_one_decode_step(tmp_path, cpu_job_env):
     assert harness_main(["run", "--engine", "reference", "--preset", "tiny", "--workload", "generate",
                          "--max-new-tokens", "3", "--samples", "2", "--seq-len", "4", "--batch", "2", "--ranks", "1",
