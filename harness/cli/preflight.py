@@ -159,14 +159,14 @@ def _check_fit(args, cfg, engines: list[str], ranks: int, seq_lens: list[int], n
         if need > avail:
             problems.append(f"{what} needs {need / GB:.1f} GB of memory and this machine has {avail / GB:.1f} GB "
                             f"available: {smaller}, fewer ranks, or a machine with a GPU")
-    if not args.hostfile and _gpu_here():
+    if not args.hostfile:  # (a hostfile's GPUs are not this machine's)
         _check_gpu_fit(args, engines, ranks, params, smaller, problems)
 
 
 def _check_gpu_fit(args, engines: list[str], ranks: int, params: int, smaller: str, problems: list[str]) -> None:
     """Refuse what cannot fit: the weights alone (a lower bound of what the engine allocates) of the
     ranks that share a GPU (round-robin, harness.run.ranks.select_gpu) against its total memory (an
-    upper bound of what it can give)."""
+    upper bound of what it can give). Nothing to check on a machine without a GPU."""
     sizes = _gpu_sizes()
     if not sizes:
         return
