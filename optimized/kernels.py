@@ -176,6 +176,16 @@ def max_gemm_tiles(npairs: int, num_experts: int, dtype, tile_rows: int | None =
     return npairs // (tile_rows or GEMM_TILE_ROWS[dtype]) + num_experts
 
 
+def check_sort_buffers(sorted_pair, expert_offsets, tiles, num_tiles, npairs: int, num_experts: int, dtype,
+                       tile_rows: int) -> None:
+    """The sort's outputs (Kernels.moe_sort, router.py's norm_route_sort): int32 CUDA tensors, the tile
+    table long enough for npairs pairs over num_experts experts in tiles of tile_rows rows."""
+    for t, n in ((sorted_pair, "sorted_pair"), (expert_offsets, "expert_offsets"), (tiles, "tiles"),
+                 (num_tiles, "num_tiles")):
+        _dev(t, torch.int32, n)
+    _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, num_experts, dtype, tile_rows), "tile table too small")
+
+
 def _moe_grid(v: MoeVariant, tiles: int, slabs: int) -> tuple[int, int]:
     """The grouped GEMM's grid. moe_wgmma.cu puts the column slabs on x, so that the slabs of one row
     tile run side by side and read its rows from L2 (with the tiles on x the down GEMM's act rows, 59 MB
@@ -342,13 +352,11 @@ class Kernels:
     def moe_sort(self, idx, num_experts, sorted_pair, expert_offsets, tiles, num_tiles, npairs=None,
                  variant: str | None = None) -> None:
         """Sort the (token, slot) pairs by expert and build the tile table for `variant`."""
-        for t, n in ((idx, "idx"), (sorted_pair, "sorted_pair"), (expert_offsets, "expert_offsets"), (tiles, "tiles"),
-                     (num_tiles, "num_tiles")):
-            _dev(t, torch.int32, n)
+        _dev(idx, torch.int32, "idx")
         npairs = idx.numel() if npairs is None else npairs
         rows = self.moe_variant(variant).tile_rows
         _need(num_experts <= SORT_MAX_E, f"moe_sort supports up to {SORT_MAX_E} experts")
-        _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, num_experts, self.dtype, rows), "tile table too small")
+        check_sort_buffers(sorted_pair, expert_offsets, tiles, num_tiles, npairs, num_experts, self.dtype, rows)
         self._go(self.k_sort, (1,), (1024,), (ptr(idx), i32(npairs), i32(num_experts), i32(rows),
                                              ptr(sorted_pair), ptr(expert_offsets), ptr(tiles), ptr(num_tiles)),
                  npairs=npairs)

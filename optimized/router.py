@@ -19,7 +19,7 @@ import torch
 from harness.gpu import launch, load_module
 
 from .gemv import GEMV_WARPS, _aligned, gemv_takes
-from .kernels import SUFFIX, _dev, _need, f32, i32, max_gemm_tiles, ptr
+from .kernels import SUFFIX, _dev, _need, check_sort_buffers, f32, i32, ptr
 
 HERE = Path(__file__).parent
 ROUTER_THREADS = 1024  # = RT_THREADS in router.cu
@@ -91,14 +91,12 @@ class RouterKernels:
             self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
 
     def _sort_args(self, sort, npairs: int, E: int) -> tuple:
-        """norm_route_sort's arguments past norm_route's, checked as Kernels.moe_sort checks them."""
+        """norm_route_sort's arguments past norm_route's, checked as Kernels.moe_sort checks its own."""
         tile_rows, sorted_pair, offsets, tiles, num_tiles = sort
         _need(tile_rows >= 1, f"tile rows must be >= 1, got {tile_rows}")
-        for t, n in ((sorted_pair, "sorted_pair"), (offsets, "offsets"), (tiles, "tiles"), (num_tiles, "num_tiles")):
-            _dev(t, torch.int32, n)
+        check_sort_buffers(sorted_pair, offsets, tiles, num_tiles, npairs, E, self.dtype, tile_rows)
         _need(sorted_pair.numel() >= npairs and offsets.numel() >= E + 1, f"sorted_pair must hold {npairs} pairs and "
               f"offsets {E + 1} entries")
-        _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, E, self.dtype, tile_rows), "tile table too small")
         return (i32(tile_rows), ptr(sorted_pair), ptr(offsets), ptr(tiles), ptr(num_tiles), ptr(self._sort_count))
 
     @staticmethod
