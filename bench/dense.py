@@ -24,17 +24,15 @@ cases (N x K; the bytes are the weights, the least any version must read):
   ffn_w2     2048 x 7168    the dense FFN's down
   lm_head   65536 x 2048    the vocabulary (fp32 logits)
 
-A CUDA graph holds 20 launches back to back, cycling through enough copies of the weight (128 MB)
-that each launch reads it from HBM, as the engine reads each layer's weights once per step;
-`--hot` times one copy, from L2 below ~40 MB (GB/s past 100 % of HBM). GB/s is weight bytes per
-second: compare it with the HBM line of `python -m bench.hbm_read` (about 3000 GB/s on an H100);
-the note gives the share of that ceiling and, for stream, its split
+A CUDA graph holds 20 launches back to back, so a weight under ~40 MB is read from L2 after the
+first launch (GB/s past 100 % of HBM): the engine reads each layer's weights once per step, from
+HBM. GB/s is weight bytes per second: compare it with the HBM line of `python -m bench.hbm_read`
+(about 3000 GB/s on an H100); the note gives the share of that ceiling and, for stream, its split
 (slices of K x k-tiles each). Check: max error against float64 on the same bf16 inputs, relative
 to the largest reference value (bf16 outputs round at ~4e-3).
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 
@@ -44,15 +42,13 @@ HERE = Path(__file__).parent
 MAX_ROWS = 64  # = 16 x the largest MT in dense_stream.cu
 BN, BKB, THREADS = 128, 256, 128  # = DS_BN, DS_BKB, DS_THREADS
 # plan_split's cost model: a block's fixed price in k-tiles of its own stream (the ramp before its
-# first stage lands), and a split's (two cluster barriers, the partials through distributed shared memory)
-BLOCK_COST_TILES, SPLIT_COST_TILES = 1.0, 0.25
-SPLITS = (1, 2, 4, 8)  # the cluster sizes dense_stream.cu is built for (8: the portable maximum)
+# first stage lands), and per slice at 64 rows the last block's read of 32 KB of partials
+BLOCK_COST_TILES, PARTIAL_COST_TILES = 1.0, 0.3
 
 VERSIONS = ["torch", "stream"]
 CASES = {"out_proj": (2048, 2048), "in_proj": (6144, 2048), "qkv": (3072, 2048), "ffn_w13": (14336, 2048),
          "ffn_w2": (2048, 7168), "lm_head": (65536, 2048)}
 TOLERANCE = 1.5e-2
-COLD_BYTES = 128 << 20  # weight copies per case: over twice the H100's 50 MB L2
 
 
 def stages(mt: int) -> int:
@@ -65,45 +61,63 @@ def smem_bytes(mt: int) -> int:
     return stages(mt) * (BN + 16 * mt) * (BKB + 16)
 
 
-def plan_split(N: int, K: int, sms: int) -> tuple[int, int]:
-    """(k-tiles per slice, slices) for [.., K] @ [N, K]^T on `sms` SMs, one block each (the shared
+def plan_split(N: int, K: int, sms: int, rows: int = MAX_ROWS) -> tuple[int, int]:
+    """(k-tiles per slice, slices) for [rows, K] @ [N, K]^T on `sms` SMs (one block each: the shared
     memory allows no second): the least waves x (k-tiles per block + BLOCK_COST_TILES) + the
-    split's price, fewer slices on a tie. A wave holds sms // slices clusters of `slices` blocks."""
+    partials' reading, fewer slices on a tie; every slice non-empty."""
     slabs, ktiles = -(-N // BN), -(-(K * 2) // BKB)
     best = None
-    for slices in SPLITS:
-        if slices > 1 and (slices > ktiles or sms < slices):
-            continue
-        per = -(-ktiles // slices)
-        waves = -(-slabs // (sms // slices))
-        cost = waves * (per + BLOCK_COST_TILES) + (slices > 1) * SPLIT_COST_TILES
+    for want in range(1, ktiles + 1):
+        per = -(-ktiles // want)
+        slices = -(-ktiles // per)
+        waves = -(-(slabs * slices) // sms)
+        cost = waves * (per + BLOCK_COST_TILES) + (slices > 1) * PARTIAL_COST_TILES * slices * rows / 64
         if best is None or cost < best[0] - 1e-9:
             best = (cost, per, slices)
     return best[1], best[2]
 
 
 class DenseStream:
-    """Launcher of dense_stream.cu on torch CUDA tensors."""
+    """Launcher of dense_stream.cu on torch CUDA tensors. The split's workspace (fp32 partials) and
+    the slabs' arrival counts are sized by `reserve` for the (N, K) shapes to come, before a graph
+    captures their address; `mm` refuses a shape that was not reserved."""
 
     def __init__(self, gpu, stream=None):
         import torch
 
         from harness.gpu import load_module
         from harness.gpu.context import import_driver
-        self.stream, self.sms = stream, gpu.multiprocessors
+        self.stream, self.sms, self.dev = stream, gpu.multiprocessors, gpu.torch_device
         m = load_module(HERE / "dense_stream.cu", gpu, include_dirs=(HERE.parent / "optimized",))
         attr = import_driver().function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
-        self.k = {}  # (MT, slices, output dtype) -> kernel
+        self.k = {}  # (MT, output dtype) -> kernel
         for mt in range(1, MAX_ROWS // 16 + 1):
-            for slices in SPLITS:
-                for dt, sfx in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
-                    k = m.kernel(f"dense_stream_m{mt}_s{slices}_{sfx}")
-                    k.function.set_attribute(attr, smem_bytes(mt))  # past the 48 KB default
-                    self.k[mt, slices, dt] = k
+            for dt, sfx in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+                k = m.kernel(f"dense_stream_m{mt}_{sfx}")
+                k.function.set_attribute(attr, smem_bytes(mt))  # past the 48 KB default
+                self.k[mt, dt] = k
         self.pdl = False
+        self.ws = torch.empty(0, dtype=torch.float32, device=self.dev)
+        self.counts = torch.zeros(0, dtype=torch.int32, device=self.dev)
 
     def split(self, N: int, K: int) -> tuple[int, int]:
         return plan_split(N, K, self.sms)
+
+    def _needs(self, N: int, K: int, rows: int = MAX_ROWS) -> tuple[int, int]:
+        """(workspace floats, slab counts) of [rows, K] @ [N, K]^T."""
+        _, slices = self.split(N, K)
+        return (slices * rows * N, -(-N // BN)) if slices > 1 else (0, 0)
+
+    def reserve(self, shapes) -> None:
+        import torch
+        floats = counts = 0
+        for N, K in shapes:
+            f, c = self._needs(N, K)
+            floats, counts = max(floats, f), max(counts, c)
+        if floats > self.ws.numel():
+            self.ws = torch.empty(floats, dtype=torch.float32, device=self.dev)
+        if counts > self.counts.numel():
+            self.counts = torch.zeros(counts, dtype=torch.int32, device=self.dev)
 
     @staticmethod
     def takes(x, w, y) -> bool:
@@ -117,8 +131,8 @@ class DenseStream:
                 and w.shape[1] % 8 == 0 and w.shape[0] % 8 == 0 and _rows_ok(x, w.shape[1])
                 and y.is_contiguous() and _aligned(y) and y.shape == (x.shape[0], w.shape[0]))
 
-    def mm(self, x, w, y, slices: int | None = None) -> None:
-        """y [M, N] = x [M, K] @ w [N, K]^T for M <= 64 (`slices`: force a split, one of SPLITS)."""
+    def mm(self, x, w, y) -> None:
+        """y [M, N] = x [M, K] @ w [N, K]^T for M <= 64."""
         from harness.gpu import launch
         from optimized.kernels import i32, ptr
         if not self.takes(x, w, y):
@@ -127,26 +141,23 @@ class DenseStream:
                              f"got x {tuple(x.shape)} {x.dtype} stride {x.stride()}, w {tuple(w.shape)} {w.dtype}, "
                              f"y {tuple(y.shape)} {y.dtype}")
         (M, K), N = x.shape, w.shape[0]
-        if slices is None:
-            per, slices = self.split(N, K)
-        elif slices in SPLITS:
-            per = -(-(-(-(K * 2) // BKB)) // slices)  # k-tiles, then per slice
-        else:
-            raise ValueError(f"dense_stream: slices must be one of {SPLITS}, got {slices}")
+        per, slices = self.split(N, K)
+        floats, counts = self._needs(N, K, M)
+        if floats > self.ws.numel() or counts > self.counts.numel():
+            raise ValueError(f"dense_stream: [{N}, {K}] at {M} rows splits K {slices} ways and needs {floats} "
+                             f"workspace floats and {counts} counts, {self.ws.numel()} and {self.counts.numel()} "
+                             "reserved; call reserve() with this weight's shape first")
         mt = -(-M // 16)
-        launch(self.k[mt, slices, y.dtype], (-(-N // BN), slices), (THREADS,),
-               (ptr(x), i32(x.stride(0)), ptr(w), ptr(y), i32(M), i32(N), i32(K), i32(per)),
-               shapes={"x": (M, K), "w": (N, K)}, shared=smem_bytes(mt), stream=self.stream, pdl=self.pdl)
+        launch(self.k[mt, y.dtype], (-(-N // BN), slices), (THREADS,),
+               (ptr(x), i32(x.stride(0)), ptr(w), ptr(y), ptr(self.ws), ptr(self.counts), i32(M), i32(N), i32(K),
+                i32(per)), shapes={"x": (M, K), "w": (N, K)}, shared=smem_bytes(mt), stream=self.stream,
+               pdl=self.pdl)
+
 
 def main(argv=None) -> int:
     ap = common.parser(__doc__, "python -m bench.dense")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)} (default all)")
     ap.add_argument("--rows", default="16,64", help="comma-separated row counts, 1-64 (default 16,64)")
-    ap.add_argument("--hot", action="store_true", help="time every launch on one weight copy (L2-resident below "
-                    "~40 MB); by default the graph's launches cycle through enough copies to read from HBM, as "
-                    "the engine does")
-    ap.add_argument("--slices", type=int, choices=SPLITS, help="force the stream version's K split "
-                    "(default: plan_split's choice)")
     ap.add_argument("--pdl", action="store_true", help="launch the stream kernel with programmatic dependent launch, "
                     "as the engine does on sm_90 (its first weight stages load while the launch before finishes)")
     args = common.parse(ap, argv)
@@ -166,44 +177,38 @@ def main(argv=None) -> int:
 
     DS = DenseStream(dev.gpu, stream=dev.stream)
     DS.pdl = args.pdl
+    DS.reserve(CASES[c] for c in cases)
     torch.manual_seed(0)
     d = dev.torch_device
-    lines = common.Lines(f"dense GEMMs of few rows, bf16{', PDL' if args.pdl else ''}, "
-                         f"{'L2-hot' if args.hot else 'from HBM'}, on {dev.describe()}")
+    lines = common.Lines(f"dense GEMMs of few rows, bf16{', PDL' if args.pdl else ''}, on {dev.describe()}")
     for case in cases:
         N, K = CASES[case]
-        nbytes = N * K * 2
-        copies = 1 if args.hot else -(-COLD_BYTES // nbytes)  # the graph's launches cycle through them
-        ws = [(torch.randn(N, K, device=d) * K ** -0.5).to(torch.bfloat16) for _ in range(copies)]
+        w = (torch.randn(N, K, device=d) * K ** -0.5).to(torch.bfloat16)
         out_dtype = torch.float32 if case == "lm_head" else torch.bfloat16
-        per, slices = (-(-(-(-(K * 2) // BKB)) // args.slices), args.slices) if args.slices else DS.split(N, K)
+        per, slices = DS.split(N, K)
         for M in rows:
             x = torch.randn(M, K, device=d).to(torch.bfloat16)
             outs = {v: torch.empty(M, N, dtype=out_dtype, device=d) for v in VERSIONS}
-
-            def cublas(w, out=outs["torch"], x=x):
+            def cublas(x=x, out=outs["torch"]):
                 if out.dtype == torch.bfloat16:
                     torch.mm(x, w.t(), out=out)
                 else:  # fp32 logits from bf16 operands, as the engine's LM head (torch >= 2.8)
                     torch.mm(x, w.t(), out_dtype=torch.float32, out=out)
-
-            def stream(w, out=outs["stream"], x=x):
-                DS.mm(x, w, out, slices=args.slices)
-            calls = {"torch": cublas, "stream": stream}
-            want = x.double() @ ws[0].double().t()
+            launches = {"torch": cublas, "stream": lambda x=x, out=outs["stream"]: DS.mm(x, w, out)}
+            want = x.double() @ w.double().t()
+            nbytes = w.numel() * w.element_size()
             for n, name in enumerate(VERSIONS, 1):
                 if name not in versions:
                     continue
                 common.poison(outs[name])
-                dev.run(lambda: calls[name](ws[0]))
+                dev.run(launches[name])
                 err = common.max_err(outs[name], want)
-                turn = itertools.count()
-                ms = dev.graph_ms(lambda: calls[name](ws[next(turn) % copies]), reps=20, trials=args.trials)
+                ms = dev.graph_ms(launches[name], reps=20, trials=args.trials)
                 note = common.hbm_share(nbytes, ms) + (f", {slices} x {per} k-tiles" if name == "stream" else "")
                 lines.line(f"v{n} {name} {case} {M}x{N}x{K}", ms, nbytes=nbytes, flops=2 * M * N * K, err=err,
                            tol=TOLERANCE, note=note)
-            del x, outs, calls, want
-        del ws
+            del x, outs, launches, want
+        del w
         torch.cuda.empty_cache()
     return lines.exit_code()
 

@@ -12,18 +12,11 @@
 //   moe_stream.cu's layout (BKB = 256 bytes of K per stage, rows padded by 16 bytes);
 // - under PDL the weights' first stages are in flight before pdl_wait: they never depend on the
 //   kernel before, so their latency hides behind its tail;
-// - split-K through a thread-block cluster: the SPLITS blocks of one column slab are one cluster
-//   (grid (N / BN, SPLITS), cluster (1, SPLITS, 1)); each leaves its fp32 partial tile in its own
-//   shared memory, and block j of the cluster adds rows j, j + SPLITS, ... of all SPLITS tiles, read
-//   through distributed shared memory in rank order (the same bits on every run), and writes y.
-//   With one split the block writes y itself.
-// extern "C" names: dense_stream_m<MT>_s<SPLITS>_<out> for MT 1-4 (M <= 16 MT), SPLITS 1, 2, 4, 8
-// and out bf16 | f32.
-#include <cooperative_groups.h>
-
+// - split-K: each block leaves its fp32 partial in `ws` [splits][M][N]; the last block of a column
+//   slab to arrive (arrived_last, `counts` one per slab) adds them in split order (so the sum is the
+//   same on every run) and writes y. With one split the block writes y itself.
+// extern "C" names: dense_stream_m<MT>_<out> for MT 1-4 (M <= 16 MT) and out bf16 | f32.
 #include "../optimized/common.cuh"
-
-namespace cg = cooperative_groups;
 
 #define DS_BN 128
 #define DS_BKB 256
@@ -32,8 +25,9 @@ namespace cg = cooperative_groups;
 // Shared memory per block: STAGES x (BN weight rows + 16 MT x rows) x (BKB + 16) bytes (bench/dense.py mirrors it).
 #define DS_STAGES(MT) ((MT) <= 2 ? 4 : 3)
 
-template <typename TO, int MT, int SPLITS>
-__device__ void dense_stream(const bf16* x, int ldx, const bf16* w, TO* y, int M, int N, int K, int kt_per_split)
+template <typename TO, int MT>
+__device__ void dense_stream(const bf16* x, int ldx, const bf16* w, TO* y, float* ws, unsigned* counts, int M, int N,
+                             int K, int kt_per_split)
 {
     constexpr int STAGES = DS_STAGES(MT);
     constexpr int BM = 16 * MT, BN = DS_BN, BKB = DS_BKB, LDB = BKB + 16;
@@ -50,7 +44,7 @@ __device__ void dense_stream(const bf16* x, int ldx, const bf16* w, TO* y, int M
     const int n0 = blockIdx.x * BN;
     const size_t kbytes = (size_t)K * sizeof(bf16);
     const int kt0 = blockIdx.y * kt_per_split;
-    const int nkt = min(kt_per_split, (int)((kbytes + BKB - 1) / BKB) - kt0);  // <= 0: a slice past K, all zeros
+    const int nkt = min(kt_per_split, (int)((kbytes + BKB - 1) / BKB) - kt0);  // >= 1: the host's split
     const int kc = (tid % CPR) * 16, lrow = tid / CPR;  // this thread's chunk: byte kc of rows lrow + i * RPP
 
     // ---- weights first, before the wait: they do not depend on the kernel before
@@ -144,86 +138,56 @@ __device__ void dense_stream(const bf16* x, int ldx, const bf16* w, TO* y, int M
     cp_async_wait<0>();
 
     // ---- accumulator element i of an n8 tile: row g + 8 (i >> 1), column 2 t + (i & 1)
+    const int splits = gridDim.y;
     const int g = lane >> 2, t2 = (lane & 3) * 2;
-    if constexpr (SPLITS == 1) {
 #pragma unroll
-        for (int m = 0; m < MT; ++m)
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                const int r = m * 16 + g + hr * 8;
-                if (r >= M) continue;
+        for (int hr = 0; hr < 2; ++hr) {
+            const int r = m * 16 + g + hr * 8;
+            if (r >= M) continue;
 #pragma unroll
-                for (int c = 0; c < NC; ++c)
+            for (int c = 0; c < NC; ++c)
 #pragma unroll
-                    for (int h = 0; h < 2; ++h)
-                        store_pair<TO>(y + (size_t)r * N, n0 + wb + c * 16 + h * 8 + t2, N, acc[m][c][h][2 * hr],
-                                       acc[m][c][h][2 * hr + 1]);
-            }
-    } else {
-        // the partial tile [BM][PP] in this block's shared memory (the pipeline's stages are free now)
-        constexpr int PP = BN + 4;  // row pitch in floats: 16-byte rows, float2 stores off a bank stride
-        static_assert(BM * PP * 4 <= STAGES * STAGE_BYTES, "partial tile larger than the stages");
-        float* part = reinterpret_cast<float*>(smem);
-        __syncthreads();  // every warp has read its last stage
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                const int r = m * 16 + g + hr * 8;
-#pragma unroll
-                for (int c = 0; c < NC; ++c)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h)
-                        *reinterpret_cast<float2*>(part + r * PP + wb + c * 16 + h * 8 + t2) =
-                            make_float2(acc[m][c][h][2 * hr], acc[m][c][h][2 * hr + 1]);
-            }
-        cg::cluster_group cluster = cg::this_cluster();
-        cluster.sync();  // every block's partial is written and visible to the cluster
-        const int rank = (int)cluster.block_rank();
-        const float* src[SPLITS];
-#pragma unroll
-        for (int j = 0; j < SPLITS; ++j) src[j] = cluster.map_shared_rank(part, j);
-        constexpr int Q = BN / 4;  // float4 columns of the slab
-        const int my_rows = (M - rank + SPLITS - 1) / SPLITS;  // rows rank, rank + SPLITS, ... below M
-        for (int q = tid; q < my_rows * Q; q += DS_THREADS) {
-            const int r = rank + (q / Q) * SPLITS, c4 = (q % Q) * 4;
-            if (n0 + c4 >= N) continue;  // N % 4 == 0 (the host's check): a float4 is all in or all out
-            float4 v[SPLITS];
-#pragma unroll
-            for (int j = 0; j < SPLITS; ++j) v[j] = *reinterpret_cast<const float4*>(src[j] + r * PP + c4);
-            float4 s = v[0];
-#pragma unroll
-            for (int j = 1; j < SPLITS; ++j) {  // in rank order: the same sum on every run
-                s.x += v[j].x;
-                s.y += v[j].y;
-                s.z += v[j].z;
-                s.w += v[j].w;
-            }
-            TO* dst = y + (size_t)r * N + n0 + c4;
-            store2<TO>(dst, s.x, s.y);
-            store2<TO>(dst + 2, s.z, s.w);
+                for (int h = 0; h < 2; ++h) {
+                    const int col = n0 + wb + c * 16 + h * 8 + t2;
+                    const float v0 = acc[m][c][h][2 * hr], v1 = acc[m][c][h][2 * hr + 1];
+                    if (splits == 1)
+                        store_pair<TO>(y + (size_t)r * N, col, N, v0, v1);
+                    else
+                        store_pair<float>(ws + ((size_t)blockIdx.y * M + r) * N, col, N, v0, v1);
+                }
         }
-        cluster.sync();  // no block leaves while another still reads its shared memory
+    if (splits == 1 || !arrived_last(counts + blockIdx.x, splits)) return;
+
+    // ---- the slab's last block: y = the partials summed in split order (N % 4 == 0: the host's check)
+    constexpr int Q = BN / 4;  // float4 columns of the slab
+    for (int q = tid; q < M * Q; q += DS_THREADS) {
+        const int r = q / Q, col = n0 + (q % Q) * 4;
+        if (col >= N) continue;
+        const float* p = ws + (size_t)r * N + col;
+        float4 s = __ldcg(reinterpret_cast<const float4*>(p));
+#pragma unroll 4
+        for (int j = 1; j < splits; ++j) {
+            const float4 v = __ldcg(reinterpret_cast<const float4*>(p + (size_t)j * M * N));
+            s.x += v.x;
+            s.y += v.y;
+            s.z += v.z;
+            s.w += v.w;
+        }
+        TO* dst = y + (size_t)r * N + col;
+        store2<TO>(dst, s.x, s.y);
+        store2<TO>(dst + 2, s.z, s.w);
     }
 }
 
-#define DS_ARGS(TO) const bf16 *x, int ldx, const bf16 *w, TO *y, int M, int N, int K, int kt_per_split
-#define DENSE_STREAM_1(MT, TO, OUT)                                                                               \
-    extern "C" __global__ void __launch_bounds__(DS_THREADS) dense_stream_m##MT##_s1_##OUT(DS_ARGS(TO))              \
-    {                                                                                                             \
-        dense_stream<TO, MT, 1>(x, ldx, w, y, M, N, K, kt_per_split);                                             \
-    }
-#define DENSE_STREAM_S(MT, S, TO, OUT)                                                                            \
-    extern "C" __global__ void __cluster_dims__(1, S, 1) __launch_bounds__(DS_THREADS)                           \
-        dense_stream_m##MT##_s##S##_##OUT(DS_ARGS(TO))                                                                \
-    {                                                                                                             \
-        dense_stream<TO, MT, S>(x, ldx, w, y, M, N, K, kt_per_split);                                             \
-    }
 #define DENSE_STREAM(MT, TO, OUT)                                                                                 \
-    DENSE_STREAM_1(MT, TO, OUT)                                                                                   \
-    DENSE_STREAM_S(MT, 2, TO, OUT)                                                                                \
-    DENSE_STREAM_S(MT, 4, TO, OUT)                                                                                \
-    DENSE_STREAM_S(MT, 8, TO, OUT)
+    extern "C" __global__ void __launch_bounds__(DS_THREADS) dense_stream_m##MT##_##OUT(                          \
+        const bf16* x, int ldx, const bf16* w, TO* y, float* ws, unsigned* counts, int M, int N, int K,          \
+        int kt_per_split)                                                                                         \
+    {                                                                                                             \
+        dense_stream<TO, MT>(x, ldx, w, y, ws, counts, M, N, K, kt_per_split);                                    \
+    }
 
 DENSE_STREAM(1, bf16, bf16)
 DENSE_STREAM(2, bf16, bf16)

@@ -145,8 +145,8 @@ def test_moe_gemm_versions_are_torch_then_the_engine_variants():
                                  (65536, 2048), (1000, 1800), (72, 40)])
 @pytest.mark.parametrize("sms", [132, 114, 16])
 def test_dense_stream_split_covers_k_with_no_empty_slice(N, K, sms):
-    """bench/dense_stream.cu's blocks each take `per` k-tiles from slice * per on: the slices must cover K,
-    and none may start past it (a cluster of blocks that read nothing)."""
+    """bench/dense_stream.cu's blocks each take `per` k-tiles from slice * per on: the slices must cover K
+    and none may start past it (its block would read nothing and count as a partial)."""
     from bench.dense import BKB, plan_split
     per, slices = plan_split(N, K, sms)
     ktiles = -(-(2 * K) // BKB)
@@ -158,4 +158,3 @@ def test_dense_stream_split_fills_one_wave_where_the_slabs_do_not():
     assert plan_split(2048, 2048, 132) == (2, 8)  # out_proj: 16 slabs x 8 slices = 128 blocks
     assert plan_split(65536, 2048, 132) == (16, 1)  # the LM head's 512 slabs need no split
     assert plan_split(2048, 2048, 16)[1] == 1  # as many SMs as slabs: no split
-    assert all(plan_split(N, K, 132)[1] in (1, 2, 4, 8) for N, K in [(6144, 2048), (3072, 2048), (1000, 1800)])
