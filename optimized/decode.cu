@@ -354,6 +354,7 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
     argmax_rows(const float* logits, int* ids, int V, float* part_v, int* part_i, unsigned* count, int nsplit,
                 int* advance)
 {
+    __shared__ bool last;
     pdl_wait();
     pdl_trigger();
     const int r = blockIdx.y, s = blockIdx.x;
@@ -376,8 +377,12 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
     if (threadIdx.x == 0) {
         part_v[r * nsplit + s] = bv;
         part_i[r * nsplit + s] = bi;
+        __threadfence();
+        last = atomicAdd(&count[r], 1u) == (unsigned)nsplit - 1;
     }
-    if (!arrived_last(&count[r], nsplit)) return;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
     bv = -INFINITY;
     bi = 0x7fffffff;
     for (int j = threadIdx.x; j < nsplit; j += blockDim.x) {
@@ -388,6 +393,7 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
     argmax_block(bv, bi);
     if (threadIdx.x == 0) {
         ids[r] = bi == 0x7fffffff ? 0 : bi;
+        count[r] = 0;
         if (advance) advance[r] += 1;
     }
 }

@@ -136,9 +136,16 @@ __device__ void norm_route_sort(float* x, const T* y, const T* w, T* h, float ep
                                 float* wts, int BM, int* sorted_pair, int* expert_offsets, int* tiles,
                                 int* num_tiles, unsigned* count)
 {
+    __shared__ bool last;
     norm_route<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts);
-    if (!arrived_last(count, gridDim.x)) return;
+    __threadfence();  // this block's idx reaches L2 before the count says so
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
     moe_sort<true>(idx, gridDim.x * k, E, BM, sorted_pair, expert_offsets, tiles, num_tiles);
+    if (threadIdx.x == 0) *count = 0;
 }
 
 // ----- the same for 1-2 tokens, spread over several SMs (the batch-1/2 decode step's MoE layers) -----
@@ -173,6 +180,7 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
 {
     __shared__ __align__(16) float nrm[NRS_MAXT][NR_MAX_H];
     __shared__ float partial[32], logits[NRS_MAXT][64];
+    __shared__ bool last;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int e = blockIdx.x * (blockDim.x >> 5) + warp, nch = H / 4, c0 = tid * 8;
     float4 wr[NRS_Q];
@@ -203,7 +211,12 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
             }
         }
     }
-    if (!arrived_last(count, gridDim.x)) return;
+    __threadfence();  // this block's logits reach L2 before the count says so
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
     store_rows8<T>(x, h, wv, v, rstd, ntok, H, c0);
     if (warp < ntok) {
         for (int j = lane; j < E; j += 32) logits[warp][j] = __ldcg(logits_g + warp * E + j);  // L2: other blocks wrote them
@@ -211,6 +224,7 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
         route_token<float>(logits[warp], bias, E, k, norm_topk, scale, idx + (size_t)warp * k, wts + (size_t)warp * k,
                            lane);
     }
+    if (tid == 0) *count = 0;
 }
 
 // ----- the mixer's out_proj with the router folded through it (1-2 tokens; see norm_route_folded) -----
