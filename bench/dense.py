@@ -161,10 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pdl", action="store_true", help="launch the stream kernel with programmatic dependent launch, "
                     "as the engine does on sm_90 (its first weight stages load while the launch before finishes)")
     args = common.parse(ap, argv)
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(cases) - set(CASES))
-    if unknown:
-        ap.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    cases = common.name_list(ap, args.cases, CASES)
     rows = common.int_list(ap, args.rows, "--rows")
     if any(not 1 <= r <= 64 for r in rows):
         ap.error(f"--rows: each must be 1-64 (more rows are cuBLAS's in the engine); got {args.rows}")

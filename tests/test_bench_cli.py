@@ -158,3 +158,11 @@ def test_dense_stream_split_fills_one_wave_where_the_slabs_do_not():
     assert plan_split(2048, 2048, 132) == (2, 8)  # out_proj: 16 slabs x 8 slices = 128 blocks
     assert plan_split(65536, 2048, 132) == (16, 1)  # the LM head's 512 slabs need no split
     assert plan_split(2048, 2048, 16)[1] == 1  # as many SMs as slabs: no split
+
+
+def test_name_list_keeps_the_order_and_refuses_unknown_names(capsys):
+    ap = common.parser("doc", "prog")
+    assert common.name_list(ap, " b, a ", ["a", "b", "c"]) == ["b", "a"]
+    with pytest.raises(SystemExit):
+        common.name_list(ap, "a,zz", ["a", "b"])
+    assert "--cases: unknown zz; choose from a, b" in capsys.readouterr().err
