@@ -54,16 +54,6 @@ def int_list(ap: argparse.ArgumentParser, text: str, option: str) -> list[int]:
     return values
 
 
-def name_list(ap: argparse.ArgumentParser, text: str, names, option: str = "--cases") -> list[str]:
-    """'out_proj, lm_head' -> ['out_proj', 'lm_head'], each one of `names`; an unknown one fails the way
-    argparse does (exit 2), listing the choices."""
-    picked = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = sorted(set(picked) - set(names))
-    if unknown:
-        ap.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
-    return picked
-
-
 def chosen(ap: argparse.ArgumentParser, versions: list[str], text: str) -> list[str]:
     """The versions --versions names ('all', numbers from 1 or names), in the script's order."""
     if text == "all":

@@ -84,7 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pdl", action="store_true", help="launch the GEMVs with programmatic dependent launch, "
                     "as the engine does on sm_90 (each starts while the one before it finishes)")
     args = common.parse(ap, argv)
-    cases = common.name_list(ap, args.cases, CASES)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        ap.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if args.quick:
         cases, args.trials = ["out_proj", "moe_4_experts"], 3
     versions = common.chosen(ap, VERSIONS, args.versions)

@@ -84,16 +84,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Four 8x8 b16 matrices from shared memory (lanes 8i..8i+7 address matrix i's rows), as mma.sync's
-// fragments (moe_stream.cu, dense_stream.cu).
-__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned (&r)[4])
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-
 // The shared-window address of a pointer into shared memory (what ldmatrix, cp.async, wgmma take).
 __device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -201,37 +191,6 @@ template <> __device__ __forceinline__ void store8<bf16>(bf16* p, const float* i
 #pragma unroll
     for (int i = 0; i < 8; ++i) v[i] = __float2bfloat16_rn(in[i]);
     *reinterpret_cast<uint4*>(p) = raw;
-}
-
-// Two adjacent outputs (col, col + 1) of one row; vector store when both exist and are aligned
-// (the mma.sync epilogues: an accumulator holds two adjacent columns).
-template <typename T> __device__ __forceinline__ void store_pair(T* row, int col, int N, float v0, float v1)
-{
-    if (col + 1 < N && (N & 1) == 0) {
-        store2<T>(row + col, v0, v1);
-    } else {
-        if (col < N) row[col] = from_f<T>(v0);
-        if (col + 1 < N) row[col + 1] = from_f<T>(v1);
-    }
-}
-
-// ----- the last block to arrive -------------------------------------------------------------------------
-// For a grid that finishes its work in one block: every block of the group calls it once (all its
-// threads) after writing its share, and it returns true in exactly one of them, the last to arrive,
-// where every other block's writes are visible (read them through L2: __ldcg, not __ldg). `count`
-// (0 before the launch) is put back to 0 by that block, so a graph can replay the launch.
-__device__ __forceinline__ bool arrived_last(unsigned* count, unsigned blocks)
-{
-    __shared__ bool last;
-    __threadfence();  // this block's writes reach L2 before the count says so
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(count, 1u) == blocks - 1;
-        if (last) *count = 0;  // every block has counted itself: nobody reads it again in this launch
-    }
-    __syncthreads();
-    if (last) __threadfence();  // the others' writes, counted before, are read after
-    return last;
 }
 
 // ----- add_norm's arithmetic on one thread's 8 contiguous columns (add_norm_vec8, norm_route_split) --

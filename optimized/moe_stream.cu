@@ -42,6 +42,14 @@
 #include "common.cuh"
 #include "moe_rows.cuh"
 
+__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned (&r)[4])
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
 __device__ __forceinline__ unsigned tf32_rna(float x)
 {
     unsigned r;
@@ -156,6 +164,17 @@ template <int M, int C> __device__ __forceinline__ void zero_tiles(float (&t)[M]
             for (int h = 0; h < 2; ++h)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) t[m][c][h][i] = 0.f;
+}
+
+// Two adjacent outputs (col, col + 1) of one row; vector store when both exist and are aligned.
+template <typename T> __device__ __forceinline__ void store_pair(T* row, int col, int N, float v0, float v1)
+{
+    if (col + 1 < N && (N & 1) == 0) {
+        store2<T>(row + col, v0, v1);
+    } else {
+        if (col < N) row[col] = from_f<T>(v0);
+        if (col + 1 < N) row[col + 1] = from_f<T>(v1);
+    }
 }
 
 template <typename T, int MODE, int MT, int WM, int WN, int BN, int BKB, int STAGES, bool FAST, int FLAGS>

@@ -19,7 +19,7 @@ SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in 
 
 def test_the_scripts_are_found():
     assert {"hbm_read", "gemv", "moe_gemm", "attention", "logits_download", "decode_step", "phase_parts",
-            "dense_fp32", "dense"} <= set(SCRIPTS)
+            "dense_fp32"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -139,30 +139,3 @@ def test_moe_gemm_versions_are_torch_then_the_engine_variants():
     from bench.moe_gemm import versions
     from optimized.kernels import MOE_VARIANTS
     assert versions() == ["torch", *MOE_VARIANTS]
-
-
-@pytest.mark.parametrize("N,K", [(2048, 2048), (6144, 2048), (3072, 2048), (14336, 2048), (2048, 7168),
-                                 (65536, 2048), (1000, 1800), (72, 40)])
-@pytest.mark.parametrize("sms", [132, 114, 16])
-def test_dense_stream_split_covers_k_with_no_empty_slice(N, K, sms):
-    """bench/dense_stream.cu's blocks each take `per` k-tiles from slice * per on: the slices must cover K
-    and none may start past it (its block would read nothing and count as a partial)."""
-    from bench.dense import BKB, plan_split
-    per, slices = plan_split(N, K, sms)
-    ktiles = -(-(2 * K) // BKB)
-    assert per >= 1 and slices >= 1 and (slices - 1) * per < ktiles <= slices * per
-
-
-def test_dense_stream_split_fills_one_wave_where_the_slabs_do_not():
-    from bench.dense import plan_split
-    assert plan_split(2048, 2048, 132) == (2, 8)  # out_proj: 16 slabs x 8 slices = 128 blocks
-    assert plan_split(65536, 2048, 132) == (16, 1)  # the LM head's 512 slabs need no split
-    assert plan_split(2048, 2048, 16)[1] == 1  # as many SMs as slabs: no split
-
-
-def test_name_list_keeps_the_order_and_refuses_unknown_names(capsys):
-    ap = common.parser("doc", "prog")
-    assert common.name_list(ap, " b, a ", ["a", "b", "c"]) == ["b", "a"]
-    with pytest.raises(SystemExit):
-        common.name_list(ap, "a,zz", ["a", "b"])
-    assert "--cases: unknown zz; choose from a, b" in capsys.readouterr().err
