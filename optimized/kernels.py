@@ -178,11 +178,15 @@ def max_gemm_tiles(npairs: int, num_experts: int, dtype, tile_rows: int | None =
 
 def check_sort_buffers(sorted_pair, expert_offsets, tiles, num_tiles, npairs: int, num_experts: int, dtype,
                        tile_rows: int) -> None:
-    """The sort's outputs (Kernels.moe_sort, router.py's norm_route_sort): int32 CUDA tensors, the tile
-    table long enough for npairs pairs over num_experts experts in tiles of tile_rows rows."""
+    """The sort's outputs (Kernels.moe_sort, router.py's norm_route_sort): int32 CUDA tensors, sorted_pair
+    holding npairs pairs, expert_offsets num_experts + 1 entries, and the tile table long enough for
+    them in tiles of tile_rows (>= 1) rows: the kernel writes that far."""
     for t, n in ((sorted_pair, "sorted_pair"), (expert_offsets, "expert_offsets"), (tiles, "tiles"),
                  (num_tiles, "num_tiles")):
         _dev(t, torch.int32, n)
+    _need(tile_rows >= 1, f"tile rows must be >= 1, got {tile_rows}")
+    _need(sorted_pair.numel() >= npairs and expert_offsets.numel() >= num_experts + 1,
+          f"sorted_pair must hold {npairs} pairs and expert_offsets {num_experts + 1} entries")
     _need(tiles.numel() >= 3 * max_gemm_tiles(npairs, num_experts, dtype, tile_rows), "tile table too small")
 
 

@@ -125,3 +125,21 @@ def test_wgmma_variant_table_matches_the_kernel_source():
         v = table[name]
         assert (v.down_cols, v.gateup_cols, v.tile_rows, v.threads) == (bn, bn // 2, 128, 256)
         assert v.smem == stages * (128 + bn) * 128 + 1024 <= 227 * 1024
+
+
+def test_check_sort_buffers_refuses_what_the_sort_would_write_past(monkeypatch):
+    """Kernels.moe_sort and norm_route_sort share these checks: each output must hold what the sort writes."""
+    import optimized.kernels as kernels
+    monkeypatch.setattr(kernels, "_dev", lambda t, dtype, name: None)  # CPU tensors stand in for the device ones
+    npairs, E, rows = 40, 8, 16
+    tiles_len = 3 * max_gemm_tiles(npairs, E, torch.bfloat16, rows)
+
+    def check(sp=npairs, offs=E + 1, tiles=tiles_len, tile_rows=rows):
+        z = lambda n: torch.zeros(n, dtype=torch.int32)  # noqa: E731
+        kernels.check_sort_buffers(z(sp), z(offs), z(tiles), z(1), npairs, E, torch.bfloat16, tile_rows)
+    check()
+    for bad, message in (({"sp": npairs - 1}, "sorted_pair must hold 40 pairs"),
+                         ({"offs": E}, "expert_offsets 9 entries"), ({"tiles": tiles_len - 1}, "tile table too small"),
+                         ({"tile_rows": 0}, "tile rows must be >= 1")):
+        with pytest.raises(ValueError, match=message):
+            check(**bad)
