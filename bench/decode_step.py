@@ -5,9 +5,10 @@ versions:
   1 eager   optimized/decode.py decode_body launched from Python kernel by kernel (the engine's first step)
   2 graph   the engine's CUDA graph of the same launches, replayed (every later step), with programmatic
             dependent launch between the kernels on sm_90 unless --no-pdl
-then, unless --no-kernels, the links of the chain: one line per kernel of one eager step (torch.profiler:
-GPU time summed over its launches in the step), their sum, and the gaps, the graph's step less that sum
-(what the launches between the links cost).
+then, unless --no-kernels, the links of the chain: one line per kernel of one eager step launched without
+PDL (OptimizedEngine.profile_launches: GPU time summed over its launches in the step, each kernel's own),
+their sum, and the gaps, the graph's step less that sum (what the launches between the links cost, less
+what PDL overlaps).
 
   python -m bench.decode_step                         # the full model, random weights drawn on the GPU, B = 1
   python -m bench.decode_step --batch 1,64 --dtype fp32 --no-pdl
@@ -57,7 +58,6 @@ def main(argv=None) -> int:
 
     from harness.jobs.files import synthetic_prompts
     from harness.measure.model_stats import decode_bytes_per_step
-    from harness.measure.op_profile import profile_ops
     from optimized.decode import decode_body
     from optimized.engine import OptimizedEngine
     from optimized.gpu_synthetic import GPUSyntheticCheckpoint
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
                            err=common.mismatch(graphed, eager), tol=0, note=common.hbm_share(nbytes, ms["graph"]))
             if not args.no_kernels:
                 step_ms = ms.get("graph", ms.get("eager"))
-                _kernel_lines(lines, profile_ops(lambda: _on(eng, lambda: decode_body(eng, D)), on_gpu=True,
-                                                 synchronize=eng.synchronize), step_ms)
+                _kernel_lines(lines, eng.profile_launches(lambda: decode_body(eng, D)), step_ms)
             D.active = False  # the timed steps moved the device's lengths on: the next prefill starts afresh
     finally:
         eng.close()

@@ -65,13 +65,14 @@ class Generation:
         return self._decode_step(tokens, want_logits=False)
 
     def profile_decode(self, prompts, on_gpu: bool = True) -> list[dict]:
-        """Prefill `prompts`, then one decode step's launches by GPU time (the engine's _profiled): the
-        kernels the step's graph holds. The generation stays usable: its lengths count the profiled step."""
+        """Prefill `prompts`, then one decode step's launches by GPU time (the engine's
+        profile_launches): the kernels the step's graph holds. The generation stays usable: its
+        lengths count the profiled step."""
         # max_new_tokens=3: prefill refuses up front a cache without room for the two steps below
         first = self.prefill(prompts, max_new_tokens=3).argmax(1).astype(np.int32)
         self.decode_greedy(first)  # this batch size's plan, buffers and graph; the next ids on the device
         D = self._active_decode()
-        table = self._profiled(lambda: decode_body(self, D))
+        table = self.profile_launches(lambda: decode_body(self, D))
         D.len_host += 1  # decode_body advanced the device lengths
         return table
 

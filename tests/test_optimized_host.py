@@ -1,6 +1,7 @@
 """CPU tests of the optimized engine's host logic: the grouped GEMM's tile bound (the grid is sized
 from it with no host sync, so it must cover every routing), the bench tool's shape parser, and
-the dtype option's refusal message and the logits download's row chunks."""
+the dtype option's refusal message, the logits download's row chunks and the profiles' launches
+without PDL."""
 from __future__ import annotations
 
 import re
@@ -143,3 +144,36 @@ def test_check_sort_buffers_refuses_what_the_sort_would_write_past(monkeypatch):
                          ({"tile_rows": 0}, "tile rows must be >= 1")):
         with pytest.raises(ValueError, match=message):
             check(**bad)
+
+
+@pytest.mark.parametrize("decode_compiled", [True, False])
+def test_profiles_launch_without_pdl_and_restore_each_choice(monkeypatch, decode_compiled):
+    """Under PDL the profiler counts a kernel's wait for the one before it as its time, so
+    profile_launches turns each launcher's PDL off for the profiled work, then restores the
+    engine's choice, also when the profile fails (DK is None before the first prefill)."""
+    from types import SimpleNamespace
+
+    from harness.measure import op_profile
+    from optimized.engine import OptimizedEngine
+
+    eng = object.__new__(OptimizedEngine)  # the host logic only: no GPU, no weights
+    eng.K, eng.G, eng.R = (SimpleNamespace(pdl=True) for _ in range(3))
+    eng.DK = SimpleNamespace(pdl=True) if decode_compiled else None
+    launchers = [k for k in (eng.K, eng.G, eng.R, eng.DK) if k is not None]
+    eng.R.pdl = False  # each keeps its own choice
+    seen = []
+
+    def fake_profile(work, on_gpu, synchronize):
+        seen.append([k.pdl for k in launchers])
+        return [{"name": "k", "calls": 1, "us": 1.0}]
+    monkeypatch.setattr(op_profile, "profile_ops", fake_profile)
+    assert eng.profile_launches(lambda: None) == [{"name": "k", "calls": 1, "us": 1.0}]
+    assert seen == [[False] * len(launchers)]
+    assert [k.pdl for k in launchers] == [True, True, False] + [True] * decode_compiled
+
+    def failing_profile(work, on_gpu, synchronize):
+        raise RuntimeError("CUPTI unavailable")
+    monkeypatch.setattr(op_profile, "profile_ops", failing_profile)
+    with pytest.raises(RuntimeError, match="CUPTI"):
+        eng.profile_launches(lambda: None)
+    assert [k.pdl for k in launchers] == [True, True, False] + [True] * decode_compiled
