@@ -119,6 +119,18 @@ def test_parts_measured_on_different_commits_say_which_ran_where(tree):
             "(accuracy)") in block
 
 
+def test_a_whole_hash_prints_as_the_short_commit_and_joins_its_group(tree):
+    """LFM2_GIT_COMMIT may carry the whole hash: the tables print its first 12 characters, as
+    `git rev-parse --short=12` gives them, so the same commit reads (and groups) the same either way."""
+    results, readme = tree
+    fake_part(results, "accuracy", [rec("optimized", "optimized-bf16-s16-r1-b64", valid=True)],
+              commit="abc123def456" + "0" * 28)
+    out = render(results, readme)
+    block = out[readme].split(BEGIN)[1].split(END)[0]
+    assert f"Measured on {H100}, commit abc123def456." in block
+    assert "0" * 28 not in out[results / "README.md"]
+
+
 def test_publish_writes_then_check_passes_and_catches_an_edit(tree, capsys):
     results, readme = tree
     args = ["publish", "--results", str(results), "--readme", str(readme)]

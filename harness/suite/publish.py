@@ -76,7 +76,7 @@ def results_readme(parts: list[PublishedPart], results: Path) -> str:
         return "\n".join(lines)
     lines += _table(["part", "what", "command", "device", "commit", "date", "duration"],
                     [[f"[{p.meta.part}]({_rel(p.folder, results)}/report.html)", p.meta.what, f"`{p.meta.command}`",
-                      p.meta.device, p.meta.commit or "unknown", p.meta.date, f"{p.meta.duration_s / 60:.1f} min"]
+                      p.meta.device, _commit(p), p.meta.date, f"{p.meta.duration_s / 60:.1f} min"]
                      for p in parts])
     lines += ["", "## Measurements", "",
               "Ratio: engine / peer in throughput (for latency: peer / engine), so > 1 means the engine is ahead. "
@@ -88,7 +88,7 @@ def results_readme(parts: list[PublishedPart], results: Path) -> str:
         text = text_table(p.rows)
         for _, t in text.iterrows():
             rows.append([p.meta.part, t["shape"], t["engine vs peer"], t["ratio"], t["% of floor"], t["validity"],
-                         p.meta.device, p.meta.commit or "unknown", p.meta.date])
+                         p.meta.device, _commit(p), p.meta.date])
     lines += _table(["part", "shape", "engine vs peer", "ratio", "% of floor", "validity", "device", "commit", "date"],
                     rows)
     return "\n".join(lines) + "\n"
@@ -110,12 +110,18 @@ def readme_block(parts: list[PublishedPart], readme: Path, results: Path) -> str
                             f"[{link}]({link}); regenerate this table with `python -m harness publish`."])
 
 
+def _commit(part: PublishedPart) -> str:
+    """The part's commit as the tables print it: the 12 characters of `git rev-parse --short=12`,
+    whether the run recorded that or the whole hash (LFM2_GIT_COMMIT may carry either)."""
+    return (part.meta.commit or "unknown")[:12]
+
+
 def _provenance(parts: list[PublishedPart]) -> str:
     """Where and on what code the parts ran: "<device>, commit <c>" when they all share one, else
     each (device, commit) with the parts it measured, in the suite's order."""
     groups: dict[tuple[str, str], list[str]] = {}
     for p in parts:
-        groups.setdefault((p.meta.device, p.meta.commit or "unknown"), []).append(p.meta.part)
+        groups.setdefault((p.meta.device, _commit(p)), []).append(p.meta.part)
     if len(groups) == 1:
         (device, commit), = groups
         return f"{device}, commit {commit}"
