@@ -24,7 +24,7 @@ At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head
 streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV
 up to 2 tokens, no sort). Up to 64 tokens a MoE layer's ffn_norm, router GEMM and routing are one
 launch (optimized/router.py's norm_route, whose last block also sorts the pairs for the grouped
-GEMM; where H > 2048, add_norm then router_topk). At 1-2 tokens (decode) the router is folded
+GEMM, sliced over H with the folded router where E <= 32; where H > 2048, add_norm then router_topk). At 1-2 tokens (decode) the router is folded
 through the mixer's out_proj instead
 (weights.fold_routers): the out_proj launch also computes the logits' two partial sums and a
 one-block norm_route_folded only scales and routes them (fold_router). Option gemv=False keeps
@@ -181,7 +181,8 @@ class ForwardLayers:
             sort = None
             if R.sort_in_router and not self._moe_gemv(P):  # one launch fewer before the grouped GEMM
                 sort = (P.moe_variant.tile_rows, P.sorted_pair, P.offsets, P.tiles, P.num_tiles)
-            R.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route, sort=sort)
+            R.norm_route(P.x, P.y[:T], L["ffn_norm"], P.h, cfg.norm_eps, L["gate"], L["bias"], *route, sort=sort,
+                         Gw=L.get("router_Gw"))
             return sort is not None
         K.add_norm(P.x, P.y, 1, L["ffn_norm"], P.h, cfg.norm_eps, h32=P.h32 if moe else None)
         if small:

@@ -227,13 +227,29 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
     if (tid == 0) *count = 0;
 }
 
-// ----- the mixer's out_proj with the router folded through it (1-2 tokens; see norm_route_folded) -----
-// Blocks below nout are gemv's (y = W a); the others compute the partial logits: r[b, q, p] = row q of
-// [M ; Gw] (fp32, 2E rows of K) dotted with a_b (q < E) or x_b (q >= E) over the p-th of FR_PARTS
-// slices of K, a warp per (row, slice), its weights in registers before the PDL wait. A row in one
-// warp took two dependent passes and made the launch longer than the out_proj alone.
-#define FR_Q 4      // float4 chunks of a slice per lane and pass: one pass for K = 2048
-#define FR_PARTS 4  // slices of K per folded-router row
+// ----- the same with the sort, sliced over H: 3-64 tokens, E <= 32 (the batch 3-64 decode step) -------------
+// norm_route_sort's blocks each read the whole 256 KB router through one SM and take ~7 us at any
+// token count, and its sort ~5 more (H100, batch-64 decode: 13 us per MoE layer, 0.29 ms of a 6.5 ms
+// step). Here block (s, g) takes columns [256 s, 256 s + 256) of tokens [8 g, 8 g + 8): 32 KB of the
+// folded router Gw = gate * ffn_norm weight (weights.fold_routers) in registers before pdl_wait, then
+// 12 KB of x and y. The logits of a token are rstd * Gw . v (v = x + y), so the blocks leave per-slice
+// sums of squares and partial logits, and rstd needs only the S slices' sums of squares:
+//   1. warp w adds token 8 g + w's slice (writes x: each column has one owner), then the warp of
+//      experts {w, w + 8, w + 16, w + 24} dots them with the 8 tokens' slices; one 32-value
+//      transposing warp reduction leaves lane j the sum of (token j / 4, expert w + 8 (j % 4));
+//   2. the blocks of a token group count themselves in (`counts[g]`); the last routes the group's 8
+//      tokens (route_token32 on rstd * the summed partials) and counts groups in (`counts[2 * NRL_MAXG]`),
+//      and the last group's block sorts the pairs (moe_sort); the others wait for their group's count
+//      (all blocks of a launch are resident: the host checks the grid against the SMs) to get rstd,
+//      and every block writes its slice of h. `counts[NRL_MAXG + g]` counts the blocks out of the
+//      wait, and the last puts the group's counts back to 0.
+// (rstd's and the logits' fp32 sums run in another order than norm_route's: routing and h agree with
+// it up to the last bit of those sums.)
+#define NRL_TOK 8    // tokens per block: a warp per token in step 1
+#define NRL_COLS 256  // columns per block: two float4 chunks per lane
+#define NRL_EW 4     // experts per warp in step 1: E <= 8 * NRL_EW = 32
+#define NRL_MAXG 8   // token groups: 64 tokens
+// 4 contiguous values of T <-> a float4 (one 16- or 8-byte access)
 template <typename T> __device__ __forceinline__ float4 load4f(const T* p);
 template <> __device__ __forceinline__ float4 load4f<float>(const float* p) { return *reinterpret_cast<const float4*>(p); }
 template <> __device__ __forceinline__ float4 load4f<bf16>(const bf16* p)
@@ -243,6 +259,153 @@ template <> __device__ __forceinline__ float4 load4f<bf16>(const bf16* p)
     const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
     return make_float4(a.x, a.y, b.x, b.y);
 }
+template <typename T> __device__ __forceinline__ void store4f(T* p, float4 v);
+template <> __device__ __forceinline__ void store4f<float>(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+template <> __device__ __forceinline__ void store4f<bf16>(bf16* p, float4 v)
+{
+    __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+    uint2 u;
+    u.x = *reinterpret_cast<unsigned*>(&a);
+    u.y = *reinterpret_cast<unsigned*>(&b);
+    *reinterpret_cast<uint2*>(p) = u;
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b, float acc)
+{
+    return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, acc))));
+}
+// 32 values per lane in, lane j out with the warp's sum of value j (31 shuffles instead of 32 x 5):
+// at step O each lane keeps the half of its 2 O live values that its lane bit O selects and adds the
+// partner's copy of that half. (Steps as template arguments so that `a` stays in registers.)
+template <int O> __device__ __forceinline__ void transpose_sum_step(float (&a)[32], int lane)
+{
+    const bool up = lane & O;  // keep the upper half of the live values, send the lower
+#pragma unroll
+    for (int i = 0; i < O; ++i) {
+        const float send = up ? a[i] : a[i + O], keep = up ? a[i + O] : a[i];
+        a[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    if constexpr (O > 1) transpose_sum_step<O / 2>(a, lane);
+}
+__device__ __forceinline__ float transpose_sum32(float (&a)[32], int lane)
+{
+    transpose_sum_step<16>(a, lane);
+    return a[0];
+}
+template <typename T>
+__device__ void norm_route_sliced(float* x, const T* y, const T* w, T* h, float eps, const float* Gw,
+                                  const float* bias, int H, int E, int k, int norm_topk, float scale, int* idx,
+                                  float* wts, int ntok, int BM, int* sorted_pair, int* expert_offsets, int* tiles,
+                                  int* num_tiles, float* part, unsigned* counts)
+{
+    __shared__ __align__(16) float vs[NRL_TOK][NRL_COLS];
+    __shared__ float rstd_s[NRL_TOK];
+    __shared__ unsigned ticket;
+    const int s = blockIdx.x, g = blockIdx.y, S = gridDim.x, G = gridDim.y;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int c[2] = {s * NRL_COLS + 4 * lane, s * NRL_COLS + 128 + 4 * lane};  // this lane's two chunks
+    float* part_ss = part + (size_t)G * S * NRL_TOK * 32;  // [G][S][NRL_TOK] after the logits [G][S][NRL_TOK][32]
+    float4 gw[NRL_EW][2], wv[2];
+#pragma unroll
+    for (int j = 0; j < NRL_EW; ++j) {
+        const int e = min(warp + 8 * j, E - 1);  // (experts past E compute a copy nobody reads)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) gw[j][q] = __ldg(reinterpret_cast<const float4*>(Gw + (size_t)e * H + c[q]));
+    }
+#pragma unroll
+    for (int q = 0; q < 2; ++q) wv[q] = load4f<T>(w + c[q]);
+    const float bias_lane = lane < E ? bias[lane] : 0.f;
+    pdl_wait();
+    pdl_trigger();
+
+    // 1. this warp's token: v = x + y over the slice, x written back, v into shared memory
+    const int t = g * NRL_TOK + warp;
+    float4 v[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
+    float ss = 0.f;
+    if (t < ntok) {
+        float4 a[2], b[2];
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+            a[q] = *reinterpret_cast<const float4*>(x + (size_t)t * H + c[q]);
+            b[q] = load4f<T>(y + (size_t)t * H + c[q]);
+        }
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+            v[q] = make_float4(a[q].x + b[q].x, a[q].y + b[q].y, a[q].z + b[q].z, a[q].w + b[q].w);
+            *reinterpret_cast<float4*>(x + (size_t)t * H + c[q]) = v[q];
+            ss = dot4(v[q], v[q], ss);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < 2; ++q) *reinterpret_cast<float4*>(&vs[warp][128 * q + 4 * lane]) = v[q];
+    ss = warp_sum(ss);
+    if (lane == 0) part_ss[((size_t)g * S + s) * NRL_TOK + warp] = ss;
+    __syncthreads();
+    float acc[NRL_TOK * NRL_EW];
+#pragma unroll
+    for (int tt = 0; tt < NRL_TOK; ++tt) {
+        const float4 u0 = *reinterpret_cast<const float4*>(&vs[tt][4 * lane]);
+        const float4 u1 = *reinterpret_cast<const float4*>(&vs[tt][128 + 4 * lane]);
+#pragma unroll
+        for (int j = 0; j < NRL_EW; ++j) acc[tt * NRL_EW + j] = dot4(gw[j][1], u1, dot4(gw[j][0], u0, 0.f));
+    }
+    const float mine = transpose_sum32(acc, lane);  // token lane / 4, expert warp + 8 (lane % 4)
+    part[(((size_t)g * S + s) * NRL_TOK + lane / NRL_EW) * 32 + warp + 8 * (lane % NRL_EW)] = mine;
+
+    // 2. count in; the group's last block routes it, the last group's sorts; the others wait
+    __threadfence();  // this block's partials reach L2 before the count says so
+    __syncthreads();
+    if (tid == 0) ticket = atomicAdd(&counts[g], 1u);
+    __syncthreads();
+    const bool group_last = ticket == (unsigned)S - 1;
+    if (!group_last) {
+        if (tid == 0)
+            while (*(volatile unsigned*)&counts[g] < (unsigned)S) __nanosleep(32);
+        __syncthreads();
+    }
+    __threadfence();
+    if (tid < NRL_TOK) {
+        float sum = 0.f;
+        for (int j = 0; j < S; ++j) sum += __ldcg(part_ss + ((size_t)g * S + j) * NRL_TOK + tid);
+        rstd_s[tid] = rsqrtf(sum / H + eps);
+    }
+    __syncthreads();
+    if (tid == 0 && atomicAdd(&counts[NRL_MAXG + g], 1u) == (unsigned)S - 1) {  // every block is past the wait
+        counts[g] = 0;
+        counts[NRL_MAXG + g] = 0;
+    }
+    const float rstd = rstd_s[warp];
+    if (group_last) {
+        float lg = 0.f;
+        for (int j = 0; j < S; ++j) lg += __ldcg(part + (((size_t)g * S + j) * NRL_TOK + warp) * 32 + lane);
+        if (t < ntok)
+            route_token32(rstd * lg, bias_lane, E, k, norm_topk, scale, idx + (size_t)t * k, wts + (size_t)t * k, lane);
+    }
+    if (t < ntok) {
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+            const float4 o = make_float4(wv[q].x * rnd<T>(v[q].x * rstd), wv[q].y * rnd<T>(v[q].y * rstd),
+                                         wv[q].z * rnd<T>(v[q].z * rstd), wv[q].w * rnd<T>(v[q].w * rstd));
+            store4f<T>(h + (size_t)t * H + c[q], o);
+        }
+    }
+    if (!group_last) return;
+    __threadfence();  // this group's idx reaches L2 before the count says so
+    __syncthreads();
+    if (tid == 0) ticket = atomicAdd(&counts[2 * NRL_MAXG], 1u);
+    __syncthreads();
+    if (ticket != (unsigned)G - 1) return;
+    __threadfence();
+    moe_sort<true>(idx, ntok * k, E, BM, sorted_pair, expert_offsets, tiles, num_tiles);
+    if (tid == 0) counts[2 * NRL_MAXG] = 0;
+}
+
+// ----- the mixer's out_proj with the router folded through it (1-2 tokens; see norm_route_folded) -----
+// Blocks below nout are gemv's (y = W a); the others compute the partial logits: r[b, q, p] = row q of
+// [M ; Gw] (fp32, 2E rows of K) dotted with a_b (q < E) or x_b (q >= E) over the p-th of FR_PARTS
+// slices of K, a warp per (row, slice), its weights in registers before the PDL wait. A row in one
+// warp took two dependent passes and made the launch longer than the out_proj alone.
+#define FR_Q 4      // float4 chunks of a slice per lane and pass: one pass for K = 2048
+#define FR_PARTS 4  // slices of K per folded-router row
 template <typename T, int NB>
 __device__ void folded_router_rows(const float* M, const float* Gw, const T* a, int lda, const float* x, float* r,
                                    int E, int K, int warp0)
@@ -371,6 +534,17 @@ NORM_ROUTE_SORT_KERNEL(f32, float)
     { norm_route_split<T>(x, y, w, h, eps, gate, bias, H, E, k, norm_topk, scale, idx, wts, ntok, logits_g, count); }
 NORM_ROUTE_SPLIT_KERNEL(bf16, bf16)
 NORM_ROUTE_SPLIT_KERNEL(f32, float)
+#define NORM_ROUTE_SLICED_KERNEL(SUF, T)                                                                        \
+    extern "C" __global__ void __launch_bounds__(NRL_TOK * 32) norm_route_sliced_##SUF(                          \
+        float* x, const T* y, const T* w, T* h, float eps, const float* Gw, const float* bias, int H, int E,     \
+        int k, int norm_topk, float scale, int* idx, float* wts, int ntok, int BM, int* sorted_pair,             \
+        int* expert_offsets, int* tiles, int* num_tiles, float* part, unsigned* counts)                         \
+    {                                                                                                           \
+        norm_route_sliced<T>(x, y, w, h, eps, Gw, bias, H, E, k, norm_topk, scale, idx, wts, ntok, BM,           \
+                             sorted_pair, expert_offsets, tiles, num_tiles, part, counts);                      \
+    }
+NORM_ROUTE_SLICED_KERNEL(bf16, bf16)
+NORM_ROUTE_SLICED_KERNEL(f32, float)
 #define NORM_ROUTE_FOLDED_KERNEL(SUF, T)                                                                        \
     extern "C" __global__ void __launch_bounds__(NR_MAX_H / 8) norm_route_folded_##SUF(                         \
         float* x, const T* y, const T* w, T* h, float eps, const float* r, const float* bias, int H, int E, int k, \

@@ -8,7 +8,8 @@ tokens (one block per token re-reads the 256 KB router weight from L2; past 64 t
 GEMM is the better reader); norm_route where H <= NORM_ROUTE_MAX_H (`norm_route_takes`), else
 add_norm then router_topk; at 1-2 tokens the router folded through out_proj (`folds_router`:
 out_router, then norm_route_folded). Where the grouped MoE GEMM follows, norm_route also sorts the
-pairs for it (norm_route_sort: one launch fewer per MoE layer).
+pairs for it (norm_route_sort: one launch fewer per MoE layer), and given the folded router Gw and
+E <= 32 it runs sliced over H (norm_route_sliced: the router read by many SMs, a few KB each).
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ NORM_ROUTE_SPLIT_MAX_TOKENS = 2  # = NRS_MAXT: norm_route_split's tokens per lau
 FOLDED_ROUTER_PARTS = 4  # = FR_PARTS: slices of K per folded-router row (out_router's partial logits)
 ROUTER_MAX_E = 64
 ROUTER_MAX_TOKENS = 64
+SLICED_TOKENS = 8  # = NRL_TOK: norm_route_sliced's tokens per block (its token groups: NRL_MAXG = 8)
+SLICED_COLS = 256  # = NRL_COLS: its columns per block
+SLICED_MAX_E = 32  # = 8 warps x NRL_EW experts
 
 
 class RouterKernels:
@@ -39,14 +43,22 @@ class RouterKernels:
         self.k_norm_route = m.kernel(f"norm_route_{sfx}")
         self.k_norm_route_sort = m.kernel(f"norm_route_sort_{sfx}")
         self.k_norm_route_split = m.kernel(f"norm_route_split_{sfx}")
+        self.k_norm_route_sliced = m.kernel(f"norm_route_sliced_{sfx}")
         self.k_norm_route_folded = m.kernel(f"norm_route_folded_{sfx}")
         self.k_out_router = m.kernel(f"gemv_out_router_{sfx}")
         self.norm_route_split = True  # 1-2 tokens over several SMs (False: one block per token, for A/B)
         self.sort_in_router = True  # norm_route_sort where a grouped GEMM follows (False: the sort's own launch, for A/B)
+        self.route_sliced = True  # with the sort and Gw: norm_route_sliced (False: norm_route_sort, for A/B)
+        self._sms = gpu.multiprocessors  # norm_route_sliced's blocks wait for each other: all must be resident
         dev = gpu.torch_device  # norm_route_split's logits and arrival count (the last block resets it)
         self._split_logits = torch.empty(NORM_ROUTE_SPLIT_MAX_TOKENS * ROUTER_MAX_E, dtype=torch.float32, device=dev)
         self._split_count = torch.zeros(1, dtype=torch.int32, device=dev)
         self._sort_count = torch.zeros(1, dtype=torch.int32, device=dev)  # norm_route_sort's, likewise
+        # norm_route_sliced's partial logits and sums of squares of up to 64 tokens at H <= 2048, and its
+        # counts (per token group in, per token group out, groups routed; each put back to 0 in the launch)
+        groups, slices = ROUTER_MAX_TOKENS // SLICED_TOKENS, NORM_ROUTE_MAX_H // SLICED_COLS
+        self._sliced_part = torch.empty(groups * slices * SLICED_TOKENS * 33, dtype=torch.float32, device=dev)
+        self._sliced_counts = torch.zeros(2 * groups + 1, dtype=torch.int32, device=dev)
         self.pdl = False  # as Kernels.pdl: every kernel here waits for it (router.cu)
 
     def _go(self, kernel, grid, block, args, **shapes):
@@ -58,13 +70,23 @@ class RouterKernels:
         """norm_route runs H/2 threads (whole warps, <= 1024) and routes E <= 64 experts."""
         return H % 64 == 0 and H <= NORM_ROUTE_MAX_H and E <= ROUTER_MAX_E
 
+    def sliced_takes(self, T: int, H: int, E: int) -> bool:
+        """norm_route_sliced: 1-64 tokens, H a multiple of its 256-column slices up to NORM_ROUTE_MAX_H,
+        E <= 32, and its grid (H / 256 slices x T / 8 token groups) no larger than the SMs, so that
+        every block is resident while the others wait for it."""
+        return (self.route_sliced and 1 <= T <= ROUTER_MAX_TOKENS and H % SLICED_COLS == 0
+                and H <= NORM_ROUTE_MAX_H and E <= SLICED_MAX_E
+                and (H // SLICED_COLS) * -(-T // SLICED_TOKENS) <= self._sms)
+
     def norm_route(self, x, y, w, h, eps: float, gate, bias, k: int, norm_topk: bool, scale: float, idx, wts,
-                   sort=None) -> None:
+                   sort=None, Gw=None) -> None:
         """x += y (one addend per row); h = rmsnorm(x) * w as Kernels.add_norm; then idx, wts = the
         routing of the fp32 normed rows by `gate` [E, H] as router_topk, in one launch of T blocks.
         With `sort` (tile_rows, sorted_pair, offsets, tiles, num_tiles) the same launch also does
         Kernels.moe_sort for the grouped GEMM of that many rows per tile (norm_route_sort: the last
-        block to finish sorts); its tile table must hold kernels.max_gemm_tiles entries."""
+        block to finish sorts); its tile table must hold kernels.max_gemm_tiles entries. With `sort`
+        and Gw (gate * w [E, H] fp32, weights.fold_routers) where sliced_takes, norm_route_sliced
+        does the same over (H / 256) x (T / 8) blocks; its fp32 sums run in another order."""
         _dev(x, torch.float32, "x")
         for t, n in ((y, "y"), (w, "ffn_norm weight"), (h, "h")):
             _dev(t, self.dtype, n)
@@ -82,7 +104,15 @@ class RouterKernels:
         _need(_aligned(gate) and _aligned(x), "x and the router weight need 16-byte rows")
         args = (ptr(x), ptr(y), ptr(w), ptr(h), f32(eps), ptr(gate), ptr(bias), i32(H), i32(E), i32(k),
                 i32(bool(norm_topk)), f32(scale), ptr(idx), ptr(wts))
-        if sort is not None:
+        if sort is not None and Gw is not None and self.sliced_takes(T, H, E):
+            _dev(Gw, torch.float32, "Gw")
+            _need(tuple(Gw.shape) == (E, H), f"Gw must be [{E}, {H}] as the router weight")
+            _need(all(_aligned(t) for t in (y, w, h, Gw)), "norm_route_sliced needs 16-byte rows of y, w, h and Gw")
+            grid = (H // SLICED_COLS, -(-T // SLICED_TOKENS))
+            self._go(self.k_norm_route_sliced, grid, (SLICED_TOKENS * 32,),
+                     (*args[:5], ptr(Gw), *args[6:], i32(T), *self._sort_args(sort, T * k, E)[:5],
+                      ptr(self._sliced_part), ptr(self._sliced_counts)), T=T, E=E, H=H)
+        elif sort is not None:
             self._go(self.k_norm_route_sort, (T,), (H // 2,), (*args, *self._sort_args(sort, T * k, E)), T=T, E=E, H=H)
         elif self._split_takes(T, H, y, w, h):  # a warp per expert, H / 256 of them per block
             self._go(self.k_norm_route_split, (-(-E // (H // 256)),), (H // 8,),

@@ -1,9 +1,9 @@
 """The MoE router's kernels (optimized/router.cu) against float64 torch on random inputs, outputs
 poisoned with NaN first, both storage dtypes: the fused router + top-k, ffn_norm + router in one
 launch (one block per token and the 1-2 token split), the same with the grouped GEMM's sort in its
-last block, the out_proj with the router folded through it and the ffn_norm + routing after it;
-then the engine with the folded router against norm_route, and with the sort in the router against
-the sort's own launch."""
+last block and sliced over H, the out_proj with the router folded through it and the ffn_norm + routing after it;
+then the engine with the folded router against norm_route, with the sort in the router against
+the sort's own launch, and with the sliced router against norm_route_sort."""
 from __future__ import annotations
 
 import pytest
@@ -117,6 +117,45 @@ def test_norm_route_sort(R, T, E, k, H, BM):
         assert torch.equal(a, b), "a second launch on the same inputs gave other outputs"
 
 
+# the engine's shapes (1-64 tokens of the real model, 16- and 64-row tiles) and odd ones: a partial
+# token group (3, 9, 61 tokens), one slice (H = 256), 20 and 8 experts (warps with experts past E), top-6
+@pytest.mark.parametrize("T,E,k,H,BM", [(64, 32, 4, 2048, 16), (16, 32, 4, 2048, 16), (3, 32, 4, 2048, 16),
+                                        (64, 32, 4, 2048, 64), (9, 20, 6, 512, 16), (61, 8, 2, 256, 16),
+                                        (1, 32, 4, 1024, 16)])
+def test_norm_route_sliced(R, T, E, k, H, BM):
+    """norm_route with the sort, sliced over H (the folded router Gw given): x bit for bit as
+    norm_route_sort's (the same fp32 add), h and the routing against float64, the sort as moe_sort's
+    (check_sort); three times, so that the arrival counts are shown to start again from 0."""
+    from optimized.kernels import max_gemm_tiles
+    assert R.sliced_takes(T, H, E)
+    x_in, y = rand(T, H, dtype=torch.float32), rand(T, H, dtype=R.dtype)
+    w = (1 + 0.1 * rand(H, dtype=torch.float32)).to(R.dtype)
+    gate = rand(E, H, dtype=torch.float32, scale=H ** -0.5)
+    Gw = (gate.double() * w.double()[None, :]).float()
+    bias = rand(E, dtype=torch.float32, scale=0.05)
+    npairs = T * k
+    outs = []
+    for sliced in (False, True, True, True):
+        x, h = x_in.clone(), poisoned(T, H, dtype=R.dtype)
+        idx, wts = poisoned(T, k, dtype=torch.int32), poisoned(T, k, dtype=torch.float32)
+        sp, offs = poisoned(npairs, dtype=torch.int32), poisoned(E + 1, dtype=torch.int32)
+        tiles, nt = poisoned(3 * max_gemm_tiles(npairs, E, R.dtype, BM), dtype=torch.int32), poisoned(1, dtype=torch.int32)
+        sort = (BM, sp, offs, tiles, nt)
+        run(lambda: R.norm_route(x, y, w, h, 1e-5, gate, bias, k, True, 1.5, idx, wts, sort=sort,
+                                 Gw=Gw if sliced else None))
+        check_sort(idx, sp, offs, tiles, nt, E, BM)
+        outs.append((x, h, idx, wts))
+    x, h, idx, wts = outs[1]
+    assert torch.equal(x, outs[0][0]), "the residual differs from norm_route_sort's"
+    x0 = x_in.double() + y.double()
+    normed = x0 * torch.rsqrt((x0 * x0).mean(-1, keepdim=True) + 1e-5) * w.double()
+    close(h, normed, R.dtype, "h")
+    check_routing(idx, wts, torch.sigmoid(normed @ gate.double().T), bias, k, 1.5)
+    for again in outs[2:]:
+        for a, b in zip(outs[1], again):
+            assert torch.equal(a, b), "another launch on the same inputs gave other outputs"
+
+
 @pytest.mark.parametrize("T,N,K,E", [(1, 2048, 2048, 32), (2, 2048, 2048, 32), (2, 100, 256, 5), (1, 64, 4096, 8)])
 def test_out_router(G, R, T, N, K, E):
     """out_proj with the router folded through it: y as gemv gives it (bit for bit), and the
@@ -173,7 +212,17 @@ def test_sort_in_router_matches_the_sorts_own_launch(gpu, small_ckpt, dtype):
     """Forwards of 3-64 tokens and decode steps at batch 4 and 16 (the grouped GEMM after
     norm_route) with the sort in norm_route's last block and with its own launch: the same logits
     bit for bit (the order of rows inside an expert does not change any sum)."""
-    outs = engine_outputs(gpu, small_ckpt, dtype, {"in_router": ({}, {"R.sort_in_router": True}),
+    outs = engine_outputs(gpu, small_ckpt, dtype, {"in_router": ({}, {"R.sort_in_router": True, "R.route_sliced": False}),
                                                    "own_launch": ({}, {"R.sort_in_router": False})},
                           forwards=((1, 3), (4, 4), (2, 32), (4, 16), (4, 16)), decodes=(4, 16))
     assert_equal_outputs(outs["in_router"], outs["own_launch"], "with the sort in norm_route")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sliced_router_matches_norm_route_sort(gpu, small_ckpt, dtype):
+    """The same forwards and decode steps with norm_route_sliced and with norm_route_sort: the same
+    routing up to fp32 summation order, so logits within the GEMV path's tolerance of each other."""
+    outs = engine_outputs(gpu, small_ckpt, dtype, {"sliced": ({}, {"R.route_sliced": True}),
+                                                   "sort": ({}, {"R.route_sliced": False})},
+                          forwards=((1, 3), (4, 4), (2, 32), (4, 16)), decodes=(4, 16))
+    assert_close_outputs(outs["sliced"], outs["sort"], 2e-4 if dtype == "fp32" else 0.15)
