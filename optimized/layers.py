@@ -24,8 +24,8 @@ At 1-4 tokens (the batch-1 decode step) the projections, the MoE and the LM head
 streaming GEMVs instead (optimized/gemv.py: one warp per weight row, each MoE pair its own GEMV
 up to 2 tokens, no sort). Up to 64 tokens a MoE layer's ffn_norm, router GEMM and routing are one
 launch (optimized/router.py's norm_route, whose last block also sorts the pairs for the grouped
-GEMM, sliced over H with the folded router where E <= 32; where H > 2048, add_norm then router_topk). At 1-2 tokens (decode) the router is folded
-through the mixer's out_proj instead
+GEMM, sliced over H with the folded router where E <= 32; where H > 2048, add_norm then
+router_topk). At 1-2 tokens (decode) the router is folded through the mixer's out_proj instead
 (weights.fold_routers): the out_proj launch also computes the logits' two partial sums and a
 one-block norm_route_folded only scales and routes them (fold_router). Option gemv=False keeps
 add_norm, cuBLAS and the grouped GEMM there (for comparison).

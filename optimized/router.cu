@@ -227,7 +227,7 @@ __device__ void norm_route_split(float* x, const T* y, const T* w, T* h, float e
     if (tid == 0) *count = 0;
 }
 
-// ----- the same with the sort, sliced over H: 3-64 tokens, E <= 32 (the batch 3-64 decode step) -------------
+// ----- the same with the sort, sliced over H: 1-64 tokens, E <= 32 (the batch 3-64 decode step) ---------
 // norm_route_sort's blocks each read the whole 256 KB router through one SM and take ~7 us at any
 // token count, and its sort ~5 more (H100, batch-64 decode: 13 us per MoE layer, 0.29 ms of a 6.5 ms
 // step). Here block (s, g) takes columns [256 s, 256 s + 256) of tokens [8 g, 8 g + 8): 32 KB of the

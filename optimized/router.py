@@ -48,16 +48,17 @@ class RouterKernels:
         self.k_out_router = m.kernel(f"gemv_out_router_{sfx}")
         self.norm_route_split = True  # 1-2 tokens over several SMs (False: one block per token, for A/B)
         self.sort_in_router = True  # norm_route_sort where a grouped GEMM follows (False: the sort's own launch, for A/B)
-        self.route_sliced = True  # with the sort and Gw: norm_route_sliced (False: norm_route_sort, for A/B)
+        self.route_sliced = True  # with the sort and Gw: norm_route_sliced (False: norm_route_sort; A/B)
         self._sms = gpu.multiprocessors  # norm_route_sliced's blocks wait for each other: all must be resident
         dev = gpu.torch_device  # norm_route_split's logits and arrival count (the last block resets it)
         self._split_logits = torch.empty(NORM_ROUTE_SPLIT_MAX_TOKENS * ROUTER_MAX_E, dtype=torch.float32, device=dev)
         self._split_count = torch.zeros(1, dtype=torch.int32, device=dev)
         self._sort_count = torch.zeros(1, dtype=torch.int32, device=dev)  # norm_route_sort's, likewise
-        # norm_route_sliced's partial logits and sums of squares of up to 64 tokens at H <= 2048, and its
-        # counts (per token group in, per token group out, groups routed; each put back to 0 in the launch)
+        # norm_route_sliced's partials of up to 64 tokens at H <= 2048: per (group, slice, token) 32 logits
+        # (E padded to a warp) and one sum of squares; and its counts (per token group in, per token
+        # group out, groups routed; each put back to 0 in the launch)
         groups, slices = ROUTER_MAX_TOKENS // SLICED_TOKENS, NORM_ROUTE_MAX_H // SLICED_COLS
-        self._sliced_part = torch.empty(groups * slices * SLICED_TOKENS * 33, dtype=torch.float32, device=dev)
+        self._sliced_part = torch.empty(groups * slices * SLICED_TOKENS * (32 + 1), dtype=torch.float32, device=dev)
         self._sliced_counts = torch.zeros(2 * groups + 1, dtype=torch.int32, device=dev)
         self.pdl = False  # as Kernels.pdl: every kernel here waits for it (router.cu)
 

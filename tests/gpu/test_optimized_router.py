@@ -1,8 +1,8 @@
 """The MoE router's kernels (optimized/router.cu) against float64 torch on random inputs, outputs
 poisoned with NaN first, both storage dtypes: the fused router + top-k, ffn_norm + router in one
 launch (one block per token and the 1-2 token split), the same with the grouped GEMM's sort in its
-last block and sliced over H, the out_proj with the router folded through it and the ffn_norm + routing after it;
-then the engine with the folded router against norm_route, with the sort in the router against
+last block and sliced over H, the out_proj with the router folded through it and the ffn_norm +
+routing after it; then the engine with the folded router against norm_route, with the sort in the router against
 the sort's own launch, and with the sliced router against norm_route_sort."""
 from __future__ import annotations
 
@@ -212,7 +212,8 @@ def test_sort_in_router_matches_the_sorts_own_launch(gpu, small_ckpt, dtype):
     """Forwards of 3-64 tokens and decode steps at batch 4 and 16 (the grouped GEMM after
     norm_route) with the sort in norm_route's last block and with its own launch: the same logits
     bit for bit (the order of rows inside an expert does not change any sum)."""
-    outs = engine_outputs(gpu, small_ckpt, dtype, {"in_router": ({}, {"R.sort_in_router": True, "R.route_sliced": False}),
+    in_router = {"R.sort_in_router": True, "R.route_sliced": False}  # norm_route_sort: bit-equal to the own launch
+    outs = engine_outputs(gpu, small_ckpt, dtype, {"in_router": ({}, in_router),
                                                    "own_launch": ({}, {"R.sort_in_router": False})},
                           forwards=((1, 3), (4, 4), (2, 32), (4, 16), (4, 16)), decodes=(4, 16))
     assert_equal_outputs(outs["in_router"], outs["own_launch"], "with the sort in norm_route")
