@@ -111,10 +111,11 @@ class RouterKernels:
             _need(all(_aligned(t) for t in (y, w, h, Gw)), "norm_route_sliced needs 16-byte rows of y, w, h and Gw")
             grid = (H // SLICED_COLS, -(-T // SLICED_TOKENS))
             self._go(self.k_norm_route_sliced, grid, (SLICED_TOKENS * 32,),
-                     (*args[:5], ptr(Gw), *args[6:], i32(T), *self._sort_args(sort, T * k, E)[:5],
+                     (*args[:5], ptr(Gw), *args[6:], i32(T), *self._sort_args(sort, T * k, E),
                       ptr(self._sliced_part), ptr(self._sliced_counts)), T=T, E=E, H=H)
         elif sort is not None:
-            self._go(self.k_norm_route_sort, (T,), (H // 2,), (*args, *self._sort_args(sort, T * k, E)), T=T, E=E, H=H)
+            self._go(self.k_norm_route_sort, (T,), (H // 2,),
+                     (*args, *self._sort_args(sort, T * k, E), ptr(self._sort_count)), T=T, E=E, H=H)
         elif self._split_takes(T, H, y, w, h):  # a warp per expert, H / 256 of them per block
             self._go(self.k_norm_route_split, (-(-E // (H // 256)),), (H // 8,),
                      (*args, i32(T), ptr(self._split_logits), ptr(self._split_count)), T=T, E=E, H=H)
@@ -122,10 +123,11 @@ class RouterKernels:
             self._go(self.k_norm_route, (T,), (H // 2,), args, T=T, E=E, H=H)
 
     def _sort_args(self, sort, npairs: int, E: int) -> tuple:
-        """norm_route_sort's arguments past norm_route's, checked as Kernels.moe_sort checks its own."""
+        """The sort's arguments for a router that sorts (tile rows and the four sort buffers), checked as
+        Kernels.moe_sort checks its own."""
         tile_rows, sorted_pair, offsets, tiles, num_tiles = sort
         check_sort_buffers(sorted_pair, offsets, tiles, num_tiles, npairs, E, self.dtype, tile_rows)
-        return (i32(tile_rows), ptr(sorted_pair), ptr(offsets), ptr(tiles), ptr(num_tiles), ptr(self._sort_count))
+        return (i32(tile_rows), ptr(sorted_pair), ptr(offsets), ptr(tiles), ptr(num_tiles))
 
     @staticmethod
     def _warp_per_token(T: int, H: int) -> bool:
