@@ -149,8 +149,10 @@ def validate(outputs: np.ndarray, answers: np.ndarray, tol: float = TOLERANCE) -
 def reference_answers(ckpt, tokens: np.ndarray, device: str | None = None, progress: bool = True,
                       desc: str = "reference answers") -> np.ndarray:
     """The reference's last-position logits for every prompt: float64 on the CPU, or float32 on a
-    GPU (TF32 off) when one is present; either is far inside the 1e-3 contract. Batches of about
-    4,096 tokens go through together; upcast weights stay cached between batches."""
+    GPU (TF32 off) when one is present. Either is far inside the 1e-3 contract except at a router
+    near-tie, where any two fp32 implementations may pick different experts (docs/usage.md,
+    near-ties; `harness explain` tells those samples from bugs). Batches of about 4,096 tokens go
+    through together; upcast weights stay cached between batches."""
     import torch
     from tqdm import tqdm
 
