@@ -172,3 +172,41 @@ def test_the_record_says_how_decode_was_timed(ckpt):
     assert mixed.decode_mode == "per-step+streamed"
     one_token = _record(spec, eng, 1, 4, 1, [dict(batch, tokens=np.zeros((1, 1), np.int32), step_s=[])], 1.0, 1)
     assert one_token.decode_mode is None
+
+
+def test_the_record_keeps_each_generations_ttft(ckpt):
+    """ttft_ms is the median over the generations; the slowest (a cold first one) and each stay visible."""
+    from harness.run.generate import _record
+    from harness.run.worker import WorkerSpec
+    spec = WorkerSpec(engine="reference", model="m", inputs="i", record="r", max_new_tokens=3)
+    eng = ReferenceEngine(ckpt, device="cpu")
+    batches = [{"first": 2 * i, "tokens": np.zeros((2, 3), np.int32), "ttft_s": t, "step_s": [0.002, 0.002]}
+               for i, t in enumerate((0.05, 0.01, 0.012))]
+    rec = _record(spec, eng, 1, 4, 2, batches, 1.0, 6)
+    assert rec.generations == 3 and rec.ttft_samples_ms == pytest.approx([50.0, 10.0, 12.0])
+    assert rec.ttft_ms == pytest.approx(12.0) and rec.ttft_max_ms == pytest.approx(50.0)
+    row = rec.summary_row()
+    assert row["generations"] == 3 and row["ttft_max_ms"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("dtype, judged", [("fp32", True), ("bf16", False)])
+def test_greedy_tokens_are_checked_on_the_prompts_the_reference_has_tokens_for(dtype, judged):
+    """The suite's reference generates for the first 64 prompts only: a shape with more prompts is
+    checked on those, a difference there still fails fp32, and prompts past them are not compared."""
+    from harness.report.records import VariantRecord
+    from harness.run.generate import _check_greedy
+    want = np.arange(12, dtype=np.int32).reshape(3, 4)  # the reference's tokens for prompts 0-2
+    idx = np.arange(5)
+    got = np.vstack([want, np.full((2, 4), 99, np.int32)])  # prompts 3-4 have no reference tokens
+    rec = VariantRecord(engine="e", dtype=dtype, valid=True)
+    _check_greedy(rec, got, idx, want)
+    assert rec.valid is True and rec.greedy_first_divergence is None and rec.greedy_steps_checked == 4
+    assert any("on the 3 of 5 prompts it has tokens for: identical" in n for n in rec.notes)
+    got[1, 2] += 1
+    rec = VariantRecord(engine="e", dtype=dtype, valid=True)
+    _check_greedy(rec, got, idx, want)
+    assert rec.greedy_first_divergence == 2 and rec.valid is (not judged)
+    rec = VariantRecord(engine="e", dtype=dtype, valid=True)
+    _check_greedy(rec, got[3:], idx[3:], want)
+    assert rec.greedy_steps_checked is None and rec.valid is True
+    assert any("not checked" in n for n in rec.notes)

@@ -36,7 +36,7 @@ EXTRA_COLUMNS = [
     "output_collective", "mpi_output_bytes", "output_collective_s", "load_mode", "load_bytes_read",
     "calibrate_s", "expert_shards", "ep_placement", "ep_imbalance_predicted", "ep_imbalance_measured",
     "ep_replacements", "ep_exchange_s", "experts_touched", "routed_bytes", "pct_of_routed_floor",
-    "workload", "max_new_tokens", "decode_mode", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
+    "workload", "max_new_tokens", "decode_mode", "generations", "ttft_ms", "ttft_max_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
     "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
     "invalid_samples", "gate", "gate_limit", "kl_mean", "kl_p50", "kl_p99", "kl_max", "top5_agreement", "status",
     "error",
@@ -129,7 +129,9 @@ class VariantRecord:
     workload: str = "prefill"
     max_new_tokens: int | None = None
     decode_mode: str | None = None  # streamed (token arrivals, one step queued ahead) or per-step (harness.run.generation)
-    ttft_ms: float | None = None  # median time to first token (= a prefill call)
+    generations: int | None = None  # greedy generations (batches) the TTFT and the step times come from
+    ttft_ms: float | None = None  # median time to first token (= a prefill call) over the generations
+    ttft_max_ms: float | None = None  # the slowest generation's (a cold first one shows here)
     itl_p50_ms: float | None = None  # inter-token latency of a batch, as decode_mode says
     itl_p90_ms: float | None = None
     itl_p99_ms: float | None = None
@@ -153,6 +155,7 @@ class VariantRecord:
     # ---- nested detail (JSON only) ---------------------------------------------------------
     per_rank: list[dict] = field(default_factory=list)  # timings + counters per rank
     latencies_ms: list[list[float]] = field(default_factory=list)  # per rank, per forward call
+    ttft_samples_ms: list[float] = field(default_factory=list)  # generate: each generation's TTFT, in prompt order
     nvml: list[dict] = field(default_factory=list)  # per rank: NvmlSeries.as_dict()
     ran_indices: list[int] = field(default_factory=list)
     invalid_sample_indices: list[int] = field(default_factory=list)  # job sample indices, first 100
