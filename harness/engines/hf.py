@@ -5,6 +5,8 @@ taken at the last position only (`logits_to_keep=1`), as the job asks.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -37,6 +39,9 @@ class HFEngine(Engine):
         on_gpu = isinstance(device, int) and torch.cuda.is_available()
         self.torch_device = f"cuda:{device}" if on_gpu else "cpu"
         self.model = transformers.Lfm2MoeForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(self.torch_device).eval()
+        # the KV cache's name in forward() and its output: `cache` in recent transformers, which deprecates
+        # `past_key_values` (warning on every decode step), the name of earlier 5.x releases
+        self._cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def forward(self, tokens: np.ndarray) -> np.ndarray:
@@ -49,14 +54,14 @@ class HFEngine(Engine):
         """Equal-length prompts (the harness's synthetic sets), so no padding or mask is needed."""
         ids = torch.as_tensor(np.asarray(prompts, np.int64), device=self.torch_device)
         out = self.model(ids, use_cache=True, logits_to_keep=1)
-        self._past = out.past_key_values
+        self._past = getattr(out, self._cache_name)
         return out.logits[:, -1].float().cpu().numpy()
 
     @torch.no_grad()
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         ids = torch.as_tensor(np.asarray(tokens, np.int64).reshape(-1, 1), device=self.torch_device)
-        out = self.model(ids, past_key_values=self._past, use_cache=True, logits_to_keep=1)
-        self._past = out.past_key_values
+        out = self.model(ids, use_cache=True, logits_to_keep=1, **{self._cache_name: self._past})
+        self._past = getattr(out, self._cache_name)
         return out.logits[:, -1].float().cpu().numpy()
 
     def synchronize(self) -> None:
