@@ -122,6 +122,10 @@ def test_help_adds_the_time_a_part_took_where_results_hold_it(capsys, tmp_path, 
     folder.mkdir(parents=True)
     PartMeta("ladder-16", "the ladder", "python -m harness suite --part ladder-16", "0123456789ab", "2026-12-07 09:57 UTC",
              "NVIDIA H100 80GB HBM3", 378.5, "synthetic lfm2-8b-a1b (seed 0)").write(folder)
+    current = tmp_path / "results" / "h100" / "prefill"  # measured with the part as it is defined now
+    current.mkdir()
+    PartMeta("prefill", PARTS["prefill"].what, "python -m harness suite --part prefill", "0123456789abcdef",
+             "2026-12-07 16:20 UTC", "NVIDIA H100 80GB HBM3", 156.0, "synthetic lfm2-8b-a1b (seed 0)").write(current)
     (tmp_path / "results" / "h100" / "sweep").mkdir()
     (tmp_path / "results" / "h100" / "sweep" / "part.json").write_text("{not json")  # ignored, not fatal
     monkeypatch.chdir(tmp_path)
@@ -129,7 +133,11 @@ def test_help_adds_the_time_a_part_took_where_results_hold_it(capsys, tmp_path, 
         harness_main(["suite", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "measured: 6.3 min on NVIDIA H100 80GB HBM3 at 0123456789ab" in out
-    assert out.count("measured: ") == 1
+    assert "measured: 2.6 min on NVIDIA H100 80GB HBM3 at 0123456789ab (results/h100/prefill)" in out
+    assert out.count("measured: ") == 2
+    # "the ladder" is not what ladder-16 measures now: the reader is told to re-run it, and only it
+    assert out.count("definition has changed since") == 1
+    assert "(results/h100/ladder-16; the part's definition has changed since, so re-run it)" in out
 
 
 def test_unknown_part_is_a_usage_error(capsys):

@@ -19,7 +19,9 @@ def _measured(name: str, results: Path = Path("results")) -> str:
             meta = PartMeta.read(meta_path.parent)
         except (OSError, ValueError, TypeError):
             continue  # an unreadable part.json leaves the estimate alone
-        lines.append(f"measured: {meta.duration_s / 60:.1f} min on {meta.device} at {meta.commit} ({meta_path.parent})")
+        changed = "; the part's definition has changed since, so re-run it" if meta.what != PARTS[name].what else ""
+        lines.append(f"measured: {meta.duration_s / 60:.1f} min on {meta.device} at {meta.commit[:12]} "
+                     f"({meta_path.parent}{changed})")
     return "; ".join(lines)
 
 
@@ -34,7 +36,7 @@ def _epilog() -> str:
     return f"""\
 parts (estimated time on one H100, the synthetic full-size model cached; a fresh machine adds ~75 s
 to generate it, and the first part of each prompt length ~20 s for the reference's answers; where
-results/ holds the part, the time it took there):
+results/ holds the part, the time it took there, and whether the part has been redefined since):
 {_parts_text()}
 
 examples:
