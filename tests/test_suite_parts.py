@@ -140,6 +140,32 @@ def test_help_adds_the_time_a_part_took_where_results_hold_it(capsys, tmp_path, 
     assert "(results/h100/ladder-16; the part's definition has changed since, so re-run it)" in out
 
 
+def test_a_parts_fingerprint_follows_what_it_measures_not_its_words():
+    from dataclasses import replace
+
+    from harness.suite.parts import fingerprint
+    part = PARTS["decode"]
+    assert fingerprint(replace(part, what="other words", cost="~1 h")) == fingerprint(part)
+    fewer = replace(part, groups=tuple(replace(g, shapes=g.shapes[:1]) for g in part.groups))
+    assert fingerprint(fewer) != fingerprint(part)
+    assert fingerprint(replace(part, skew=0.5)) != fingerprint(part)
+
+
+def test_help_tells_a_part_measured_under_another_definition_by_its_fingerprint(capsys, tmp_path, monkeypatch):
+    from harness.suite.parts import fingerprint
+    for name, definition in (("prefill", fingerprint(PARTS["prefill"])), ("sweep", "0" * 12)):
+        folder = tmp_path / "results" / "h100" / name
+        folder.mkdir(parents=True)
+        PartMeta(name, PARTS[name].what, f"python -m harness suite --part {name}", "0123456789ab", "2026-12-07 16:20 UTC",
+                 "NVIDIA H100 80GB HBM3", 60.0, "synthetic lfm2-8b-a1b (seed 0)", definition=definition).write(folder)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        harness_main(["suite", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(results/h100/prefill)" in out  # same fingerprint: nothing to say
+    assert "(results/h100/sweep; the part's definition has changed since, so re-run it)" in out
+
+
 def test_unknown_part_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         harness_main(["suite", "--part", "nope"])

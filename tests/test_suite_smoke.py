@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.__main__ import main as harness_main
-from harness.suite.parts import PARTS
+from harness.suite.parts import PARTS, fingerprint
 from harness.suite.publish import BEGIN, END, render
 
 pytestmark = [pytest.mark.mpi,
@@ -39,6 +39,7 @@ def test_a_part_lands_whole_in_its_device_folder(sweep):
     meta = json.loads((folder / "part.json").read_text())
     assert meta["command"] == "python -m harness suite --part sweep --smoke" and meta["smoke"] is True
     assert meta["device"].startswith("cpu") and meta["duration_s"] > 0 and meta["date"].endswith("UTC")
+    assert meta["definition"] == fingerprint(PARTS["sweep"])  # the part as planned, not its smoke stand-in
     roles = {v["role"] for v in meta["roles"].values()}
     assert roles == {"optimized", "hf"} and len(meta["roles"]) == n
     df = pd.read_csv(folder / "summary.csv")

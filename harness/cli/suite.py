@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from harness.report.part_meta import PART_FILE, PartMeta
-from harness.suite.parts import PARTS
+from harness.suite.parts import PARTS, fingerprint
 
 
 def _measured(name: str, results: Path = Path("results")) -> str:
@@ -19,10 +19,18 @@ def _measured(name: str, results: Path = Path("results")) -> str:
             meta = PartMeta.read(meta_path.parent)
         except (OSError, ValueError, TypeError):
             continue  # an unreadable part.json leaves the estimate alone
-        changed = "; the part's definition has changed since, so re-run it" if meta.what != PARTS[name].what else ""
+        changed = "; the part's definition has changed since, so re-run it" if _redefined(meta, PARTS[name]) else ""
         lines.append(f"measured: {meta.duration_s / 60:.1f} min on {meta.device} at {meta.commit[:12]} "
                      f"({meta_path.parent}{changed})")
     return "; ".join(lines)
+
+
+def _redefined(meta: PartMeta, part) -> bool:
+    """The published part was measured under another definition than `part`'s: its fingerprint, or
+    for part.json files from before the fingerprint, its description."""
+    if meta.definition:
+        return meta.definition != fingerprint(part)
+    return meta.what != part.what
 
 
 def _parts_text() -> str:

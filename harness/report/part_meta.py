@@ -32,6 +32,7 @@ class PartMeta:
     roles: dict = field(default_factory=dict)  # variant -> {"role": planned engine, "dtype": planned dtype}
     notes: list = field(default_factory=list)
     smoke: bool = False  # a stand-in engine on a test preset: never a published number
+    definition: str | None = None  # harness.suite.parts.fingerprint of the part as it ran
 
     def write(self, folder: str | Path) -> Path:
         return write_json_atomic(Path(folder) / PART_FILE, dataclasses.asdict(self), indent=1)

@@ -144,6 +144,14 @@ SWEEP = Part(
 PARTS: dict[str, Part] = {p.name: p for p in (*LADDERS, PREFILL, PREFILL_SKEW, DECODE, ACCURACY, SWEEP)}
 
 
+def fingerprint(part: Part) -> str:
+    """A short hash of what the part measures (its groups with their shapes, options and workloads,
+    its checkpoint's skew, its kind), not of how it is described: part.json keeps it, so `suite --help`
+    can tell a published part measured under another definition."""
+    import hashlib
+    return hashlib.sha256(repr((part.groups, part.skew, part.kind)).encode()).hexdigest()[:12]
+
+
 def smoke(part: Part) -> Part:
     """The part with the `reference` engine standing in for every engine on the CPU and a few
     samples per shape: the whole flow (jobs, groups, records, report, part.json) in seconds, for

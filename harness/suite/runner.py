@@ -20,7 +20,7 @@ from harness.errors import UsageError
 from harness.jobs.prepare import PreparedJob
 from harness.report.part_meta import PartMeta
 from harness.report.records import VariantRecord
-from harness.suite.parts import GREEDY_PROMPTS, JOB_SAMPLES, Group, Part, smoke
+from harness.suite.parts import GREEDY_PROMPTS, JOB_SAMPLES, Group, Part, fingerprint, smoke
 
 PRESET, SMOKE_PRESET = "lfm2-8b-a1b", "tiny"
 GROUP_TIMEOUT_S = 480.0  # a hung job must not eat a 10-minute device call; the slowest group takes ~130 s
@@ -199,7 +199,7 @@ def run_part(planned: Part, out: Path, device: str, smoke_run: bool = False, say
                         commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         device=device, duration_s=round(time.time() - t0, 1), model=label,
                         model_config=open_checkpoint(model).config.to_hf_dict(), kind=part.kind,
-                        roles=roles, notes=notes, smoke=smoke_run)
+                        roles=roles, notes=notes, smoke=smoke_run, definition=fingerprint(planned))
         meta.write(tmp)
         final = part_folder(out, part, device)
         _repoint(tmp / "records", tmp, final)
