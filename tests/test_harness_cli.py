@@ -47,6 +47,23 @@ def test_report_of_a_folder_without_records(tmp_path, capsys):
     assert "no records" in capsys.readouterr().err
 
 
+def test_report_leaves_a_suite_parts_files_as_the_suite_wrote_them(tmp_path, capsys):
+    """A published part (part.json) is not rebuilt in place, whether named as the run folder or as --out."""
+    from harness.report.part_meta import PartMeta
+    part = tmp_path / "h100" / "decode"
+    (part / "records").mkdir(parents=True)
+    PartMeta("decode", "generation", "python -m harness suite --part decode", "0a20a9357717abcd", "2026-12-07 21:48 UTC",
+             "NVIDIA H100 80GB HBM3", 222.0, "synthetic lfm2-8b-a1b (seed 0)").write(part)
+    (part / "summary.csv").write_text("as the suite wrote it")
+    (tmp_path / "elsewhere").mkdir()
+    for argv in (["report", str(part)], ["report", str(tmp_path / "elsewhere"), "--out", str(part)]):
+        assert harness_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is the suite part 'decode', measured at 0a20a9357717" in err and "--out DIR" in err
+        assert "python -m harness suite --part decode --force" in err
+    assert (part / "summary.csv").read_text() == "as the suite wrote it"
+
+
 def test_seq_len_with_data_is_refused(tmp_path, capsys):
     from harness.jobs.files import write_inputs
     write_inputs(tmp_path / "inputs.bin", np.ones((2, 4), np.int32))

@@ -11,7 +11,8 @@ examples:
   python -m harness report runs/before runs/after --out runs/before-vs-after
   python -m harness report runs/phases0-3 runs/phases4-5 --merge --out runs/phases0-5
 
-With one run folder the files are rewritten inside it; with several, into --out (default:
+With one run folder the files are rewritten inside it (not in a suite part of results/: its report is
+the suite's, so give --out); with several, into --out (default:
 <first run's parent>/side-by-side-<timestamp>), one row per (run, variant) plus a tokens/s table with the runs
 as columns. --merge instead reads several runs as one comparison (speedups across them, per
 seq_len and rank count): for slow variants measured in separate calls. The HTML is self-contained (embedded PNG plots, no network).
@@ -45,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
     if out is None and len(args.run_dirs) > 1:
         kind = "merged" if args.merge else "side-by-side"
         out = Path(args.run_dirs[0]).parent / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _refuse_suite_part(Path(out) if out is not None else Path(args.run_dirs[0]))
     try:
         csv_path, html_path, df = write_report(args.run_dirs, out, merge=args.merge)
     except ReportError as e:
@@ -52,3 +54,16 @@ def main(args: argparse.Namespace) -> int:
     print(short_table(df))
     print(f"\nwrote {csv_path}\n      {html_path}")
     return 0
+
+
+def _refuse_suite_part(dest: Path) -> None:
+    """A suite part's summary.csv and report.html are what `suite` wrote on the commit its part.json
+    names (results/ publishes them): rebuilding them with other code would change a published
+    measurement, so `report` writes them only elsewhere."""
+    from harness.errors import UsageError
+    from harness.report.part_meta import read_part_meta
+    meta = read_part_meta(dest)
+    if meta is not None:
+        raise UsageError(f"{dest} is the suite part {meta.part!r}, measured at {str(meta.commit)[:12]}: its report is "
+                         f"the suite's and stays as written; give --out DIR to rebuild it elsewhere, or re-measure "
+                         f"it with `{meta.command} --force`")
