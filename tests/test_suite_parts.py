@@ -153,10 +153,10 @@ def test_a_parts_fingerprint_follows_what_it_measures_not_its_words():
 
 def test_help_tells_a_part_measured_under_another_definition_by_its_fingerprint(capsys, tmp_path, monkeypatch):
     from harness.suite.parts import fingerprint
-    for name, definition in (("prefill", fingerprint(PARTS["prefill"])), ("sweep", "0" * 12)):
+    for name, definition, commit in (("prefill", fingerprint(PARTS["prefill"]), "0123456789ab"), ("sweep", "0" * 12, None)):
         folder = tmp_path / "results" / "h100" / name
         folder.mkdir(parents=True)
-        PartMeta(name, PARTS[name].what, f"python -m harness suite --part {name}", "0123456789ab", "2026-12-07 16:20 UTC",
+        PartMeta(name, PARTS[name].what, f"python -m harness suite --part {name}", commit, "2026-12-07 16:20 UTC",
                  "NVIDIA H100 80GB HBM3", 60.0, "synthetic lfm2-8b-a1b (seed 0)", definition=definition).write(folder)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
@@ -164,6 +164,7 @@ def test_help_tells_a_part_measured_under_another_definition_by_its_fingerprint(
     out = " ".join(capsys.readouterr().out.split())
     assert "(results/h100/prefill)" in out  # same fingerprint: nothing to say
     assert "(results/h100/sweep; the part's definition has changed since, so re-run it)" in out
+    assert "at an unknown commit (results/h100/sweep;" in out  # a part measured outside a git checkout names no commit
 
 
 def test_unknown_part_is_a_usage_error(capsys):

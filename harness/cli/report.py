@@ -64,6 +64,6 @@ def _refuse_suite_part(dest: Path) -> None:
     from harness.report.part_meta import read_part_meta
     meta = read_part_meta(dest)
     if meta is not None:
-        raise UsageError(f"{dest} is the suite part {meta.part!r}, measured at {str(meta.commit)[:12]}: its report is "
+        raise UsageError(f"{dest} is the suite part {meta.part!r}, measured at {meta.commit_label()}: its report is "
                          f"the suite's and stays as written; give --out DIR to rebuild it elsewhere, or re-measure "
                          f"it with `{meta.command} --force`")

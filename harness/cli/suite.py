@@ -20,7 +20,7 @@ def _measured(name: str, results: Path = Path("results")) -> str:
         except (OSError, ValueError, TypeError):
             continue  # an unreadable part.json leaves the estimate alone
         changed = "; the part's definition has changed since, so re-run it" if _redefined(meta, PARTS[name]) else ""
-        lines.append(f"measured: {meta.duration_s / 60:.1f} min on {meta.device} at {meta.commit[:12]} "
+        lines.append(f"measured: {meta.duration_s / 60:.1f} min on {meta.device} at {meta.commit_label()} "
                      f"({meta_path.parent}{changed})")
     return "; ".join(lines)
 

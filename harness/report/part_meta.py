@@ -34,6 +34,10 @@ class PartMeta:
     smoke: bool = False  # a stand-in engine on a test preset: never a published number
     definition: str | None = None  # harness.suite.parts.fingerprint of the part as it ran
 
+    def commit_label(self) -> str:
+        """The commit as people read it: 12 characters, or why there is none."""
+        return self.commit[:12] if self.commit else "an unknown commit"
+
     def write(self, folder: str | Path) -> Path:
         return write_json_atomic(Path(folder) / PART_FILE, dataclasses.asdict(self), indent=1)
 
