@@ -52,8 +52,8 @@ def test_report_leaves_a_suite_parts_files_as_the_suite_wrote_them(tmp_path, cap
     from harness.report.part_meta import PartMeta
     part = tmp_path / "h100" / "decode"
     (part / "records").mkdir(parents=True)
-    PartMeta("decode", "generation", "python -m harness suite --part decode", "0a20a9357717abcd", "2026-12-07 21:48 UTC",
-             "NVIDIA H100 80GB HBM3", 222.0, "synthetic lfm2-8b-a1b (seed 0)").write(part)
+    PartMeta("decode", "generation", "python -m harness suite --part decode", "0a20a9357717abcd",
+             "2026-12-07 21:48 UTC", "NVIDIA H100 80GB HBM3", 222.0, "synthetic lfm2-8b-a1b (seed 0)").write(part)
     (part / "summary.csv").write_text("as the suite wrote it")
     (tmp_path / "elsewhere").mkdir()
     for argv in (["report", str(part)], ["report", str(tmp_path / "elsewhere"), "--out", str(part)]):

@@ -153,7 +153,8 @@ def test_a_parts_fingerprint_follows_what_it_measures_not_its_words():
 
 def test_help_tells_a_part_measured_under_another_definition_by_its_fingerprint(capsys, tmp_path, monkeypatch):
     from harness.suite.parts import fingerprint
-    for name, definition, commit in (("prefill", fingerprint(PARTS["prefill"]), "0123456789ab"), ("sweep", "0" * 12, None)):
+    published = (("prefill", fingerprint(PARTS["prefill"]), "0123456789ab"), ("sweep", "0" * 12, None))
+    for name, definition, commit in published:
         folder = tmp_path / "results" / "h100" / name
         folder.mkdir(parents=True)
         PartMeta(name, PARTS[name].what, f"python -m harness suite --part {name}", commit, "2026-12-07 16:20 UTC",

@@ -229,16 +229,16 @@ def render_html(df: pd.DataFrame, records: list[VariantRecord], merge: bool = Fa
     gen = df[df["workload"] == "generate"]
     if not gen.empty:
         parts.append("<h2>Generation</h2><p class='note'>Greedy prefill + decode. tokens_per_s above counts new "
-                     "tokens. TTFT is one prefill call, the median over the variant's generations (ttft_max_ms: the slowest "
-                     "of them); inter-token latency is one decode step of a batch, timed "
+                     "tokens. TTFT is one prefill call, the median over the variant's generations (ttft_max_ms: "
+                     "the slowest of them); inter-token latency is one decode step of a batch, timed "
                      "per decode_mode: per-step = one decode call to a device synchronize, streamed = the "
                      "spacing of token arrivals with one step queued ahead on the GPU; pct_of_decode_floor "
                      "compares the median step with the bytes it must read (weights the batch touches + "
                      "caches) at 3.0 TB/s.</p><div class='scroll'>"
                      + _table_html(gen, ["variant", "batch", "seq_len", "max_new_tokens", "decode_mode", "generations",
-                                         "ttft_ms", "ttft_max_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s", "decode_gbps",
-                                         "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
-                                         "valid"]) + "</div>")
+                                         "ttft_ms", "ttft_max_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
+                                         "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor",
+                                         "greedy_steps_checked", "greedy_first_divergence", "valid"]) + "</div>")
     if merge:
         parts.append(f"<p class='note'>Merged: the {len(runs)} runs above form one comparison (speedups "
                      "across runs within each seq_len and rank count); each row's run and commit are in "

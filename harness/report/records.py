@@ -36,8 +36,9 @@ EXTRA_COLUMNS = [
     "output_collective", "mpi_output_bytes", "output_collective_s", "load_mode", "load_bytes_read",
     "calibrate_s", "expert_shards", "ep_placement", "ep_imbalance_predicted", "ep_imbalance_measured",
     "ep_replacements", "ep_exchange_s", "experts_touched", "routed_bytes", "pct_of_routed_floor",
-    "workload", "max_new_tokens", "decode_mode", "generations", "ttft_ms", "ttft_max_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
-    "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked", "greedy_first_divergence",
+    "workload", "max_new_tokens", "decode_mode", "generations", "ttft_ms", "ttft_max_ms", "itl_p50_ms",
+    "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s", "decode_gbps", "pct_of_decode_floor", "greedy_steps_checked",
+    "greedy_first_divergence",
     "invalid_samples", "gate", "gate_limit", "kl_mean", "kl_p50", "kl_p99", "kl_max", "top5_agreement", "status",
     "error",
 ]

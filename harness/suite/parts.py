@@ -16,6 +16,7 @@ reference's work through the cache.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 from harness.engines.base import PHASE_ENGINES
@@ -148,7 +149,6 @@ def fingerprint(part: Part) -> str:
     """A short hash of what the part measures (its groups with their shapes, options and workloads,
     its checkpoint's skew, its kind), not of how it is described: part.json keeps it, so `suite --help`
     can tell a published part measured under another definition."""
-    import hashlib
     return hashlib.sha256(repr((part.groups, part.skew, part.kind)).encode()).hexdigest()[:12]
 
 
